@@ -1,0 +1,53 @@
+"""The `t2t` command line: one verb per job.
+
+    t2t inspect --model DIR "a text" ...      tokens an embedding points to
+    t2t config --config recipes/demo.yaml     print the validated recipe
+
+Each verb lives in its own module under `t2t.commands` and registers its parser there; heavy
+imports (torch, ray, deepspeed) happen only inside the verb that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from t2t.config import ConfigError
+
+VERBS = [
+    "t2t.commands.config_cmd",
+    "t2t.commands.inspect_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t2t", description="Text2Token: decoder LLMs into text embedders.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name in VERBS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return int(args.run(args) or 0)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        # User errors: one clear line, no traceback from deep inside.
+        print(f"t2t {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"t2t {args.verb}: interrupted; finished work is kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Loading backbones and exported embedders, and exporting them for sentence-transformers.
+
+An exported directory is an ordinary Hugging Face causal-LM directory plus:
+- `t2t_config.json`: pooling, prompt, attention mode, max length, padding side;
+- sentence-transformers files. When the embedding is expressible with sentence-transformers'
+  own modules (causal attention, no prompt, mean or last-token pooling) they are a
+  `Transformer` + `Pooling` pair, and `SentenceTransformer(dir)` needs nothing else.
+  Otherwise (a prompt with a suffix, bidirectional attention, `eos` pooling) the single module
+  is `t2t.model.st_module.T2TModule`, loaded with `SentenceTransformer(dir, trust_remote_code=True)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from t2t.config import ModelConfig
+from t2t.model.embedder import Embedder, EmbedSettings
+
+log = logging.getLogger(__name__)
+
+T2T_CONFIG = "t2t_config.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_warned_pad: set[str] = set()
+
+
+def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
+    """Raise a ValueError naming `path` and what is missing, unless it is a loadable HF model directory."""
+    p = Path(path)
+    if not p.is_dir():
+        raise ValueError(f"model directory {p} does not exist")
+    missing = []
+    if not (p / "config.json").is_file():
+        missing.append("config.json")
+    if need_weights and not any((p / f).is_file() for f in WEIGHT_FILES):
+        missing.append("weights (" + " or ".join(WEIGHT_FILES[::2]) + ")")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        missing.append("a tokenizer (" + " or ".join(TOKENIZER_FILES) + ")")
+    if missing:
+        raise ValueError(f"model directory {p} is incomplete: missing {', '.join(missing)}")
+    return p
+
+
+def load_tokenizer(path: str | Path, padding_side: str = "left"):
+    """The backbone's tokenizer; a tokenizer without a pad token gets pad = eos (logged once per path)."""
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"tokenizer in {path} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+        if str(path) not in _warned_pad:
+            _warned_pad.add(str(path))
+            log.warning("tokenizer in %s has no pad token; using eos %r as pad", path, tok.eos_token)
+    tok.padding_side = padding_side
+    return tok
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the vocabulary (token → id) and special tokens: shards and models must agree on it."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    payload = json.dumps({"vocab": vocab, "special": tokenizer.all_special_tokens}, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def settings_from_config(m: ModelConfig) -> EmbedSettings:
+    return EmbedSettings(pooling=m.pooling, prompt=m.template, attention=m.attention,
+                         max_length=m.max_length, padding_side=m.padding_side)
+
+
+def resolve_model_dir(m: ModelConfig) -> Path:
+    """The backbone directory of a model config, building the tiny model first if configured."""
+    if m.tiny is not None:
+        from t2t.model.tiny import build_tiny
+
+        build_tiny(m.tiny, m.path)
+    return check_model_dir(m.path)
+
+
+def load_lm(path: str | Path, dtype: str = "float32"):
+    """The Hugging Face causal LM in `path` (SDPA attention)."""
+    check_model_dir(path)
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], attn_implementation="sdpa")
+
+
+def from_config(m: ModelConfig) -> Embedder:
+    """An Embedder for a recipe's model section (building the tiny backbone if needed)."""
+    path = resolve_model_dir(m)
+    settings = settings_from_config(m)
+    return Embedder(load_lm(path, m.dtype), load_tokenizer(path, settings.padding_side), settings)
+
+
+def load(path: str | Path, dtype: str = "float32", **overrides) -> Embedder:
+    """Load an exported embedder (its `t2t_config.json` decides pooling, prompt, attention)."""
+    p = check_model_dir(path)
+    cfg_file = p / T2T_CONFIG
+    if not cfg_file.is_file():
+        raise ValueError(f"model directory {p} is incomplete: missing {T2T_CONFIG} (export it with `t2t export`)")
+    try:
+        saved = json.loads(cfg_file.read_text())
+        settings = EmbedSettings(**{**saved, **overrides})
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{cfg_file}: invalid t2t config ({e})") from None
+    return Embedder(load_lm(p, dtype), load_tokenizer(p, settings.padding_side), settings)
+
+
+def standard_st_pooling(settings: EmbedSettings) -> str | None:
+    """The sentence-transformers pooling mode reproducing these settings, or None if none does."""
+    if settings.attention != "causal" or settings.prompt != "{text}":
+        return None
+    return {"mean": "mean", "last": "lasttoken"}.get(settings.pooling)
+
+
+def export(embedder: Embedder, out_dir: str | Path, state_dict: dict | None = None) -> Path:
+    """Write an HF directory + tokenizer + t2t_config.json + sentence-transformers files, atomically.
+
+    `state_dict` (consolidated fp32/bf16 weights from a ZeRO-3 checkpoint) replaces the module's own.
+    """
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lm = embedder.lm
+    is_causal = lm.config.is_causal
+    lm.config.is_causal = True  # t2t_config.json carries the attention mode; keep config.json stock
+    try:
+        lm.save_pretrained(tmp, state_dict=state_dict)
+    finally:
+        lm.config.is_causal = is_causal
+    embedder.tokenizer.save_pretrained(tmp)
+    s = embedder.settings
+    (tmp / T2T_CONFIG).write_text(json.dumps(s.as_dict(), indent=2) + "\n")
+    _write_st_files(tmp, s, lm.config.hidden_size)
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    return out
+
+
+def _write_st_files(d: Path, s: EmbedSettings, dim: int) -> None:
+    mode = standard_st_pooling(s)
+    if mode is None:
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "t2t.model.st_module.T2TModule"}]
+    else:
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling",
+             "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"},
+        ]
+        (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": s.max_length,
+                                                                  "do_lower_case": False}, indent=2))
+        (d / "1_Pooling").mkdir()
+        (d / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": dim,
+                                                                  "pooling_mode": mode}, indent=2))
+    (d / "modules.json").write_text(json.dumps(modules, indent=2))
+    (d / "config_sentence_transformers.json").write_text(json.dumps(
+        {"model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,
+         "similarity_fn_name": "cosine"}, indent=2))
+
+
+def model_hidden_size(path: str | Path) -> int:
+    return AutoConfig.from_pretrained(str(path)).hidden_size

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny Llama backbones (both tokenizer styles) built once per test session, offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_var] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "data" / "corpus" / "wiki_sentences_60k.txt.gz"
+
+
+def tiny_spec(style: str = "bytelevel", **kw):
+    from t2t.config import TinyModelConfig
+
+    base = dict(tokenizer_corpus=str(CORPUS), tokenizer_style=style, vocab_size=1000, tokenizer_train_texts=3000,
+                hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, seed=0)
+    base.update(kw)
+    return TinyModelConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with a byte-level BPE (`Ġ`) tokenizer."""
+    from t2t.model.tiny import build_tiny
+
+    return build_tiny(tiny_spec("bytelevel"), tmp_path_factory.mktemp("models") / "tiny-bytelevel")
+
+
+@pytest.fixture(scope="session")
+def tiny_sp_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with a SentencePiece-style (`▁`) tokenizer."""
+    from t2t.model.tiny import build_tiny
+
+    return build_tiny(tiny_spec("sentencepiece"), tmp_path_factory.mktemp("models") / "tiny-sentencepiece")
