@@ -1,0 +1,153 @@
+"""The embedding core: attention modes, pooling, encode, export round trips, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, MistralConfig, Qwen2Config, AutoModelForCausalLM
+
+from t2t.model import Embedder, EmbedSettings, export, load, load_lm, load_tokenizer, pool, set_attention
+
+FAMILIES = {
+    "llama": LlamaConfig,
+    "mistral": MistralConfig,
+    "qwen2": Qwen2Config,
+}
+
+
+def tiny_family_model(name: str):
+    cfg = FAMILIES[name](vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("padded", [False, True])
+def test_attention_mode_controls_future_visibility(family, padded):
+    lm = tiny_family_model(family)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 8, 10]])  # differ only in the last token
+    mask = torch.ones_like(ids)
+    if padded:  # a padding column exercises the mask path; without it the mask is elided
+        ids = torch.cat([ids, torch.zeros(2, 1, dtype=torch.long)], 1)
+        mask = torch.cat([mask, torch.zeros(2, 1, dtype=torch.long)], 1)
+
+    def first_state(mode):
+        set_attention(lm, mode)
+        with torch.no_grad():
+            return lm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+
+    causal = first_state("causal")
+    assert torch.allclose(causal[0], causal[1], atol=1e-6)
+    bidirectional = first_state("bidirectional")
+    assert (bidirectional[0] - bidirectional[1]).abs().max() > 1e-4
+
+
+def test_pooling_ignores_padding_either_side():
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert torch.equal(pool(hidden, right, "mean")[0], hidden[0, :2].mean(0))
+    assert torch.equal(pool(hidden, right, "last")[0], hidden[0, 1])
+    assert torch.equal(pool(hidden, left, "last")[0], hidden[0, 3])
+    assert torch.equal(pool(hidden, left, "eos")[1], hidden[1, 3])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "eos"])
+def test_batch_independent_embeddings(tiny_model_dir, pooling):
+    prompt = '"{text}" means:' if pooling == "last" else "{text}"
+    emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbedSettings(pooling=pooling, prompt=prompt))
+    texts = ["short", "a considerably longer sentence about the history of the city", "mid length text"]
+    together = emb.encode(texts, batch_size=3)
+    alone = np.stack([emb.encode([t])[0] for t in texts])
+    assert np.abs(together - alone).max() < 1e-4  # left padding + RoPE: padding does not change a vector
+
+
+def test_encode_order_normalize_empty_and_truncation(tiny_model_dir):
+    emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbedSettings(max_length=8))
+    texts = ["one", "two words here and many more words after them", "three"]
+    v = emb.encode(texts, batch_size=2, normalize=True)
+    assert v.shape == (3, 64) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert np.allclose(v[1], emb.encode([texts[1]], normalize=True)[0], atol=1e-5)  # original order kept
+    assert emb.truncated_texts >= 1
+    assert emb.encode([]).shape == (0, 64)
+
+
+def test_eos_pooling_keeps_eos_after_truncation(tiny_model_dir):
+    emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbedSettings(pooling="eos", max_length=8))
+    batch = emb.tokenize(["a long text that is going to be cut short for sure", "hi"])
+    last = batch["input_ids"][:, -1]  # left padding: the last column is the pooled one
+    assert (last == emb.tokenizer.eos_token_id).all()
+
+
+def test_forward_logits_are_fp32_from_the_head(tiny_model_dir):
+    lm = load_lm(tiny_model_dir, dtype="bfloat16")
+    emb = Embedder(lm, load_tokenizer(tiny_model_dir), EmbedSettings())
+    batch = emb.tokenize(["hello world"])
+    h, z = emb(**batch)
+    assert z.dtype == torch.float32 and z.shape == (1, lm.config.vocab_size)
+    ref = h.float() @ lm.get_output_embeddings().weight.float().T
+    assert torch.allclose(z, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "settings,trust",
+    [
+        (EmbedSettings(pooling="mean"), False),  # stock Transformer + Pooling modules
+        (EmbedSettings(pooling="last", prompt='This sentence : "{text}" means in one word:"'), True),
+        (EmbedSettings(pooling="mean", attention="bidirectional"), True),
+        (EmbedSettings(pooling="eos"), True),
+    ],
+)
+def test_export_matches_sentence_transformers(tiny_model_dir, tmp_path, settings, trust):
+    from sentence_transformers import SentenceTransformer
+
+    emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), settings)
+    out = export(emb, tmp_path / "exported")
+    assert json.loads((out / "t2t_config.json").read_text())["pooling"] == settings.pooling
+    texts = ["The cat sat on the mat.", "Quantum chromodynamics", "a", "Paris is the capital of France and a city"]
+    ours = load(out).encode(texts, batch_size=2)
+    st = SentenceTransformer(str(out), device="cpu", trust_remote_code=trust)
+    theirs = st.encode(texts, batch_size=2, convert_to_numpy=True)
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert np.abs(ours - emb.encode(texts, batch_size=2)).max() < 1e-5
+
+
+def test_missing_or_incomplete_model_dir(tmp_path):
+    with pytest.raises(ValueError, match=r"nowhere.*does not exist"):
+        load(tmp_path / "nowhere")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"half is incomplete: missing weights .*tokenizer"):
+        load(tmp_path / "half")
+
+
+def test_tokenizer_without_pad_gets_eos_once(tiny_model_dir, tmp_path, caplog):
+    tok = load_tokenizer(tiny_model_dir)
+    tok.pad_token = None
+    d = tmp_path / "nopad"
+    tok.save_pretrained(d)
+    (d / "config.json").write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        t1 = load_tokenizer(d)
+        load_tokenizer(d)
+    assert t1.pad_token == t1.eos_token
+    assert sum("no pad token" in r.message for r in caplog.records) == 1
+
+
+def test_inspect_cli(tiny_model_dir, tmp_path, capsys):
+    from t2t.cli import main
+
+    out = export(Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbedSettings()), tmp_path / "m")
+    assert main(["inspect", "--model", str(out), "--top-k", "3", "The history of Rome"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "The history of Rome" and len(lines) == 4
+    probs = [float(l.split()[0]) for l in lines[1:]]
+    assert probs == sorted(probs, reverse=True) and all(0 < p < 1 for p in probs)
+    assert main(["inspect", "--model", str(tmp_path / "nope"), "x"]) == 2
+    assert "nope does not exist" in capsys.readouterr().err
