@@ -1,0 +1,124 @@
+"""`t2t plan`: memory per GPU and wall time of a recipe on a cluster, before renting it.
+
+    t2t plan --config recipes/mistral-7b.yaml --nodes 2 --gpus-per-node 8
+    t2t plan --config recipes/llama3-8b.yaml --nodes 1 --gpus-per-node 8 --gpu-mem 80 --mfu 0.35 --json
+
+The model behind the numbers is described in `t2t.plan`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from t2t.commands import add_config_args, load_recipe
+
+GiB = 1024**3
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="memory per GPU and wall time of a cluster run (no weights needed)")
+    add_config_args(p, required=True)
+    p.add_argument("--nodes", type=int, required=True, help="nodes in the allocation")
+    p.add_argument("--gpus-per-node", type=int, required=True, help="GPUs per node")
+    p.add_argument("--gpu-mem", type=float, default=80.0, metavar="GiB", help="memory per GPU (default 80)")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed (default 0.4)")
+    p.add_argument("--gpu-tflops", type=float, default=989.0,
+                   help="peak dense bf16 TFLOP/s per GPU (default 989, H100 SXM)")
+    p.add_argument("--link-gbps", type=float, default=None,
+                   help="Gbit/s per GPU for ZeRO-3 collectives (default 400 across nodes, 3600 NVLink within one)")
+    p.add_argument("--tokens-per-text", type=int, default=None,
+                   help="tokens per training / target text (default model.max_length, the padded upper bound)")
+    p.add_argument("--stage2-texts", type=int, default=None,
+                   help="texts in the stage-2 corpus (default: counted if present, else data.max_texts)")
+    p.add_argument("--no-eval", action="store_true", help="skip the MTEB estimate (it imports mteb)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from t2t.plan import Cluster, make_plan
+
+    if args.stage2_texts is not None and args.stage2_texts < 0:
+        raise ValueError(f"--stage2-texts must be >= 0, got {args.stage2_texts}")
+    cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_mem, args.gpu_tflops, args.mfu, args.link_gbps)
+    plan = make_plan(load_recipe(args), cluster, recipe=args.config, tokens_per_text=args.tokens_per_text,
+                     stage2_texts=args.stage2_texts, with_eval=not args.no_eval)
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    return 0
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.2f}"
+
+
+def _duration(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 2 * 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_plan(plan: dict) -> str:
+    """The plan as a table for people."""
+    from t2t.plan import ITEM_LABELS, MODES, USABLE_GPU_FRACTION
+
+    a, z, c, b, m, t = (plan[k] for k in ("arch", "zero", "cluster", "batch", "memory", "time"))
+    lines = [
+        f"t2t plan  {plan['recipe']}  on {c['nodes']} node{'s' if c['nodes'] > 1 else ''} x "
+        f"{c['gpus_per_node']} GPUs = {c['world']} ranks",
+        f"backbone  {a['model_type']}, {_count(a['n_params'])} parameters: {a['num_layers']} layers, "
+        f"d {a['hidden_size']}, {a['num_heads']} heads ({a['num_kv_heads']} kv), MLP {a['intermediate_size']}, "
+        f"vocab {a['vocab_size']}  [{a['source']}]",
+        f"zero-3    {z['source']}: {8 * z['param_bytes']}-bit params, {8 * z['grad_bytes']}-bit grads, "
+        f"prefetch {z['prefetch_bucket_size']:.0e}, reduce bucket {z['reduce_bucket_size']:.0e}, "
+        f"persistence {z['param_persistence_threshold']:.0e}",
+        f"batch     {b['micro_batch']} texts x {b['grad_accum']} micro-steps x {c['world']} ranks = "
+        f"{b['global_batch']} texts per step; {b['tokens_per_text']} tokens per text ({b['tokens_per_text_source']})",
+        "",
+        f"{'memory per GPU, GiB':44s}" + "".join(f"{h:>14s}" for h in ("no offload", "offload opt", "opt+params")),
+    ]
+    for key, label in ITEM_LABELS.items():
+        cells = ["cpu" if key in m[mode]["on_cpu"] else _gib(m["items"][key]) for mode in MODES]
+        lines.append(f"  {label:42s}" + "".join(f"{x:>14s}" for x in cells))
+    lines.append(f"  {'peak (step and working set never overlap)':42s}"
+                 + "".join(f"{_gib(m[mode]['gpu_peak']):>14s}" for mode in MODES))
+    lines.append(f"  {'fits in %g GiB (%d%% usable)' % (c['gpu_mem_gib'], 100 * USABLE_GPU_FRACTION):42s}"
+                 + "".join(f"{'yes' if m[mode]['fits'] else 'NO':>14s}" for mode in MODES))
+    lines.append(f"  {'CPU RAM per node for offloaded states':42s}"
+                 + "".join(f"{_gib(m[mode]['cpu_per_node']):>14s}" for mode in MODES))
+    lines.append(f"  the recipe's ds_config runs: {m['recipe_mode'].replace('_', ' ')}")
+    lines += ["", f"time      MFU {c['mfu']:g} of {c['gpu_tflops']:g} TFLOP/s per GPU; "
+                  f"ZeRO-3 collectives at {c['link_gbps']:g} Gbit/s per GPU",
+              f"  train FLOPs per token      {t['train_flops_per_token']:.3g}  (6N + 12 L S d_attn, "
+              f"N = {_count(a['matmul_params'])} layer matmul params; LM head 6|V|d once per text)"]
+    for stage in ("stage1", "stage2"):
+        s = t[stage]
+        lines.append(f"  {stage[:-1]}-{stage[-1]} training           {s['steps']} steps x {s['global_batch']} texts: "
+                     f"{s['step_compute_s']:.3g} s compute, {s['step_comm_s']:.3g} s communication per step "
+                     f"({s['bound']}-bound), {_count(s['tokens_per_s'])} tokens/s  = {_duration(s['seconds'])}")
+    t1, t2 = t["targets_stage1"], t["targets_stage2"]
+    lines.append(f"  stage-1 targets            {_count(t1['texts'])} texts read by training: CPU tokenization")
+    lines.append(f"  stage-2 targets            {_count(t2['texts'])} texts ({t2['texts_source']}) x "
+                 f"{t2['passes']} forward passes  = {_duration(t2['seconds'])}")
+    lines.append(f"    each target actor and eval worker holds the whole model: {_gib(m['inference_weights'])} GiB "
+                 f"of weights on one GPU")
+    total = t["stage1"]["seconds"] + t["stage2"]["seconds"] + t2["seconds"]
+    e = t["eval"]
+    if e is not None:
+        lines.append(f"  evaluation                 {e['benchmark']}: {e['tasks']} tasks, {_count(e['texts'])} texts, "
+                     f"{_count(e['tokens'])} tokens, forward only  = {_duration(e['seconds'])} per model")
+        if e["not_counted"]:
+            lines.append(f"    not counted (no mteb statistics): {', '.join(e['not_counted'])}")
+        total += e["seconds"]
+    lines.append(f"  total                      {_duration(total)} (both stages, stage-2 targets"
+                 f"{', one evaluation' if e is not None else ''})")
+    lines += ["", "assumptions:"] + [f"  - {x}" for x in plan["assumptions"]]
+    return "\n".join(lines)

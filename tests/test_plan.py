@@ -1,0 +1,184 @@
+"""`t2t plan` against reality: parameter shapes from transformers, model states from a real 2-rank
+ZeRO-3 run (tests/zero3_probe.py), activation bytes from autograd, and the CLI end to end.
+
+    .venv/bin/pytest tests/test_plan.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from t2t.cli import main
+from t2t.config import ModelConfig, load_config
+from t2t.plan import Arch, Cluster, activation_bytes, load_arch, make_plan, read_ds_config, state_items
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE = Path(__file__).with_name("zero3_probe.py")
+
+# A few-M-parameter Llama with grouped kv heads: big enough that every rank's shards are megabytes,
+# small enough that two CPU ranks finish a ZeRO-3 step in seconds.
+PROBE_ARCH = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=False)
+
+
+def meta_numels(hf: dict) -> list[int]:
+    """Parameter sizes of the model transformers builds from this config (on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf))
+    return sorted(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("hf", [
+    PROBE_ARCH,
+    dict(PROBE_ARCH, model_type="mistral", tie_word_embeddings=True),
+    dict(PROBE_ARCH, model_type="qwen2", head_dim=32),  # q/k/v biases; head_dim apart from hidden/heads
+    *sorted((REPO / "recipes" / "arch").glob("*.json")),  # the shipped 7-8B architectures
+], ids=lambda hf: hf.name if isinstance(hf, Path) else hf["model_type"])
+def test_param_shapes_match_transformers(hf):
+    source = str(hf)
+    if isinstance(hf, Path):
+        hf = json.loads(hf.read_text())
+    assert sorted(Arch.from_hf(hf, source).param_numels()) == meta_numels(hf)
+
+
+def write_zero3_config(path: Path, micro_batch: int, **zero) -> Path:
+    path.write_text(json.dumps({
+        "train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
+        "bf16": {"enabled": True}, "zero_optimization": {"stage": 3, **zero},
+        "steps_per_print": 10**9, "wall_clock_breakdown": False}))
+    return path
+
+
+@pytest.mark.slow
+def test_model_states_match_a_real_zero3_run(tmp_path):
+    """Predicted per-rank parameter and optimizer-state bytes vs what two ZeRO-3 ranks hold after a step."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps(PROBE_ARCH))
+    # Threshold between the attention and the MLP/embedding sizes, so both sharded and whole-kept tensors occur.
+    ds = write_zero3_config(tmp_path / "ds.json", micro_batch=2, stage3_param_persistence_threshold=100_000)
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(PROBE), "--model",
+                           str(model_dir), "--ds-config", str(ds), "--out", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    arch = load_arch(ModelConfig(path=str(model_dir)))
+    predicted = state_items(arch, read_ds_config(ds), world=2, batch=2, seq_len=32)
+    for rank in (0, 1):
+        measured = json.loads((tmp_path / "out" / f"rank{rank}.json").read_text())
+        assert measured["n_params"] == arch.n_params
+        pairs = {  # predicted item(s) -> measured field
+            "params": (predicted["params_shard"] + predicted["params_persistent"],
+                       measured["param_partition"] + measured["persistent_params"]),
+            "fp32 master": (predicted["fp32_master"], measured["fp32_master"]),
+            "Adam m, v": (predicted["adam_m_v"], measured["optimizer_state"]),
+            "gradients": (predicted["grads_shard"], measured["grad_partition"]),
+        }
+        assert measured["persistent_params"] > 0 and measured["param_partition"] > 0
+        for name, (want, got) in pairs.items():
+            assert abs(want - got) <= 0.10 * got, f"rank {rank} {name}: predicted {want}, measured {got}"
+        total_pred = sum(pairs[k][0] for k in ("params", "fp32 master", "Adam m, v"))
+        total_meas = sum(pairs[k][1] for k in ("params", "fp32 master", "Adam m, v"))
+        assert abs(total_pred - total_meas) <= 0.10 * total_meas
+
+
+def test_activation_bytes_match_autograd(tiny_model_dir, tmp_path):
+    """Bytes autograd keeps for backward on a bf16 tiny Llama with padding vs the planner's formula."""
+    from t2t.model.embedder import Embedder, EmbedSettings
+    from t2t.model.io import load_lm, load_tokenizer
+
+    batch, seq = 4, 48
+    lm = load_lm(tiny_model_dir, "bfloat16")
+    embedder = Embedder(lm, load_tokenizer(tiny_model_dir), EmbedSettings(pooling="mean", max_length=seq))
+    ids = torch.randint(5, lm.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[1, :10] = 0  # left padding: the 4-D mask is materialised, as in training batches
+    param_storages = {p.untyped_storage().data_ptr() for p in embedder.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in param_storages:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, z = embedder(ids, mask)
+        loss = (torch.logsumexp(z, dim=-1) - z[:, :3].mean(-1)).mean()  # keeps z, as the KL loss does
+    loss.backward()
+
+    arch = load_arch(ModelConfig(path=str(tiny_model_dir)))
+    items = state_items(arch, read_ds_config(write_zero3_config(tmp_path / "ds.json", batch)), 2, batch, seq)
+    assert items["activations"] == activation_bytes(arch, batch, seq, 2)
+    predicted = items["activations"] + items["lm_head_fp32"] + items["logits"] // 3  # z itself is saved
+    measured = sum(saved.values())
+    assert abs(predicted - measured) <= 0.10 * measured, (predicted, measured)
+
+
+def test_plan_cli_table_and_json(capsys):
+    recipe = str(REPO / "recipes" / "mistral-7b.yaml")
+    assert main(["plan", "--config", recipe, "--nodes", "2", "--gpus-per-node", "8", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    mem, time = plan["memory"], plan["time"]
+    assert plan["arch"]["n_params"] == 7_241_732_096
+    assert plan["batch"]["global_batch"] == 16 * 16
+    assert mem["no_offload"]["fits"] and mem["recipe_mode"] == "no_offload"
+    assert mem["offload_optimizer_params"]["gpu_peak"] < mem["offload_optimizer"]["gpu_peak"] \
+        < mem["no_offload"]["gpu_peak"]
+    # 16 bytes of model states per parameter across 16 ranks, plus padding of each tensor to 16 shards.
+    states = sum(mem["items"][k] for k in ("params_shard", "grads_shard", "fp32_master", "adam_m_v"))
+    assert 16 * 7_241_732_096 / 16 <= states <= 16 * 7_241_732_096 / 16 * 1.0001
+    assert time["stage1"]["steps"] == 10_000 and time["stage2"]["steps"] == 1_000
+    assert time["stage1"]["seconds"] > time["stage2"]["seconds"] > 0
+    ev = time["eval"]
+    assert ev["benchmark"] == "MTEB(eng, v2)" and ev["tasks"] == 41 and not ev["not_counted"]
+    assert 3e6 < ev["texts"] < 6e6 and ev["seconds"] > 0
+
+    assert main(["plan", "--config", recipe, "--nodes", "1", "--gpus-per-node", "1", "--gpu-mem", "24",
+                 "--stage2-texts", "1000000", "--no-eval"]) == 0
+    table = capsys.readouterr().out
+    assert "memory per GPU" in table and "1.00M texts (--stage2-texts)" in table
+    assert "NO" in table  # 7B with no offload on one 24 GiB GPU cannot fit
+
+
+def test_more_gpus_shrink_shards_and_steps():
+    cfg = load_config(REPO / "recipes" / "llama3-8b.yaml")
+    small = make_plan(cfg, Cluster(1, 8), with_eval=False)
+    big = make_plan(cfg, Cluster(4, 8), with_eval=False)
+    ratio = small["memory"]["items"]["adam_m_v"] / big["memory"]["items"]["adam_m_v"]
+    assert 3.99 < ratio < 4.01
+    # Same micro-batch per rank: 4x the texts per step, same compute time per step.
+    assert big["time"]["stage1"]["global_batch"] == 4 * small["time"]["stage1"]["global_batch"]
+    assert big["time"]["stage1"]["step_compute_s"] == pytest.approx(small["time"]["stage1"]["step_compute_s"])
+
+
+def test_bad_inputs_name_the_problem(tmp_path, capsys):
+    with pytest.raises(ValueError, match="model.arch_config .*missing.json does not exist"):
+        load_arch(ModelConfig(path=str(tmp_path), arch_config=str(tmp_path / "missing.json")))
+    with pytest.raises(ValueError, match="has no config.json and model.arch_config is not set"):
+        load_arch(ModelConfig(path=str(tmp_path)))
+    (tmp_path / "config.json").write_text(json.dumps(dict(PROBE_ARCH, model_type="gpt2")))
+    with pytest.raises(ValueError, match="config.json: model_type 'gpt2' is not supported"):
+        load_arch(ModelConfig(path=str(tmp_path)))
+    (tmp_path / "config.json").write_text(json.dumps(dict(PROBE_ARCH, hidden_size="big")))
+    with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
+        load_arch(ModelConfig(path=str(tmp_path)))
+    stage2 = tmp_path / "z2.json"
+    stage2.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    with pytest.raises(ValueError, match="z2.json: zero_optimization.stage is 2"):
+        read_ds_config(stage2)
+    with pytest.raises(ValueError, match="--mfu must be in"):
+        Cluster(1, 8, mfu=0)
+    recipe = str(REPO / "recipes" / "mistral-7b.yaml")
+    assert main(["plan", "--config", recipe, "--nodes", "0", "--gpus-per-node", "8", "--no-eval"]) == 2
+    assert "--nodes must be a positive integer" in capsys.readouterr().err

@@ -1,0 +1,60 @@
+"""Every recipe in recipes/ loads and validates without any weights, and the files it names exist;
+the cluster recipes match the reference setup of DESIGN.md §1.
+
+    .venv/bin/pytest tests/test_recipes.py
+
+(That every config field has a docstring is tests/test_config.py::test_every_field_has_a_docstring.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from t2t.config import PROMPT_EOL, ModelConfig, load_config
+from t2t.plan import load_arch, read_ds_config
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+CLUSTER = {  # recipe -> (backbone directory name, parameters of the published architecture)
+    "mistral-7b.yaml": ("Mistral-7B-Instruct-v0.2", 7_241_732_096),
+    "llama3-8b.yaml": ("Meta-Llama-3-8B-Instruct", 8_030_261_248),
+}
+
+
+def test_the_recipes_are_there():
+    assert {"demo.yaml", *CLUSTER} <= {p.name for p in RECIPES}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_validates_and_names_existing_files(recipe, monkeypatch):
+    monkeypatch.chdir(REPO)  # recipe paths are relative to the repository root
+    cfg = load_config(recipe)
+    read_ds_config(cfg.train.ds_config)  # exists, valid JSON, ZeRO stage 3
+    if cfg.model.tiny is not None:
+        assert Path(cfg.model.tiny.tokenizer_corpus).exists(), cfg.model.tiny.tokenizer_corpus
+    else:  # a real backbone: `t2t plan` must size it before the weights are downloaded
+        assert cfg.model.arch_config and Path(cfg.model.arch_config).is_file()
+    load_arch(cfg.model)
+
+
+@pytest.mark.parametrize("name", sorted(CLUSTER))
+def test_cluster_recipe_is_the_reference_setup(name, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = load_config(REPO / "recipes" / name)
+    backbone, n_params = CLUSTER[name]
+    m, t = cfg.model, cfg.train
+    assert m.path == f"models/{backbone}" and m.tiny is None
+    assert load_arch(ModelConfig(path="", arch_config=m.arch_config)).n_params == n_params
+    assert (m.max_length, m.dtype, m.pooling, m.template, m.attention) == (128, "bfloat16", "last", PROMPT_EOL,
+                                                                         "causal")
+    assert (t.objective, t.lora, t.weight_decay, t.grad_clip) == ("t2t", None, 0.0, 1.0)
+    assert (t.stage1.lr, t.stage2.lr) == (5e-5, 5e-5)
+    assert (t.stage1.steps, t.stage2.steps) == (10_000, 1_000)
+    assert cfg.eval.benchmark == "MTEB(eng, v2)"
+    ds = json.loads(Path(t.ds_config).read_text())
+    assert ds["bf16"]["enabled"] is True and read_ds_config(t.ds_config).param_bytes == 2
+    assert not read_ds_config(t.ds_config).offload_optimizer  # 7-8B full training fits without offload
+    assert cfg.targets.gpus_per_worker == 1.0 and cfg.eval.gpus_per_worker == 1.0
