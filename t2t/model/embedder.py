@@ -78,6 +78,30 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     raise ValueError(f"unknown pooling {pooling!r}")
 
 
+def format_text(tokenizer, settings: EmbedSettings, text: str) -> str:
+    """The text as the model sees it: inside the prompt, with EOS appended for `eos` pooling."""
+    s = settings.prompt.replace("{text}", text)
+    if settings.pooling == "eos":
+        s = s + tokenizer.eos_token
+    return s
+
+
+def tokenize_texts(tokenizer, settings: EmbedSettings, texts: list[str]) -> tuple[dict[str, torch.Tensor], int]:
+    """Prompt, tokenize, truncate at `max_length` and pad a batch; also returns how many texts were cut.
+
+    A function of the tokenizer and settings only, so data-loader workers tokenize without a model.
+    """
+    limit = settings.max_length
+    ids = tokenizer([format_text(tokenizer, settings, t) for t in texts], add_special_tokens=True)["input_ids"]
+    cut = [i for i, row in enumerate(ids) if len(row) > limit]
+    for i in cut:
+        ids[i] = ids[i][:limit]
+        if settings.pooling == "eos":
+            ids[i][-1] = tokenizer.eos_token_id  # the pooled position must still hold EOS
+    batch = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, len(cut)
+
+
 class Embedder(nn.Module):
     """A causal LM used as an embedder: `forward` returns the pooled state and its fp32 LM-head logits."""
 
@@ -108,23 +132,13 @@ class Embedder(nn.Module):
     # ------------------------------------------------------------------ text
 
     def format(self, text: str) -> str:
-        s = self.settings.prompt.replace("{text}", text)
-        if self.settings.pooling == "eos":
-            s = s + self.tokenizer.eos_token
-        return s
+        return format_text(self.tokenizer, self.settings, text)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Prompt, tokenize, truncate at `max_length` (counting cut texts) and pad a batch."""
-        limit = self.settings.max_length
-        ids = self.tokenizer([self.format(t) for t in texts], add_special_tokens=True)["input_ids"]
-        cut = [i for i, row in enumerate(ids) if len(row) > limit]
-        for i in cut:
-            ids[i] = ids[i][:limit]
-            if self.settings.pooling == "eos":
-                ids[i][-1] = self.tokenizer.eos_token_id  # the pooled position must still hold EOS
-        self.truncated_texts += len(cut)
-        batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        batch, cut = tokenize_texts(self.tokenizer, self.settings, texts)
+        self.truncated_texts += cut
+        return batch
 
     @property
     def device(self) -> torch.device:

@@ -35,8 +35,8 @@ def train_tokenizer(texts, style: str, vocab_size: int) -> PreTrainedTokenizerFa
     elif style == "sentencepiece":
         tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=False))
         tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replace="▁", prepend_scheme="never", split=True)
-        tok.decoder = decoders.Metaspace(replace="▁", prepend_scheme="always")
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
         alphabet = []
     else:
         raise ValueError(f"unknown tokenizer style {style!r}; use bytelevel or sentencepiece")

@@ -1,0 +1,201 @@
+"""DeepSpeed setup: process group, the JSON config, the model built sharded under ZeRO-3, AdamW, LR schedule.
+
+The DeepSpeed JSON (`train.ds_config`) holds the ZeRO, precision and communication settings,
+with concrete values only. The recipe owns the optimisation: micro batch, accumulation and
+clipping are written into the config from `train.*`, and the optimizer (AdamW) and the LR
+schedule are built here, so the JSON must not name an optimizer or scheduler. On CPU the
+optimizer is `torch.optim.AdamW` (nothing JIT-compiles); with ZeRO-Offload of the optimizer it
+is DeepSpeed's CPU Adam, which DeepSpeed requires there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+from t2t.config import Config, StageConfig
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RECIPE_OWNED = {
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.grad_accum_steps",
+    "gradient_clipping": "train.grad_clip",
+}
+FORBIDDEN = {
+    "optimizer": "t2t builds AdamW from train.stageN.lr and train.weight_decay",
+    "scheduler": "t2t builds the LR schedule from train.stageN.schedule",
+    "train_batch_size": "it follows from train.micro_batch_size × train.grad_accum_steps × world size",
+}
+
+
+# ----------------------------------------------------------------------------- process group
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group (gloo on CPU, nccl on GPU); a lone process becomes world size 1.
+
+    Returns (rank, world size). The shm comm op is switched off first: on CPU it would
+    JIT-compile (about 30 s) and gloo is fast enough for what the CPU path is for.
+    """
+    import deepspeed
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if "WORLD_SIZE" not in os.environ:  # started alone, not by deepspeed/torchrun/srun
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    # Before anything allocates: zero.Init places each rank's shards on its current device.
+    get_accelerator().set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(verbose=False)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+# ----------------------------------------------------------------------------- DeepSpeed JSON
+
+
+def resolve_ds_config_path(path: str) -> Path:
+    """`train.ds_config` as given, or relative to the repository (recipes name `ds_configs/...`)."""
+    candidates = [Path(path)] + ([REPO_ROOT / path] if not Path(path).is_absolute() else [])
+    for p in candidates:
+        if p.is_file():
+            return p
+    raise ValueError(f"train.ds_config: {path} does not exist (looked in {', '.join(map(str, candidates))})")
+
+
+def _find_auto(node, where: str) -> list[str]:
+    if isinstance(node, dict):
+        return [k for key, v in node.items() for k in _find_auto(v, f"{where}.{key}" if where else key)]
+    if isinstance(node, list):
+        return [k for i, v in enumerate(node) for k in _find_auto(v, f"{where}[{i}]")]
+    return [where] if node == "auto" else []
+
+
+def read_ds_config(path: str | Path) -> dict:
+    """Read and check a DeepSpeed JSON: valid, ZeRO stage 3, no "auto", no keys the recipe owns."""
+    p = Path(path)
+    try:
+        ds = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p}: not a readable JSON file ({e})") from None
+    if not isinstance(ds, dict):
+        raise ValueError(f"{p}: must hold a JSON object")
+    autos = _find_auto(ds, "")
+    if autos:
+        raise ValueError(f"{p}: \"auto\" is not allowed, give concrete values for {', '.join(autos)}")
+    for key, why in FORBIDDEN.items():
+        if key in ds:
+            raise ValueError(f"{p}: remove {key!r}; {why}")
+    stage = ds.get("zero_optimization", {}).get("stage")
+    if stage != 3:
+        raise ValueError(f"{p}: zero_optimization.stage must be 3, got {stage!r}")
+    return ds
+
+
+def build_ds_config(cfg: Config) -> dict:
+    """The DeepSpeed config this run uses: the JSON with the recipe's batch, accumulation and clipping."""
+    path = resolve_ds_config_path(cfg.train.ds_config)
+    ds = read_ds_config(path)
+    values = dict(train_micro_batch_size_per_gpu=cfg.train.micro_batch_size,
+                  gradient_accumulation_steps=cfg.train.grad_accum_steps,
+                  gradient_clipping=float(cfg.train.grad_clip))
+    for key, value in values.items():
+        if key in ds and ds[key] != value:
+            log.info("%s: %s=%s replaced by the recipe's %s=%s", path, key, ds[key], RECIPE_OWNED[key], value)
+        ds[key] = value
+    ds.setdefault("steps_per_print", 10**9)  # t2t logs its own metrics
+    return ds
+
+
+def offloads_optimizer(ds: dict) -> bool:
+    return ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme")
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def lr_multiplier(schedule: str, warmup_steps: int, total_steps: int):
+    """Step → factor of the peak LR: `constant`; `warmup` linear to 1; `cosine` warmup then cosine to 0."""
+    def factor(step: int) -> float:
+        if schedule != "constant" and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine":
+            span = max(1, total_steps - warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
+        return 1.0
+
+    if schedule not in ("constant", "warmup", "cosine"):
+        raise ValueError(f"unknown LR schedule {schedule!r}")
+    return factor
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config, stage: StageConfig, ds: dict):
+    """AdamW over the trainable parameters, and its LR schedule (stepped by DeepSpeed at each optimizer step)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if offloads_optimizer(ds):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer = DeepSpeedCPUAdam(params, lr=stage.lr, weight_decay=cfg.train.weight_decay, adamw_mode=True)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=cfg.train.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(stage.schedule, stage.warmup_steps,
+                                                                          stage.steps))
+    return optimizer, schedule
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def lora_config(cfg: Config):
+    from peft import LoraConfig
+
+    lc = cfg.train.lora
+    return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules),
+                      bias="none")
+
+
+def build_model(cfg: Config, model_dir: Path, ds: dict):
+    """The Embedder to train, its weights loaded straight into ZeRO-3 shards (LoRA adapters if configured).
+
+    transformers' `from_pretrained` runs under `deepspeed.zero.Init` while an `HfDeepSpeedConfig`
+    is alive: each rank allocates only its partition and rank 0 streams the checkpoint in.
+    """
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    from t2t.model import Embedder, load_lm, load_tokenizer, settings_from_config
+
+    settings = settings_from_config(cfg.model)
+    hf_ds = HfDeepSpeedConfig(ds)  # noqa: F841  (must stay alive during from_pretrained)
+    try:
+        lm = load_lm(model_dir, cfg.model.dtype)
+    finally:
+        unset_hf_deepspeed_config()
+    if cfg.train.lora is not None:
+        from peft import get_peft_model
+
+        lm = get_peft_model(lm, lora_config(cfg))
+    return Embedder(lm, load_tokenizer(model_dir, settings.padding_side), settings)
+
+
+def build_engine(cfg: Config, stage: StageConfig, model_dir: Path, ds: dict):
+    """(engine, embedder): the ZeRO-3 DeepSpeed engine around the Embedder, with AdamW and the schedule."""
+    import deepspeed
+
+    embedder = build_model(cfg, model_dir, ds)
+    optimizer, schedule = build_optimizer(embedder, cfg, stage, ds)
+    engine, _, _, _ = deepspeed.initialize(model=embedder, optimizer=optimizer, lr_scheduler=schedule, config=ds)
+    return engine, embedder

@@ -1,0 +1,78 @@
+"""One ZeRO-3 optimizer step per objective on a fixed global batch of 8 texts; rank 0 saves losses and full gradients.
+
+Run by tests/test_train_sharding.py, once as 2 ranks and once as 1 process (the same global batch):
+
+    torchrun --standalone --nproc_per_node 2 tests/dist_step_check.py RECIPE OUT.pt
+    python tests/dist_step_check.py RECIPE OUT.pt
+
+`t2t`: 2 ranks × 2 micro-steps of 2 texts against 1 process × 1 micro-step of 8 (the loss has
+no in-batch negatives, so accumulation is exact too). `simcse`: 2 ranks × 1 micro-step of 4
+against 1 process × 1 micro-step of 8: the contrastive batch is one micro-step gathered over
+ranks, so only the rank split is exact. Its dropout is 0, making the two views deterministic.
+Both objectives run in one launch, each on a freshly built engine, to pay the start-up once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import webdataset as wds
+
+GLOBAL_BATCH = 8
+MICRO_STEPS = {"t2t": 2, "simcse": 1}  # with 2 ranks; a lone process takes the global batch in one micro-step
+
+
+def one_step(recipe: str, objective_name: str, samples: list, rank: int, world: int) -> dict:
+    from deepspeed.utils import safe_get_full_grad
+
+    from t2t.config import load_config
+    from t2t.data.stream import collate
+    from t2t.model import load_tokenizer, settings_from_config
+    from t2t.train.engine import build_ds_config, build_engine
+    from t2t.train.loss import objective_for
+    from t2t.train.trainer import train_step
+
+    micro_steps = MICRO_STEPS[objective_name] if world > 1 else 1
+    per_micro = GLOBAL_BATCH // (world * micro_steps)
+    cfg = load_config(recipe, [f"train.micro_batch_size={per_micro}", f"train.grad_accum_steps={micro_steps}",
+                               f"train.objective={objective_name}", "train.simcse_dropout=0"])
+    settings = settings_from_config(cfg.model)
+    tokenizer = load_tokenizer(cfg.model.path, settings.padding_side)
+    micro = [collate(samples[(m * world + rank) * per_micro:(m * world + rank + 1) * per_micro], tokenizer, settings)
+             for m in range(micro_steps)]
+
+    torch.manual_seed(0)
+    engine, embedder = build_engine(cfg, cfg.train.stage1, Path(cfg.model.path), build_ds_config(cfg))
+    objective = objective_for(cfg.train.objective, cfg.train)
+    objective.prepare(engine.module)
+    engine.train()
+    grads = {}
+
+    def read_gradients() -> None:  # collective: every rank gathers every full gradient (None: the param got none)
+        for name, p in embedder.named_parameters():
+            g = safe_get_full_grad(p)
+            grads[name] = None if g is None else g.detach().clone().cpu()
+
+    result = train_step(engine, objective, micro, world, before_update=read_gradients)
+    return dict(loss=result.loss, counted=result.counted, grads=grads)
+
+
+def main(recipe: str, out: str) -> None:
+    from t2t.config import load_config
+    from t2t.data.shards import decode_sample
+    from t2t.train.engine import init_distributed
+
+    rank, world = init_distributed()
+    shard = Path(load_config(recipe).data.shards_dir) / "stage1" / "t2t-000000.tar"
+    samples = [decode_sample(s) for s in wds.tarfile_samples([dict(url=str(shard))])][:GLOBAL_BATCH]
+    assert any(len(s[2]) == 0 for s in samples), "the global batch should hold an empty target"
+    results = {name: one_step(recipe, name, samples, rank, world) for name in MICRO_STEPS}
+    if rank == 0:
+        torch.save(dict(world=world, **results), out)
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,69 @@
+"""Every ds_configs/*.json passes t2t's checks and DeepSpeed's own config parser, as the trainer will use it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from t2t.config import load_config
+from t2t.train.engine import build_ds_config, read_ds_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
+
+
+def deepspeed_parse(ds: dict):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    return DeepSpeedConfig(ds)
+
+
+def test_the_expected_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {"zero3_cpu.json", "zero3_bf16.json", "zero3_bf16_offload.json"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_passes_deepspeeds_parser(path, tmp_path):
+    raw = read_ds_config(path)
+    parsed = deepspeed_parse(dict(raw))
+    assert parsed.zero_optimization_stage == 3
+    assert parsed.zero_config.gather_16bit_weights_on_model_save  # save_16bit_model works with every config
+    # As the trainer uses it: the recipe's batch, accumulation and clipping written in.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{path: m}}\ntrain: {{ds_config: {path}, micro_batch_size: 3, grad_accum_steps: 2}}\n")
+    ds = build_ds_config(load_config(recipe))
+    parsed = deepspeed_parse(ds)
+    assert (parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (3, 2)
+    assert parsed.train_batch_size == 6  # world size 1 here
+
+
+def test_gpu_configs_are_bf16_and_the_cpu_config_is_not():
+    assert read_ds_config(REPO / "ds_configs" / "zero3_bf16.json")["bf16"]["enabled"] is True
+    offload = read_ds_config(REPO / "ds_configs" / "zero3_bf16_offload.json")["zero_optimization"]
+    assert offload["offload_optimizer"]["device"] == offload["offload_param"]["device"] == "cpu"
+    assert read_ds_config(REPO / "ds_configs" / "zero3_cpu.json")["bf16"]["enabled"] is False
+
+
+def test_deepspeeds_parser_rejects_a_misspelled_key():
+    ds = json.loads((REPO / "ds_configs" / "zero3_cpu.json").read_text())
+    ds["zero_optimization"]["stage3_prefetch_buket_size"] = 1
+    with pytest.raises(Exception, match="stage3_prefetch_buket_size"):
+        deepspeed_parse(ds)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}}, '"auto" is not allowed.*reduce_bucket_size'),
+    ({"optimizer": {"type": "AdamW"}}, "remove 'optimizer'"),
+    ({"scheduler": {"type": "WarmupLR"}}, "remove 'scheduler'"),
+    ({"zero_optimization": {"stage": 2}}, "stage must be 3"),
+])
+def test_t2t_rejects_what_the_recipe_owns_or_auto(tmp_path, change, message):
+    ds = json.loads((REPO / "ds_configs" / "zero3_cpu.json").read_text())
+    ds.update(change)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(ds))
+    with pytest.raises(ValueError, match=message):
+        read_ds_config(path)

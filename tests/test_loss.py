@@ -1,0 +1,108 @@
+"""The sparse KL loss against torch's dense `kl_div`, including empty targets and its hand-written backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from t2t.train.loss import LossParts, _SparseKL, objective_for, sparse_kl, text2token_loss
+
+
+def random_targets(batch: int, vocab: int, k: int, empty_rows=(), seed: int = 0):
+    """Padded sparse targets (ids, w, mask) with a different number of entries per row, and their dense form."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(batch, k, dtype=torch.long)
+    w = torch.zeros(batch, k)
+    mask = torch.zeros(batch, k, dtype=torch.bool)
+    dense = torch.zeros(batch, vocab)
+    for b in range(batch):
+        n = 0 if b in empty_rows else 1 + b % k
+        row_ids = torch.randperm(vocab, generator=g)[:n].sort().values
+        row_w = torch.rand(n, generator=g) + 0.05
+        row_w /= row_w.sum()
+        ids[b, :n], w[b, :n], mask[b, :n] = row_ids, row_w, True
+        dense[b, row_ids] = row_w
+    return ids, w, mask, dense
+
+
+def dense_mean_kl(z: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """Reference: torch's kl_div per row, averaged over rows with a non-empty target."""
+    per_row = F.kl_div(F.log_softmax(z, dim=-1), dense, reduction="none").sum(dim=1)
+    keep = dense.sum(dim=1) > 0
+    return per_row[keep].mean()
+
+
+def test_sparse_kl_equals_dense_kl_div_values_and_gradients():
+    torch.manual_seed(0)
+    batch, vocab, k = 6, 50, 5
+    ids, w, mask, dense = random_targets(batch, vocab, k, empty_rows={2, 4})
+    z = (3 * torch.randn(batch, vocab)).requires_grad_()
+    z_ref = z.detach().clone().requires_grad_()
+
+    kl = sparse_kl(z, ids, w, mask)
+    assert kl.shape == (batch,)
+    assert kl[2].item() == 0.0 and kl[4].item() == 0.0  # empty targets contribute nothing
+    nonempty = mask.any(dim=1)
+    loss = kl.sum() / nonempty.sum()  # the mean over texts with a target, as the trainer forms it
+    reference = dense_mean_kl(z_ref, dense)
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
+    per_row_ref = F.kl_div(F.log_softmax(z_ref, dim=-1), dense, reduction="none").sum(dim=1)
+    torch.testing.assert_close(kl.detach(), per_row_ref.detach(), atol=1e-6, rtol=0)
+
+    loss.backward()
+    reference.backward()
+    torch.testing.assert_close(z.grad, z_ref.grad, atol=1e-6, rtol=0)
+    assert torch.all(z.grad[~nonempty] == 0)
+
+
+def test_empty_targets_are_left_out_of_the_mean():
+    ids, w, mask, dense = random_targets(4, 30, 3, empty_rows={0})
+    z = torch.randn(4, 30)
+    with_empty = sparse_kl(z, ids, w, mask).sum() / mask.any(dim=1).sum()
+    without = sparse_kl(z[1:], ids[1:], w[1:], mask[1:]).mean()
+    assert with_empty.item() == pytest.approx(without.item(), abs=1e-6)
+
+
+def test_hand_written_backward_passes_gradcheck():
+    ids, w, mask, _ = random_targets(3, 12, 4, empty_rows={1}, seed=1)
+    z = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
+    w64 = torch.where(mask, w, 0.0).double()
+    assert torch.autograd.gradcheck(lambda x: _SparseKL.apply(x, ids, w64), (z,))
+
+
+def test_kl_of_a_target_with_itself_is_zero():
+    # z = log t on the support (and very negative elsewhere) makes softmax(z) = t.
+    ids, w, mask, dense = random_targets(3, 20, 4)
+    z = torch.where(dense > 0, dense.clamp_min(1e-30).log(), torch.tensor(-1e4))
+    assert sparse_kl(z, ids, w, mask).abs().max().item() < 1e-5
+
+
+def test_padding_columns_are_ignored_whatever_they_hold():
+    ids, w, mask, _ = random_targets(4, 25, 5)
+    z = torch.randn(4, 25)
+    garbage_ids = torch.where(mask, ids, 7)
+    garbage_w = torch.where(mask, w, 0.3)
+    torch.testing.assert_close(sparse_kl(z, garbage_ids, garbage_w, mask), sparse_kl(z, ids, w, mask))
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="shapes"):
+        sparse_kl(torch.randn(2, 10), torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, 4),
+                  torch.zeros(3, 4, dtype=torch.bool))
+
+
+def test_text2token_objective_sums_over_counted_texts():
+    ids, w, mask, dense = random_targets(5, 40, 4, empty_rows={3})
+    z = torch.randn(5, 40)
+    model = lambda input_ids, attention_mask: (None, z)  # noqa: E731 - the embedder's (h, z) contract
+    batch = dict(input_ids=None, attention_mask=None, target_ids=ids, target_w=w, target_mask=mask)
+    parts = text2token_loss(model, batch)
+    assert isinstance(parts, LossParts) and parts.count == 4
+    assert (parts.total / parts.count).item() == pytest.approx(dense_mean_kl(z, dense).item(), abs=1e-6)
+    assert objective_for("t2t").count(batch) == 4
+
+
+def test_simcse_is_rejected_clearly():
+    with pytest.raises(ValueError, match="simcse"):
+        objective_for("simcse")

@@ -1,0 +1,168 @@
+"""The streaming reader: collation, split by rank and worker, seeded order, exact resume, bad shards, manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+
+from t2t.config import ModelConfig
+from t2t.data.shards import decode_sample
+from t2t.data.stream import TargetReader, expand_shards, open_stage_shards
+from t2t.model import EmbedSettings, load_tokenizer
+from train_support import write_stage_shards
+
+SETTINGS = EmbedSettings(pooling="mean", max_length=32)
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    return write_stage_shards(tiny_model_dir, tmp_path_factory.mktemp("stream") / "stage1", n_shards=4, per_shard=24)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def all_samples(shard_dir) -> dict:
+    out = {}
+    for path in sorted(shard_dir.glob("t2t-*.tar")):
+        for raw in wds.WebDataset(str(path), shardshuffle=False):
+            key, text, ids, w = decode_sample(raw)
+            out[key] = (text, ids, w)
+    return out
+
+
+def reader(shard_dir, tokenizer, **kw) -> TargetReader:
+    args = dict(batch_size=6, seed=0, rank=0, world_size=1, workers=0, shuffle_buffer=16)
+    args.update(kw)
+    return TargetReader(sorted(str(p) for p in shard_dir.glob("t2t-*.tar")), tokenizer, SETTINGS, **args)
+
+
+def take(r: TargetReader, n: int) -> list[dict]:
+    return [next(r) for _ in range(n)]
+
+
+def test_batches_hold_padded_sparse_targets(shard_dir, tokenizer, all_samples):
+    batch = next(reader(shard_dir, tokenizer, batch_size=8))
+    assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[0] == 8
+    ids, w, mask = batch["target_ids"], batch["target_w"], batch["target_mask"]
+    assert ids.shape == w.shape == mask.shape and ids.dtype == torch.long and mask.dtype == torch.bool
+    assert ids.shape[1] == max(len(all_samples[k][1]) for k in batch["keys"])
+    for row, key in enumerate(batch["keys"]):
+        _, want_ids, want_w = all_samples[key]
+        n = len(want_ids)
+        assert mask[row].sum() == n and torch.equal(ids[row, :n], torch.from_numpy(want_ids))
+        torch.testing.assert_close(w[row, :n], torch.from_numpy(want_w))
+        assert w[row, n:].abs().sum() == 0
+        if n:
+            assert w[row].sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ranks_read_disjoint_shards_covering_each_epoch(shard_dir, tokenizer, all_samples):
+    per_rank = [[k for b in take(reader(shard_dir, tokenizer, rank=r, world_size=2), 8) for k in b["keys"]]
+                for r in range(2)]
+    assert set(per_rank[0]).isdisjoint(per_rank[1])
+    assert set(per_rank[0]) | set(per_rank[1]) == set(all_samples)
+
+
+def test_order_is_seeded(shard_dir, tokenizer):
+    keys = lambda **kw: [k for b in take(reader(shard_dir, tokenizer, **kw), 4) for k in b["keys"]]  # noqa: E731
+    assert keys(seed=3) == keys(seed=3)
+    assert keys(seed=3) != keys(seed=4)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_gives_the_batches_an_uninterrupted_reader_gives(shard_dir, tokenizer, workers):
+    # batch 10 over 48 samples per unit and epoch: the resumed part crosses an epoch boundary.
+    kw = dict(batch_size=10, workers=workers)
+    first = reader(shard_dir, tokenizer, **kw)
+    take(first, 5)
+    state = json.loads(json.dumps(first.state_dict()))  # what a checkpoint stores
+    expected = take(first, 9)
+    first.close()
+    resumed = reader(shard_dir, tokenizer, state=state, **kw)
+    got = take(resumed, 9)
+    resumed.close()
+    for a, b in zip(expected, got):
+        assert a["keys"] == b["keys"]
+        for name in ("input_ids", "attention_mask", "target_ids", "target_w", "target_mask"):
+            assert torch.equal(a[name], b[name])
+    assert first.state_dict() == resumed.state_dict()
+
+
+def test_changed_layout_restarts_at_a_new_epoch(shard_dir, tokenizer, caplog):
+    first = reader(shard_dir, tokenizer, rank=0, world_size=2)
+    take(first, 3)
+    with caplog.at_level(logging.WARNING):
+        resumed = reader(shard_dir, tokenizer, state=first.state_dict(), world_size=1)
+    assert "not sample-exact" in caplog.text
+    assert resumed.state_dict()["positions"] == [[1, 0]]
+
+
+def test_too_few_shards_for_the_ranks_is_a_clear_error(shard_dir, tokenizer):
+    with pytest.raises(ValueError, match="cannot feed 3 rank"):
+        reader(shard_dir, tokenizer, world_size=3, workers=2)
+
+
+def corrupt_copy(shard_dir: Path, tmp_path: Path) -> list[str]:
+    paths = []
+    for p in sorted(shard_dir.glob("t2t-*.tar")):
+        q = tmp_path / p.name
+        data = p.read_bytes()
+        q.write_bytes(data[:1300] if p.name.endswith("01.tar") else data)  # a truncated shard
+        paths.append(str(q))
+    return paths
+
+
+def test_bad_shard_stops_the_reader_by_default(shard_dir, tokenizer, tmp_path):
+    r = TargetReader(corrupt_copy(shard_dir, tmp_path), tokenizer, SETTINGS, batch_size=8, seed=0, rank=0,
+                     world_size=1, shuffle_buffer=4)
+    with pytest.raises(ValueError, match="corrupt shard .*t2t-000001.tar"):
+        take(r, 12)
+
+
+def test_bad_shard_is_skipped_counted_and_logged(shard_dir, tokenizer, tmp_path, all_samples, caplog):
+    r = TargetReader(corrupt_copy(shard_dir, tmp_path), tokenizer, SETTINGS, batch_size=8, seed=0, rank=0,
+                     world_size=1, shuffle_buffer=4, on_bad_shard="skip")
+    with caplog.at_level(logging.WARNING):
+        keys = [k for b in take(r, 12) for k in b["keys"]]  # 96 samples: more than one epoch of the rest
+    assert [Path(s).name for s in r.state_dict()["skipped"]] == ["t2t-000001.tar"]
+    assert "skipping corrupt shard" in caplog.text
+    assert len(set(keys)) < len(all_samples)
+
+
+def test_manifest_is_checked_against_the_model(shard_dir, tiny_model_dir, tokenizer, tmp_path):
+    model_cfg = ModelConfig(path=str(tiny_model_dir), pooling="mean")
+    assert [Path(p).name for p in open_stage_shards(shard_dir, model_cfg, tokenizer)] == \
+        [f"t2t-{i:06d}.tar" for i in range(4)]
+    bad = tmp_path / "stage1"
+    bad.mkdir()
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    manifest["params"]["tokenizer"]["fingerprint"] = "0" * 16
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"{bad}.*tokenizer hash"):
+        open_stage_shards(bad, model_cfg, tokenizer)
+
+
+def test_missing_shard_files_follow_the_bad_shard_policy(shard_dir, tiny_model_dir, tokenizer, tmp_path):
+    model_cfg = ModelConfig(path=str(tiny_model_dir), pooling="mean")
+    partial = tmp_path / "stage1"
+    partial.mkdir()
+    (partial / "manifest.json").write_text((shard_dir / "manifest.json").read_text())
+    (partial / "t2t-000000.tar").write_bytes((shard_dir / "t2t-000000.tar").read_bytes())
+    with pytest.raises(ValueError, match="3 shard.*missing"):
+        open_stage_shards(partial, model_cfg, tokenizer)
+    assert len(open_stage_shards(partial, model_cfg, tokenizer, on_bad_shard="skip")) == 4
+
+
+def test_shard_patterns_expand():
+    assert expand_shards("d/t2t-{000000..000002}.tar") == [f"d/t2t-{i:06d}.tar" for i in range(3)]
+    with pytest.raises(ValueError, match="no shards"):
+        expand_shards([])

@@ -1,0 +1,147 @@
+"""Trainer pieces in one process: LR schedules, NaN guard, stop signals, metrics on resume, checkpoint rotation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from t2t.config import load_config
+from t2t.train import checkpoint
+from t2t.train.engine import free_port, lr_multiplier
+from t2t.train.loss import objective_for
+from t2t.train.trainer import MetricsLog, StopSignals, TrainingDiverged, train, train_step
+
+
+def test_lr_schedules():
+    constant = lr_multiplier("constant", 0, 10)
+    warmup = lr_multiplier("warmup", 4, 10)
+    cosine = lr_multiplier("cosine", 2, 10)
+    assert [constant(s) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert [warmup(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert [cosine(0), cosine(1), cosine(2)] == [0.5, 1.0, 1.0]
+    assert cosine(6) == pytest.approx(0.5) and cosine(10) == pytest.approx(0.0)
+    assert all(cosine(s) >= cosine(s + 1) for s in range(2, 10))
+    with pytest.raises(ValueError, match="schedule"):
+        lr_multiplier("linear", 0, 10)
+
+
+@pytest.fixture
+def process_group():
+    """A world-size-1 gloo group in this process (what a lone `t2t train` gets)."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+class FakeEngine(torch.nn.Module):
+    """The slice of a DeepSpeed engine train_step uses; its logits are whatever the test sets."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.z = torch.nn.Parameter(logits)
+        self.steps = 0
+
+    def forward(self, input_ids, attention_mask):
+        return None, self.z.expand(input_ids.shape[0], -1)
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self):
+        self.steps += 1
+
+    def get_lr(self):
+        return [1e-3]
+
+
+def batch(n: int = 3) -> dict:
+    return dict(input_ids=torch.ones(n, 4, dtype=torch.long), attention_mask=torch.ones(n, 4, dtype=torch.long),
+                target_ids=torch.tensor([[1, 2]] * n), target_w=torch.tensor([[0.5, 0.5]] * n),
+                target_mask=torch.ones(n, 2, dtype=torch.bool))
+
+
+def test_train_step_reports_the_global_mean(process_group):
+    engine = FakeEngine(torch.zeros(8))
+    result = train_step(engine, objective_for("t2t"), [batch(3), batch(2)], world_size=1, flags=[5.0])
+    # uniform student over 8 tokens vs a target uniform over 2: KL = log(8/2)
+    assert result.loss == pytest.approx(float(torch.log(torch.tensor(4.0))), abs=1e-6)
+    assert (result.counted, result.tokens, result.flags, result.stop) == (5, 20, [5.0], False)
+    assert engine.steps == 2  # one per micro-step: DeepSpeed counts them
+
+
+def test_nan_loss_stops_before_the_optimizer_step(process_group):
+    engine = FakeEngine(torch.full((8,), float("nan")))
+    with pytest.raises(TrainingDiverged, match="nan"):
+        train_step(engine, objective_for("t2t"), [batch()], world_size=1,
+                   before_update=lambda: pytest.fail("the update must not run"))
+    assert engine.steps == 0
+
+
+def test_stop_signals_are_recorded_not_fatal():
+    stop = StopSignals()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.received == signal.SIGUSR1
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.received == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)  # a first Ctrl-C stops cleanly too...
+        assert stop.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):  # ...a second one interrupts at once
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_metrics_log_drops_lines_after_the_resumed_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 7)))
+    log = MetricsLog(path, resumed_step=4)
+    log.write({"step": 5, "loss": 0.5})
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
+def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path):
+    for step in (2, 4, 6, 8):
+        (tmp_path / checkpoint.tag_for(step)).mkdir()
+    (tmp_path / "latest").write_text("step00000006")  # step 8 never finished (no `latest` update)
+    checkpoint.rotate(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["step00000004", "step00000006"]
+
+
+def test_resolve_checkpoint(tmp_path):
+    (tmp_path / "step00000010").mkdir()
+    (tmp_path / "latest").write_text("step00000010\n")
+    assert checkpoint.resolve_checkpoint(tmp_path) == (tmp_path, "step00000010")
+    assert checkpoint.resolve_checkpoint(tmp_path / "step00000010") == (tmp_path, "step00000010")
+    with pytest.raises(ValueError, match="neither a checkpoints directory"):
+        checkpoint.resolve_checkpoint(tmp_path / "nothing")
+
+
+def test_resume_never_refuses_existing_checkpoints(tmp_path):
+    (tmp_path / "latest").write_text("step00000002")
+    with pytest.raises(ValueError, match="--resume never"):
+        checkpoint.resume(engine=None, ckpt_dir=tmp_path, mode="never")
+    assert checkpoint.resume(engine=None, ckpt_dir=tmp_path / "empty", mode="auto") is None
+
+
+def test_simcse_is_rejected_before_anything_starts(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {path: m, pooling: mean}\ntrain: {objective: simcse}\n")
+    with pytest.raises(ValueError, match="simcse"):
+        train(load_config(recipe), 1)
+    assert not torch.distributed.is_initialized()
+
+
+def test_stage_complete_needs_the_export(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{path: m}}\nrun_dir: {tmp_path / 'run'}\n")
+    assert not checkpoint.stage_complete(load_config(recipe), 1)
+    with pytest.raises(ValueError, match="stage must be 1 or 2"):
+        checkpoint.stage_steps(load_config(recipe), 3)
