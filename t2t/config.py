@@ -60,6 +60,8 @@ class ModelConfig:
     """Local Hugging Face model directory. With `tiny` set, the tiny model is built here if absent."""
     tiny: TinyModelConfig | None = None
     """Build a tiny random Llama at `path` instead of expecting an existing checkpoint."""
+    arch_config: str = ""
+    """The backbone's Hugging Face config.json (sizes only, no weights); `t2t plan` reads it while `path` has none."""
     attention: Literal["causal", "bidirectional"] = "causal"
     """`causal` (as pretrained) or `bidirectional` (padding-only mask)."""
     pooling: Literal["mean", "last", "eos"] = "mean"
@@ -97,6 +99,8 @@ class DataConfig:
     """Samples held in the training reader's seeded shuffle buffer."""
     on_bad_shard: Literal["error", "skip"] = "error"
     """What the training reader does with a corrupt shard: stop, or count, log and skip it."""
+    loader_workers: int = 1
+    """Data-loader processes per training rank that read and tokenize shards (0 = in the training process)."""
 
 
 @dataclass
@@ -188,7 +192,9 @@ class TrainConfig:
     nproc: int = 2
     """Ranks `t2t pipeline` starts on one machine."""
     simcse_temperature: float = 0.05
-    """Temperature of the SimCSE objective."""
+    """Temperature of the SimCSE objective (cosine similarities are divided by it)."""
+    simcse_dropout: float = 0.1
+    """SimCSE only: attention dropout set on the backbone during training; it makes the two views of a text differ."""
 
 
 @dataclass
@@ -375,8 +381,14 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{stage}: steps and warmup_steps must be >= 0 and lr > 0")
         if s.schedule == "constant" and s.warmup_steps:
             raise ConfigError(f"train.{stage}.warmup_steps is set but train.{stage}.schedule is constant")
+    if cfg.data.loader_workers < 0:
+        raise ConfigError(f"data.loader_workers must be >= 0, got {cfg.data.loader_workers}")
     if cfg.train.objective == "simcse" and m.pooling != "mean":
         raise ConfigError("train.objective=simcse uses mean pooling; set model.pooling=mean")
+    if cfg.train.simcse_temperature <= 0:
+        raise ConfigError(f"train.simcse_temperature must be > 0, got {cfg.train.simcse_temperature}")
+    if not 0 <= cfg.train.simcse_dropout < 1:
+        raise ConfigError(f"train.simcse_dropout must be in [0, 1), got {cfg.train.simcse_dropout}")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -1,4 +1,4 @@
-"""The sparse KL loss against torch's dense `kl_div`, including empty targets and its hand-written backward."""
+"""The sparse KL loss against torch's dense `kl_div` (empty targets, hand-written backward); SimCSE's InfoNCE."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from t2t.train.loss import LossParts, _SparseKL, objective_for, sparse_kl, text2token_loss
+from t2t.config import TrainConfig
+from t2t.train.loss import LossParts, _SparseKL, objective_for, simcse_loss, sparse_kl, text2token_loss
 
 
 def random_targets(batch: int, vocab: int, k: int, empty_rows=(), seed: int = 0):
@@ -103,6 +104,56 @@ def test_text2token_objective_sums_over_counted_texts():
     assert objective_for("t2t").count(batch) == 4
 
 
-def test_simcse_is_rejected_clearly():
-    with pytest.raises(ValueError, match="simcse"):
-        objective_for("simcse")
+class DropoutBag(torch.nn.Module):
+    """A toy embedder: mean of token embeddings, with dropout; returns (h, None) and keeps the rows it saw."""
+
+    def __init__(self, vocab: int = 30, dim: int = 8, p: float = 0.3):
+        super().__init__()
+        self.table = torch.nn.Embedding(vocab, dim)
+        self.p = p
+
+    def forward(self, input_ids, attention_mask):
+        self.seen = input_ids
+        m = attention_mask.unsqueeze(-1).float()
+        h = (F.dropout(self.table(input_ids), self.p, self.training) * m).sum(1) / m.sum(1)
+        self.h = h
+        return h, None
+
+
+def test_simcse_loss_is_infonce_between_two_dropout_views():
+    torch.manual_seed(0)
+    model = DropoutBag()
+    ids = torch.randint(0, 30, (5, 6))
+    mask = torch.ones(5, 6, dtype=torch.long)
+    mask[1, :2] = 0
+    objective = objective_for("simcse", TrainConfig(simcse_temperature=0.1))
+    parts = objective.loss(model, dict(input_ids=ids, attention_mask=mask))
+    assert torch.equal(model.seen, torch.cat([ids, ids]))  # both views in one pass over the batch stacked twice
+    a, b = model.h[:5].detach(), model.h[5:].detach()
+    assert (a - b).abs().max() > 1e-3  # dropout made two different views
+    expected = 0.0
+    for i in range(5):  # −log softmax over the second views, positive on the diagonal
+        sims = torch.stack([F.cosine_similarity(a[i], b[j], dim=0) for j in range(5)]) / 0.1
+        expected -= (sims[i] - torch.logsumexp(sims, dim=0)).item()
+    assert isinstance(parts, LossParts) and parts.count == 5
+    assert parts.total.item() == pytest.approx(expected, rel=1e-5)
+    parts.total.backward()
+    assert model.table.weight.grad.abs().sum() > 0
+
+
+def test_simcse_counts_every_text_and_identical_views_still_have_negatives():
+    model = DropoutBag(p=0.0)
+    ids = torch.arange(12).reshape(4, 3)
+    batch = dict(input_ids=ids, attention_mask=torch.ones(4, 3), target_mask=torch.zeros(4, 1, dtype=torch.bool))
+    objective = objective_for("simcse")
+    assert objective.count(batch) == 4  # empty targets do not matter to SimCSE
+    parts = simcse_loss(model, batch, temperature=0.05)
+    a = F.normalize(model.h[:4].detach(), dim=-1)
+    logits = a @ a.T / 0.05
+    assert parts.total.item() == pytest.approx(F.cross_entropy(logits, torch.arange(4), reduction="sum").item(),
+                                               rel=1e-5)
+
+
+def test_unknown_objective_is_a_clear_error():
+    with pytest.raises(ValueError, match="train.objective='mlm'.*available: t2t, simcse"):
+        objective_for("mlm")

@@ -167,7 +167,7 @@ def test_simcse_trains_resumes_exactly_and_exports(setup):
     root, recipe = setup
     steps = 6
     overrides = ["train.objective=simcse", "model.attention=bidirectional", f"train.stage1.steps={steps}",
-                 "train.stage1.lr=1.0e-3", "train.stage1.schedule=constant", "train.stage1.warmup_steps=0"]
+                 "train.stage1.lr=2.0e-4", "train.stage1.schedule=constant", "train.stage1.warmup_steps=0"]
     args = TRAIN_ARGS + [str(recipe)] + [a for o in overrides for a in ("--set", o)]
     run_a, run_b = root / "simcse_a", root / "simcse_b"
     torchrun(2, args + ["--set", f"run_dir={run_a}"], root / "simcse_a.log")

@@ -1,4 +1,5 @@
-"""Trainer pieces in one process: LR schedules, NaN guard, stop signals, metrics on resume, checkpoint rotation."""
+"""Trainer pieces in one process: LR schedules, NaN guard, stop signals, metrics on resume, checkpoint rotation,
+SimCSE's dropout views."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import signal
 import pytest
 import torch
 
-from t2t.config import load_config
+from t2t.config import ConfigError, load_config
 from t2t.train import checkpoint
 from t2t.train.engine import free_port, lr_multiplier
 from t2t.train.loss import objective_for
-from t2t.train.trainer import MetricsLog, StopSignals, TrainingDiverged, train, train_step
+from t2t.train.trainer import MetricsLog, StopSignals, TrainingDiverged, train_step
 
 
 def test_lr_schedules():
@@ -131,12 +132,32 @@ def test_resume_never_refuses_existing_checkpoints(tmp_path):
     assert checkpoint.resume(engine=None, ckpt_dir=tmp_path / "empty", mode="auto") is None
 
 
-def test_simcse_is_rejected_before_anything_starts(tmp_path):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: {path: m, pooling: mean}\ntrain: {objective: simcse}\n")
-    with pytest.raises(ValueError, match="simcse"):
-        train(load_config(recipe), 1)
-    assert not torch.distributed.is_initialized()
+def test_simcse_dropout_gives_two_views_in_train_mode_only(tiny_model_dir):
+    from t2t.config import ModelConfig
+    from t2t.model import from_config
+
+    embedder = from_config(ModelConfig(path=str(tiny_model_dir)))
+    objective = objective_for("simcse", load_config(None, ["model.path=m", "train.simcse_dropout=0.2"]).train)
+    objective.prepare(embedder)
+    layers = [m for m in embedder.lm.modules() if hasattr(m, "attention_dropout")]
+    assert embedder.lm.config.attention_dropout == 0.2 and [m.attention_dropout for m in layers] == [0.2, 0.2]
+    batch = embedder.tokenize(["The river flows through the old town.", "Quantum physics is hard."])
+    embedder.train()
+    assert (embedder(**batch)[0] - embedder(**batch)[0]).abs().max() > 1e-3
+    torch.manual_seed(7)
+    first = objective.loss(embedder, batch).total
+    torch.manual_seed(7)
+    assert objective.loss(embedder, batch).total == first  # the RNG state decides the masks: resume restores it
+    embedder.eval()
+    torch.testing.assert_close(embedder(**batch)[0], embedder(**batch)[0], rtol=0, atol=0)
+
+
+def test_simcse_settings_are_validated():
+    for key, value in (("train.simcse_temperature", 0), ("train.simcse_dropout", 1.0)):
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, ["model.path=m", f"{key}={value}"])
+    with pytest.raises(ConfigError, match="mean pooling"):
+        load_config(None, ["model.path=m", "train.objective=simcse", "model.pooling=last"])
 
 
 def test_stage_complete_needs_the_export(tmp_path):

@@ -3,9 +3,13 @@
 Each optimizer step takes `grad_accum_steps` micro-batches per rank. The per-text losses are
 summed and divided by the number of counted texts in the whole global batch (one small
 all-reduce before the forwards), so for `t2t` any split over ranks and micro-steps gives the
-same gradient (for `simcse` the in-batch negatives make one micro-step the contrastive batch:
-see t2t/train/loss.py). A second all-reduce after the backwards carries the loss, a non-finite flag, the
-token count and the stop flag: all ranks see the same values and decide together.
+same gradient (for `simcse` the in-batch negatives make one micro-step, gathered over ranks,
+the contrastive batch: see t2t/train/loss.py). A second all-reduce after the backwards carries
+the loss, a non-finite flag, the token count and the stop flag: all ranks see the same values
+and decide together.
+
+Dropout (SimCSE's two views, LoRA's) draws from each rank's global RNG, which the checkpoint
+stores and a resume restores, so a resumed run repeats the uninterrupted run's masks.
 
 Stopping: SIGTERM, SIGUSR1 (Slurm's pre-timeout signal) or a first Ctrl-C on any rank makes
 every rank finish the current step, checkpoint and return. A NaN/inf loss stops before the optimizer step, with
