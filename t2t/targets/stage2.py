@@ -1,0 +1,138 @@
+"""Stage-2 (model-derived) targets: tokens *beyond* the text that the frozen model ties to it (DESIGN §1).
+
+With the frozen stage-1 model M1 and its fp32 logits z(x) (computed exactly as the student
+computes them: `Embedder.forward`, same prompt, pooling and attention mode):
+
+1. background: θ = mean_x z(x) over the corpus, q = softmax(θ)   (`background_sum`, summed by the driver)
+2. per text:   p = softmax(z), r = p / (p + q + 1e-8), t = softmax(r / τ)
+3. sparsify:   keep ids with (max r − r_v) / τ < ln(1/δ), at most `top_k`, renormalise.
+
+Everything after the forward pass runs in float64 on the model's device: with τ = 1e-6 a
+float32 error of 6e-8 in r would move a logit of t by 0.06.
+
+Each text's dropped mass (1 − the kept share of t) is measured exactly. The δ rule alone
+drops less than (|V| − 1)·δ·max t ≤ (|V| − 1)·δ; `top_k` may drop more, and such texts are counted.
+Storing weights in float16 drops, in addition, any weight below 2^-25 (at most top_k · 3e-8 in all).
+
+    from t2t.targets.stage2 import Stage2Builder
+    builder = Stage2Builder(t2t.model.from_config(cfg.model), cfg.targets)
+    total, count, _ = builder.background_sum(texts); theta = total / count
+    batch, stats = builder.targets(texts, theta)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from t2t.config import TargetsConfig
+from t2t.targets.sparse import TargetBatch
+
+EPSILON = 1e-8
+"""The constant in r = p / (p + q + ε) (DESIGN §1)."""
+
+
+@dataclass
+class SparsifyStats:
+    """What sparsification cost, for the manifest."""
+
+    texts: int = 0
+    dropped_max: float = 0.0
+    dropped_sum: float = 0.0
+    cut_by_top_k: int = 0
+    truncated: int = 0
+
+    def add(self, other: "SparsifyStats") -> None:
+        self.texts += other.texts
+        self.dropped_max = max(self.dropped_max, other.dropped_max)
+        self.dropped_sum += other.dropped_sum
+        self.cut_by_top_k += other.cut_by_top_k
+        self.truncated += other.truncated
+
+
+def log_background(theta: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """log q = log_softmax(θ), float64 on `device`."""
+    # A copy: θ may arrive as a read-only array straight from Ray's object store.
+    theta = torch.tensor(np.asarray(theta), dtype=torch.float64, device=device)
+    return torch.log_softmax(theta, dim=-1)
+
+
+def sparse_targets(z: torch.Tensor, log_q: torch.Tensor, tau: float, delta: float,
+                   top_k: int) -> tuple[TargetBatch, SparsifyStats]:
+    """Model-derived targets of a batch of logits z (B, |V|) against background log q (|V|)."""
+    p = torch.softmax(z.to(torch.float64), dim=-1)
+    q = log_q.exp()
+    a = (p / (p + q + EPSILON)) / tau  # the logits of t = softmax(r / τ)
+    # e_v = t_v / max t. The δ rule keeps (max r − r_v) / τ < ln(1/δ), i.e. e_v > δ.
+    e = torch.exp(a - a.max(dim=-1, keepdim=True).values)
+    total = e.sum(dim=-1)
+    k = min(top_k, e.shape[-1])
+    top_e, top_ids = e.topk(k, dim=-1)  # descending, so the kept ids are a prefix of each row
+    kept = top_e > delta
+    kept_mass = (top_e * kept).sum(dim=-1)
+    dropped = (total - kept_mass) / total
+    within_delta = (e > delta).sum(dim=-1)
+    stats = SparsifyStats(texts=z.shape[0], dropped_max=float(dropped.max()), dropped_sum=float(dropped.sum()),
+                          cut_by_top_k=int((within_delta > k).sum()))
+
+    lengths = kept.sum(dim=-1).cpu().numpy()
+    ids = top_ids.cpu().numpy()
+    weights = top_e.cpu().numpy()
+    # Sort each row's kept prefix by id; the dropped tail is pushed past every real id first.
+    sentinel = np.iinfo(np.int64).max
+    ids = np.where(np.arange(k) < lengths[:, None], ids, sentinel)
+    order = np.argsort(ids, axis=-1, kind="stable")
+    ids = np.take_along_axis(ids, order, axis=-1)
+    weights = np.take_along_axis(weights, order, axis=-1)
+    mask = np.arange(k) < lengths[:, None]
+    return TargetBatch.pack(ids[mask], weights[mask], lengths), stats
+
+
+class Stage2Builder:
+    """Runs the frozen embedder over texts: background sums (pass 1) and sparse targets (pass 2)."""
+
+    def __init__(self, embedder, targets: TargetsConfig):
+        self.embedder = embedder.eval()
+        self.targets_cfg = targets
+
+    @torch.inference_mode()
+    def logits(self, texts: list[str]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(positions in `texts`, fp32 logits z) per batch; batches are length-sorted to cut padding."""
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        size = self.targets_cfg.batch_size
+        device = self.embedder.device
+        for start in range(0, len(texts), size):
+            idx = order[start:start + size]
+            batch = self.embedder.tokenize([texts[i] for i in idx])
+            _, z = self.embedder(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            yield idx, z
+
+    def background_sum(self, texts: list[str]) -> tuple[np.ndarray, int, int]:
+        """(Σ z in float64, number of texts, texts truncated) for the background mean θ."""
+        assert texts, "background_sum needs at least one text"
+        before = self.embedder.truncated_texts
+        total = None
+        for _, z in self.logits(texts):
+            part = z.to(torch.float64).sum(dim=0)
+            total = part if total is None else total + part
+        return total.cpu().numpy(), len(texts), self.embedder.truncated_texts - before
+
+    def targets(self, texts: list[str], theta: np.ndarray) -> tuple[TargetBatch, SparsifyStats]:
+        """Targets of `texts` (in their order) against the background logits θ."""
+        t = self.targets_cfg
+        before = self.embedder.truncated_texts
+        log_q = log_background(theta, self.embedder.device)
+        positions, batches = [], []
+        stats = SparsifyStats()
+        for idx, z in self.logits(texts):
+            batch, batch_stats = sparse_targets(z, log_q, t.tau, t.delta, t.top_k)
+            positions.append(idx)
+            batches.append(batch)
+            stats.add(batch_stats)
+        stats.truncated = self.embedder.truncated_texts - before
+        order = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+        return TargetBatch.concat(batches).select(np.argsort(order)), stats
+

@@ -1,0 +1,149 @@
+"""The shard and manifest contract (t2t/data/shards.py): atomic writes, WebDataset round trip, checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from t2t.config import Config, ModelConfig
+from t2t.data.shards import (MANIFEST_FORMAT, check_manifest, decode_sample, read_manifest, shard_name,
+                             write_manifest, write_shard)
+from t2t.model import load_tokenizer
+
+
+def sample(key: str, ids, w, text: str = "a text") -> dict:
+    return {"__key__": key, "txt": text, "ids.npy": np.asarray(ids, np.int32), "w.npy": np.asarray(w, np.float16)}
+
+
+SAMPLES = [sample("k0", [3, 9, 40], [0.25, 0.25, 0.5], "héllo wörld"), sample("k1", [], [], "nothing left"),
+           sample("k2", [7], [1.0])]
+
+
+def test_shard_round_trip_through_webdataset(tmp_path):
+    path = tmp_path / shard_name(3)
+    assert path.name == "t2t-000003.tar"
+    assert write_shard(path, SAMPLES) == 3
+    decoded = [decode_sample(s) for s in wds.WebDataset(str(path), shardshuffle=False)]
+    assert [d[0] for d in decoded] == ["k0", "k1", "k2"] and decoded[0][1] == "héllo wörld"
+    for (key, text, ids, w), s in zip(decoded, SAMPLES):
+        assert ids.dtype == np.int64 and w.dtype == np.float32
+        np.testing.assert_array_equal(ids, s["ids.npy"])
+        np.testing.assert_allclose(w, s["w.npy"].astype(np.float32))
+    # The decoding WebDataset pipeline (arrays and str instead of bytes) reads the same.
+    again = [decode_sample(s) for s in wds.WebDataset(str(path), shardshuffle=False).decode()]
+    assert [d[0] for d in again] == ["k0", "k1", "k2"]
+    first = path.read_bytes()
+    write_shard(path, SAMPLES)
+    assert path.read_bytes() == first  # deterministic bytes
+    with tarfile.open(path) as tar:  # plain USTAR members, no 1 KiB PAX header each
+        assert all(not m.pax_headers for m in tar) and len(tar.getmembers()) == 9
+
+
+def test_failed_write_leaves_no_partial_shard(tmp_path):
+    path = tmp_path / shard_name(0)
+    write_shard(path, SAMPLES[:1])
+    before = path.read_bytes()
+
+    def broken():
+        yield SAMPLES[0]
+        yield SAMPLES[2]
+        raise RuntimeError("worker died mid-shard")
+
+    with pytest.raises(RuntimeError):
+        write_shard(path, broken())
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    with pytest.raises(ValueError, match="without dots"):
+        write_shard(tmp_path / shard_name(1), [sample("a.b", [1], [1.0])])
+    assert not (tmp_path / shard_name(1)).exists() and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("bad,message", [
+    (sample("k", [5, 3], [0.5, 0.5]), "strictly increasing"),
+    (sample("k", [1, 2], [0.5, 0.4]), "sum to 0.8999"),
+    ({**sample("k", [1], [1.0]), "ids.npy": np.array([1], np.int64)}, "int32"),
+    ({**sample("k", [1], [1.0]), "w.npy": np.array([1.0], np.float32)}, "float16"),
+    ({**sample("k", [1], [1.0]), "txt": b"bytes"}, "txt must be a str"),
+])
+def test_invalid_samples_are_refused(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message):
+        write_shard(tmp_path / "t.tar", [bad])
+
+
+def test_decode_sample_names_the_malformed_sample(tmp_path):
+    path = tmp_path / shard_name(0)
+    write_shard(path, SAMPLES)
+    raw = next(iter(wds.WebDataset(str(path), shardshuffle=False)))
+    with pytest.raises(ValueError, match=r"k0 in .*t2t-000000.tar lacks w.npy"):
+        decode_sample({k: v for k, v in raw.items() if k != "w.npy"})
+    with pytest.raises(ValueError, match="k0.*not a valid .npy"):
+        decode_sample({**raw, "ids.npy": b"garbage"})
+    with pytest.raises(ValueError, match="equal lengths"):
+        decode_sample({**raw, "ids.npy": np.array([1, 2], np.int32)})
+    with pytest.raises(ValueError, match="not UTF-8"):
+        decode_sample({**raw, "txt": b"\xff\xfe"})
+    _, _, _, w = decode_sample({**raw, "w.npy": np.array([0.2505, 0.25, 0.5], np.float16)})
+    assert w.sum() == pytest.approx(1, abs=1e-6)  # renormalised for the reader
+
+
+def test_manifest_read_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"manifest.json does not exist"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"manifest.json is not valid JSON"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT}))
+    with pytest.raises(ValueError, match=r"manifest.json is missing code_version"):
+        read_manifest(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def stage2_manifest(tiny_model_dir, tmp_path_factory):
+    """A manifest with the params the real planner computes for stage 2 of the tiny model."""
+    from t2t.precompute import plan
+
+    corpus = tmp_path_factory.mktemp("corpus") / "c.txt"
+    corpus.write_text("one text\n")
+    cfg = Config(model=ModelConfig(path=str(tiny_model_dir), pooling="last", max_length=64))
+    params = plan(cfg, 2, str(corpus)).params
+    return cfg, dict(format=MANIFEST_FORMAT, code_version="0", complete=True, stage=2, params=params, shards=[],
+                     samples=0)
+
+
+def test_manifest_round_trip_and_check_passes(tmp_path, tiny_model_dir, stage2_manifest):
+    cfg, manifest = stage2_manifest
+    write_manifest(tmp_path, manifest)
+    assert read_manifest(tmp_path) == manifest
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary left behind
+    check_manifest(read_manifest(tmp_path), cfg.model, load_tokenizer(tiny_model_dir), where=str(tmp_path))
+
+
+def test_check_manifest_lists_every_mismatch(tiny_model_dir, stage2_manifest):
+    cfg, manifest = stage2_manifest
+    other = dataclasses.replace(cfg.model, pooling="mean", prompt="query: {text}", attention="bidirectional",
+                                max_length=32)
+    tok = load_tokenizer(tiny_model_dir)
+    tok.add_tokens(["newtoken"])
+    with pytest.raises(ValueError) as err:
+        check_manifest({**manifest, "complete": False}, other, tok, where="shards/x/stage2")
+    message = str(err.value)
+    for part in ("shards/x/stage2", "did not finish", "tokenizer size 1000 != model tokenizer's 1001",
+                 "tokenizer hash", "pooling 'last' != model config's 'mean'", "prompt", "attention", "max_length"):
+        assert part in message, part
+    assert "vocab size" not in message  # the LM head itself is unchanged
+    stage1 = {**manifest, "params": {**manifest["params"], "embedding": None, "vocab_size": 999}}
+    with pytest.raises(ValueError, match=r"vocab size 999 != model's 1000") as err:
+        check_manifest(stage1, other, load_tokenizer(tiny_model_dir), where="s1")
+    assert "pooling" not in str(err.value)  # data-driven targets do not depend on how the student pools
+
+
+def test_check_manifest_without_model_config_names_it(tmp_path, tiny_model_dir, stage2_manifest):
+    cfg, manifest = stage2_manifest
+    with pytest.raises(ValueError, match=r"config.json"):
+        check_manifest(manifest, ModelConfig(path=str(tmp_path)), load_tokenizer(tiny_model_dir), where="x")
+    assert Path(tiny_model_dir, "config.json").is_file()

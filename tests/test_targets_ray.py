@@ -1,0 +1,218 @@
+"""`t2t targets` end to end on a local Ray (started once for this module): shards, ledger, resume,
+worker death, the background θ map-reduce, bad corpora."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from t2t.config import Config, DataConfig, ModelConfig, TargetsConfig
+from t2t.data.corpus import iter_texts
+from t2t.data.shards import check_manifest, decode_sample, read_manifest
+from t2t.model import from_config, load_tokenizer
+from t2t.precompute import FAULT_ENV, is_complete, run_targets
+from t2t.targets.stage1 import Stage1Builder, idf_weights
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A directory corpus: 50 Wikipedia sentences in a .txt (plus a blank line and a line of invalid
+    UTF-8) and 10 more in a .jsonl.gz."""
+    root = tmp_path_factory.mktemp("corpus")
+    texts = [t.text for _, t in zip(range(60), iter_texts(REPO / "data/corpus/wiki_sentences_60k.txt.gz"))]
+    lines = [t.encode() for t in texts[:50]]
+    lines[3:3] = [b"", b"caf\xe9 au lait \xff"]
+    (root / "a.txt").write_bytes(b"\n".join(lines) + b"\n")
+    with gzip.open(root / "b.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in texts[50:])
+    return root
+
+
+def make_cfg(model_dir: Path, corpus: Path, shards: Path, **targets) -> Config:
+    t = dict(shard_size=16, workers=2, batch_size=8, max_retries=2)
+    t.update(targets)
+    return Config(model=ModelConfig(path=str(model_dir), max_length=48),
+                  data=DataConfig(stage1_corpus=str(corpus), shards_dir=str(shards)), targets=TargetsConfig(**t))
+
+
+@pytest.fixture(scope="module")
+def clean(tiny_model_dir, corpus, tmp_path_factory) -> tuple[Config, dict, Path]:
+    """One clean stage-1 run that the fault and resume tests compare against: (cfg, manifest, out dir)."""
+    shards = tmp_path_factory.mktemp("clean")
+    cfg = make_cfg(tiny_model_dir, corpus, shards)
+    return cfg, run_targets(cfg, 1), shards / "stage1"
+
+
+def read_shards(out: Path) -> dict[str, tuple]:
+    """key -> (text, ids, w) over every shard the manifest lists; fails on a duplicate key."""
+    manifest = read_manifest(out)
+    samples = {}
+    for shard in manifest["shards"]:
+        rows = [decode_sample(s) for s in wds.WebDataset(str(out / shard["name"]), shardshuffle=False)]
+        assert len(rows) == shard["samples"]
+        for key, text, ids, w in rows:
+            assert key not in samples, f"duplicate key {key}"
+            samples[key] = (text, ids, w)
+    assert len(samples) == manifest["samples"]
+    return samples
+
+
+def snapshot(out: Path) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size, p.stat().st_ino) for p in sorted(out.iterdir())}
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("t2t-*.tar"))}
+
+
+def test_stage1_end_to_end_rerun_and_changed_config(tiny_model_dir, corpus, clean, tmp_path):
+    cfg, manifest, out = clean
+    assert manifest["complete"] and read_manifest(out) == manifest
+    assert [s["name"] for s in manifest["shards"]] == [f"t2t-{i:06d}.tar" for i in range(4)]
+    assert [s["samples"] for s in manifest["shards"]] == [16, 16, 16, 13]
+    texts = [t.text for t in iter_texts(corpus)]
+    tok = load_tokenizer(tiny_model_dir)
+    expected, truncated = Stage1Builder(tok, cfg.targets, len(tok)).targets(texts)
+    assert manifest["corpus"]["counters"] == dict(read=61, skipped_empty=1, invalid_utf8=1, truncated=truncated)
+    assert manifest["params"]["target"]["stopwords"] == "sklearn-english" and manifest["code_version"]
+
+    samples = read_shards(out)
+    by_text = {text: (ids, w) for text, ids, w in samples.values()}
+    assert "caf\ufffd au lait \ufffd" in by_text  # undecodable bytes replaced, and counted above
+    for i, text in enumerate(texts):
+        np.testing.assert_array_equal(by_text[text][0], expected[i][0])
+        np.testing.assert_allclose(by_text[text][1], expected[i][1].astype(np.float32), rtol=1e-3)
+    assert manifest["empty_targets"] == expected.empty_count
+
+    before = snapshot(out)
+    assert run_targets(cfg, 1) == manifest and snapshot(out) == before  # a finished job: nothing written
+    assert is_complete(cfg, 1)
+
+    copy = tmp_path / "stage1"
+    shutil.copytree(out, copy)
+    changed = dataclasses.replace(cfg, targets=dataclasses.replace(cfg.targets, max_target_tokens=8))
+    assert not is_complete(changed, 1, out=str(copy))
+    with pytest.raises(ValueError, match=r"max_target_tokens: 128 -> 8.*--overwrite"):
+        run_targets(changed, 1, out=str(copy))
+    assert [p.name for p in copy.iterdir()] == [p.name for p in out.iterdir()]
+    redone = run_targets(changed, 1, out=str(copy), overwrite=True)
+    assert redone["params"]["target"]["max_target_tokens"] == 8
+    assert redone["corpus"]["counters"]["truncated"] > truncated
+    assert is_complete(changed, 1, out=str(copy)) and not is_complete(cfg, 1, out=str(copy))
+
+
+def test_worker_death_gives_the_clean_shard_set(tiny_model_dir, corpus, clean, tmp_path, monkeypatch):
+    _, clean_manifest, clean_out = clean
+    marker = tmp_path / "died"
+    monkeypatch.setenv(FAULT_ENV, f"shards:2:{marker}")
+    cfg = make_cfg(tiny_model_dir, corpus, tmp_path / "faulty")
+    faulty = run_targets(cfg, 1)
+    assert marker.is_file()  # the worker really died on its first attempt at shard 2
+    assert faulty["shards"] == clean_manifest["shards"]
+    assert shard_bytes(tmp_path / "faulty/stage1") == shard_bytes(clean_out)
+    assert read_shards(tmp_path / "faulty/stage1").keys() == read_shards(clean_out).keys()
+    before = snapshot(tmp_path / "faulty/stage1")
+    run_targets(cfg, 1)
+    assert snapshot(tmp_path / "faulty/stage1") == before
+
+
+def test_failed_job_resumes_from_the_ledger(tiny_model_dir, corpus, clean, tmp_path, monkeypatch):
+    """A job whose worker dies with no retries left fails; finished shards stay, and a rerun does only the rest."""
+    marker = tmp_path / "died"
+    monkeypatch.setenv(FAULT_ENV, f"shards:3:{marker}")
+    cfg = make_cfg(tiny_model_dir, corpus, tmp_path, max_retries=0, workers=1)
+    import ray
+
+    with pytest.raises(ray.exceptions.RayError):  # the worker crashed, with no retries left
+        run_targets(cfg, 1)
+    out = tmp_path / "stage1"
+    assert not read_manifest(out)["complete"] and not is_complete(cfg, 1)
+    kept = snapshot(out)
+    assert {f"t2t-{i:06d}.tar" for i in range(3)} <= set(kept) and "t2t-000003.tar" not in kept
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    monkeypatch.delenv(FAULT_ENV)
+    run_targets(cfg, 1)
+    after = snapshot(out)
+    for i in range(3):
+        assert after[f"t2t-{i:06d}.tar"] == kept[f"t2t-{i:06d}.tar"]  # not rewritten
+    _, clean_manifest, clean_out = clean
+    assert read_manifest(out)["shards"] == clean_manifest["shards"]
+    assert shard_bytes(out) == shard_bytes(clean_out)
+
+
+def test_idf_weighting_end_to_end(tiny_model_dir, corpus, tmp_path):
+    cfg = make_cfg(tiny_model_dir, corpus, tmp_path, weighting="idf")
+    manifest = run_targets(cfg, 1)
+    assert manifest["idf"]["texts"] == 61 and manifest["params"]["target"]["weighting"] == "idf"
+    texts = [t.text for t in iter_texts(corpus)]
+    tok = load_tokenizer(tiny_model_dir)
+    builder = Stage1Builder(tok, cfg.targets, len(tok))
+    idf = idf_weights(*builder.document_frequency(texts))
+    np.testing.assert_allclose(np.load(tmp_path / "stage1/idf.npy"), idf)
+    expected, _ = builder.targets(texts, idf)
+    by_text = {text: w for text, _, w in read_shards(tmp_path / "stage1").values()}
+    for i, text in enumerate(texts):
+        np.testing.assert_allclose(by_text[text], expected[i][1].astype(np.float32), rtol=1e-3)
+
+
+def test_bad_corpora_are_named(tiny_model_dir, tmp_path):
+    cfg = make_cfg(tiny_model_dir, tmp_path / "nowhere.txt", tmp_path)
+    with pytest.raises(ValueError, match=r"corpus .*nowhere.txt does not exist"):
+        run_targets(cfg, 1)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n\n")
+    with pytest.raises(ValueError, match=r"corpus .*empty.txt holds no texts"):
+        run_targets(cfg, 1, corpus=str(empty))
+    broken = tmp_path / "broken.txt.gz"
+    payload = gzip.compress("".join(f"sentence number {i} about rivers\n" for i in range(400)).encode())
+    broken.write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(ValueError, match=r"broken.txt.gz: corrupt or truncated input after line \d+"):
+        run_targets(cfg, 1, corpus=str(broken), out=str(tmp_path / "broken"))
+    with pytest.raises(ValueError, match="no corpus"):
+        run_targets(dataclasses.replace(cfg, data=DataConfig()), 1)
+
+
+def test_stage2_background_one_vs_two_workers_with_an_actor_death(tiny_model_dir, corpus, tmp_path, monkeypatch):
+    one = run_targets(make_cfg(tiny_model_dir, corpus, tmp_path / "w1", workers=1), 2)
+    marker = tmp_path / "died"
+    monkeypatch.setenv(FAULT_ENV, f"background:1:{marker}")
+    cfg = make_cfg(tiny_model_dir, corpus, tmp_path / "w2", workers=2)
+    two = run_targets(cfg, 2)
+    assert marker.is_file()  # an actor died in pass 1 and was restarted
+    theta1 = np.load(tmp_path / "w1/stage2" / one["background"]["file"])
+    theta2 = np.load(tmp_path / "w2/stage2" / two["background"]["file"])
+    np.testing.assert_allclose(theta1, theta2, rtol=0, atol=1e-5)
+    embedder = from_config(cfg.model)  # θ against the student's own forward, batch by batch
+    texts = [t.text for t in iter_texts(corpus)]
+    with torch.no_grad():
+        z = np.concatenate([embedder(**embedder.tokenize(texts[i:i + 8]))[1].numpy() for i in range(0, 61, 8)])
+    np.testing.assert_allclose(theta2, z.astype(np.float64).mean(0), rtol=0, atol=1e-5)
+    assert two["background"]["texts"] == 61 and two["shards"] == one["shards"]
+    assert read_shards(tmp_path / "w1/stage2").keys() == read_shards(tmp_path / "w2/stage2").keys()
+    assert shard_bytes(tmp_path / "w1/stage2") == shard_bytes(tmp_path / "w2/stage2")
+    assert two["dropped_mass"]["bound"] <= two["dropped_mass"]["delta_bound"]
+    assert two["params"]["embedding"]["pooling"] == "mean" and two["params"]["target"]["tau"] == 1e-5
+    check_manifest(two, cfg.model, embedder.tokenizer, where="w2")
+    other = dataclasses.replace(cfg.model, pooling="last")
+    with pytest.raises(ValueError, match="pooling 'mean' != model config's 'last'"):
+        check_manifest(two, other, embedder.tokenizer, where="w2")
