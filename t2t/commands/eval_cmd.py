@@ -1,0 +1,68 @@
+"""`t2t eval`: mteb tasks on one or more model directories, dispatched to Ray workers.
+
+    t2t eval --model runs/demo/stage2/export --tasks STSBenchmark BIOSSES SciFact
+    t2t eval --model A B --names ours minilm --workers 2 --out runs/compare   # side by side
+    t2t eval --config recipes/demo.yaml --model runs/demo/stage2/export       # the recipe's eval section
+    t2t eval --model DIR --benchmark "MTEB(eng, v2)" --workers 8 --gpus-per-worker 1 --ray-address auto
+
+A DIR is a t2t export or a sentence-transformers directory. Results are cached per model content
+and task in <out>/results; rerunning the same command runs only what is missing or failed.
+Without --config the defaults are those of the `eval` section in t2t/config.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from t2t.commands import add_config_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate model directories on MTEB tasks (local offline ones or official)")
+    p.add_argument("--model", nargs="+", required=True, metavar="DIR",
+                   help="t2t export(s) or sentence-transformers director(ies)")
+    p.add_argument("--names", nargs="+", metavar="NAME", help="display names for the models (default: directory names)")
+    p.add_argument("--tasks", nargs="+", metavar="TASK",
+                   help="task names: STSBenchmark BIOSSES SciFact Banking77Classification TwentyNewsgroupsClustering "
+                        "TwitterURLCorpus (local), or official mteb tasks")
+    p.add_argument("--benchmark", help='an mteb benchmark, e.g. "MTEB(eng, v2)" (replaces --tasks)')
+    p.add_argument("--workers", type=int, help="Ray workers, each loading the model once (1 = in this process)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs each Ray worker asks for (1 on a GPU cluster)")
+    p.add_argument("--cpus-per-worker", type=int, default=0,
+                   help="CPUs (torch threads) each Ray worker asks for (default: the cluster's CPUs / workers)")
+    p.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, or a local one)")
+    p.add_argument("--batch-size", type=int, help="texts per encode batch")
+    p.add_argument("--out", help="output directory for results, tables and the chart")
+    p.add_argument("--max-samples", type=int, default=0,
+                   help="smoke test: cap every local task at N samples per split (cached apart from full runs)")
+    add_config_args(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from t2t.config import EvalConfig, load_config
+    from t2t.eval import run_eval
+    from t2t.eval.report import to_markdown
+
+    cfg = load_config(args.config, args.overrides).eval if args.config else EvalConfig()
+    benchmark = args.benchmark if args.benchmark is not None else cfg.benchmark
+    table = run_eval(
+        args.model,
+        tasks=args.tasks or cfg.tasks,
+        benchmark=benchmark,
+        workers=args.workers or cfg.workers,
+        out_dir=args.out or cfg.out_dir,
+        batch_size=args.batch_size or cfg.batch_size,
+        ray_address=args.ray_address,
+        names=args.names,
+        gpus_per_worker=cfg.gpus_per_worker if args.gpus_per_worker is None else args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        max_samples=args.max_samples,
+    )
+    print(to_markdown(table), end="")
+    failed = sum(len(e) for e in table["errors"].values())
+    if failed:
+        print(f"t2t eval: {failed} task(s) failed (see above); rerun the same command to retry only those",
+              file=sys.stderr)
+        return 1
+    return 0

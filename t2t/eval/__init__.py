@@ -1,0 +1,12 @@
+"""Evaluation: mteb tasks (six offline ones over data/eval, or official ones) dispatched to Ray workers.
+
+    t2t eval --model runs/demo/stage2/export --workers 2            # the six local tasks
+    python -c "from t2t.eval import run_eval; run_eval(['DIR'], tasks=['STSBenchmark'])"
+
+See t2t/eval/runner.py for the flow, tasks.py for the local tasks, models.py for how model
+directories become mteb encoders, report.py for the tables and the chart.
+"""
+
+from t2t.eval.runner import run_eval
+
+__all__ = ["run_eval"]

@@ -1,0 +1,181 @@
+"""`t2t eval` end to end on a tiny exported model: every local task, Ray workers, cache, failures, bad input.
+
+Local tasks are capped with `max_samples` (a seeded sample per split) so the suite stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from t2t.eval import run_eval
+from t2t.eval.tasks import DEFAULT_DATA_DIR, LOCAL_TASKS
+
+CAP = 48
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_model_dir, tmp_path_factory):
+    from t2t.config import ModelConfig
+    from t2t.model import export, from_config
+
+    return export(from_config(ModelConfig(path=str(tiny_model_dir))), tmp_path_factory.mktemp("eval") / "tiny-export")
+
+
+@pytest.fixture(scope="module")
+def one_worker_run(tiny_export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval-1w")
+    return out, run_eval([str(tiny_export)], workers=1, out_dir=str(out), max_samples=CAP, batch_size=16)
+
+
+def test_every_local_task_runs_end_to_end(one_worker_run):
+    out, table = one_worker_run
+    (model,) = table["models"]
+    name = model["name"]
+    assert table["errors"][name] == {}
+    assert set(table["scores"][name]) == set(LOCAL_TASKS)
+    for task, score in table["scores"][name].items():
+        assert math.isfinite(score) and -100 <= score <= 100, (task, score)
+        assert table["status"][name][task] == "ran"
+    # mteb's own per-task JSON, under the model's unique name and content revision (and the sample cap)
+    result_dir = out / "results" / f"t2t-eval__{name}" / model["revision"] / "experiments" / f"max_samples_{CAP}"
+    assert {p.stem for p in result_dir.glob("*.json")} >= set(LOCAL_TASKS)
+    assert json.loads((out / "results.json").read_text())["scores"] == table["scores"]
+    md = (out / "results.md").read_text()
+    assert "| STS | STSBenchmark | cosine_spearman |" in md and "**mean (task)**" in md
+    assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    categories = {"STS", "Retrieval", "Classification", "Clustering", "PairClassification"}
+    assert set(table["category_means"][name]) == categories
+    assert table["overall_mean"][name] == pytest.approx(sum(table["scores"][name].values()) / len(LOCAL_TASKS))
+
+
+def test_rerun_reuses_the_cache(one_worker_run, tiny_export):
+    out, first = one_worker_run
+    files = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json") if p.name != "model_meta.json"}
+    again = run_eval([str(tiny_export)], workers=1, out_dir=str(out), max_samples=CAP, batch_size=16)
+    name = first["models"][0]["name"]
+    assert set(again["status"][name].values()) == {"cached"}
+    assert again["scores"] == first["scores"]
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+
+
+@pytest.mark.slow
+def test_two_ray_workers_give_the_same_scores_as_one(one_worker_run, tiny_export, tmp_path):
+    _, one = one_worker_run
+    two = run_eval([str(tiny_export)], workers=2, cpus_per_worker=1, out_dir=str(tmp_path), max_samples=CAP,
+                   batch_size=16)
+    name = one["models"][0]["name"]
+    assert set(two["status"][name].values()) == {"ran"}
+    for task, score in one["scores"][name].items():
+        assert two["scores"][name][task] == pytest.approx(score, abs=1e-3), task
+
+
+def test_failed_task_leaves_the_rest_and_rerun_runs_only_it(tiny_export, tmp_path):
+    data = tmp_path / "data"
+    for sub in ("sts", "classification"):
+        shutil.copytree(DEFAULT_DATA_DIR / sub, data / sub)
+    hidden = data / "sts" / "biosses_test.tsv"
+    hidden.rename(hidden.with_suffix(".away"))
+    tasks = ["STSBenchmark", "BIOSSES", "Banking77Classification"]
+    kw = dict(tasks=tasks, out_dir=str(tmp_path / "out"), max_samples=CAP, data_dir=str(data), batch_size=16)
+    first = run_eval([str(tiny_export)], **kw)
+    name = first["models"][0]["name"]
+    assert first["status"][name] == {"STSBenchmark": "ran", "BIOSSES": "failed", "Banking77Classification": "ran"}
+    assert "biosses_test.tsv not found" in first["errors"][name]["BIOSSES"]
+    assert first["scores"][name]["BIOSSES"] is None and first["overall_mean"][name] is None
+    assert "Failed" in (tmp_path / "out" / "results.md").read_text()
+
+    hidden.with_suffix(".away").rename(hidden)
+    second = run_eval([str(tiny_export)], **kw)
+    assert second["status"][name] == {"STSBenchmark": "cached", "BIOSSES": "ran", "Banking77Classification": "cached"}
+    assert second["errors"][name] == {} and second["overall_mean"][name] is not None
+    for task in ("STSBenchmark", "Banking77Classification"):
+        assert second["scores"][name][task] == first["scores"][name][task]
+
+
+def test_official_task_unreachable_offline_is_a_per_task_error(tiny_export, tmp_path):
+    table = run_eval([str(tiny_export)], tasks=["BIOSSES", "STS12"], out_dir=str(tmp_path), max_samples=CAP)
+    name = table["models"][0]["name"]
+    assert table["status"][name] == {"BIOSSES": "ran", "STS12": "failed"}
+    assert "data for task STS12 could not be loaded" in table["errors"][name]["STS12"]
+
+
+def test_nan_embeddings_fail_the_task_with_the_reason(tiny_model_dir, tmp_path):
+    import torch
+
+    from t2t.config import ModelConfig
+    from t2t.model import export, from_config
+
+    embedder = from_config(ModelConfig(path=str(tiny_model_dir)))
+    with torch.no_grad():
+        embedder.lm.model.norm.weight.fill_(float("nan"))
+    broken = export(embedder, tmp_path / "nan-model")
+    table = run_eval([str(broken)], tasks=["BIOSSES"], out_dir=str(tmp_path / "out"), max_samples=CAP)
+    error = table["errors"]["nan-model"]["BIOSSES"]
+    assert "NaN or infinite embeddings" in error and "BIOSSES" in error
+    assert not list((tmp_path / "out" / "results").rglob("BIOSSES.json"))
+
+
+def test_bad_input_is_named(tiny_export, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown task 'STSBenchmrk'.*local tasks: STSBenchmark, BIOSSES"):
+        run_eval([str(tiny_export)], tasks=["STSBenchmrk"], out_dir=str(tmp_path))
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ValueError, match=f"model directory {missing} does not exist"):
+        run_eval([str(missing)], out_dir=str(tmp_path))
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    with pytest.raises(ValueError, match="neither a t2t export"):
+        run_eval([str(not_a_model)], out_dir=str(tmp_path))
+
+
+def test_benchmark_names_resolve_to_official_tasks():
+    from t2t.eval.runner import build_task, resolve_tasks
+
+    specs = resolve_tasks(["ignored"], benchmark="MTEB(eng, v2)")
+    assert len(specs) == 41 and {s.source for s in specs} == {"benchmark"}
+    sts = build_task(next(s for s in specs if s.name == "STSBenchmark"))
+    assert type(sts).__module__.startswith("mteb.tasks") and not sts.data_loaded
+    with pytest.raises(ValueError, match=r"unknown benchmark 'MTEB\(eng, v9\)'.*available: .*MTEB\(eng, v2\)"):
+        resolve_tasks(None, benchmark="MTEB(eng, v9)")
+
+
+def test_each_checkpoint_gets_its_own_revision(tiny_export, tmp_path):
+    from t2t.eval.models import describe_model, model_meta
+
+    same = shutil.copytree(tiny_export, tmp_path / "a" / "export")
+    changed = shutil.copytree(tiny_export, tmp_path / "b" / "export")
+    weights = changed / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    original, copy, other = (describe_model(p) for p in (tiny_export, same, changed))
+    assert copy.revision == original.revision and other.revision != original.revision
+    assert model_meta(other).name == "t2t-eval/export" and model_meta(other).revision == other.revision
+    table = run_eval([str(same), str(changed)], tasks=["BIOSSES"], out_dir=str(tmp_path / "out"), max_samples=CAP)
+    names = [m["name"] for m in table["models"]]
+    assert names == [f"export@{copy.revision[:8]}", f"export@{other.revision[:8]}"]
+    assert all(table["status"][n] == {"BIOSSES": "ran"} for n in names)
+
+
+def test_cli_side_by_side_and_exit_codes(tiny_export, tmp_path, capsys):
+    from t2t.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["eval", "--model", str(tiny_export), str(tiny_export), "--names", "a", "b", "--tasks", "BIOSSES",
+               "--out", str(out), "--max-samples", str(CAP)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| STS | BIOSSES | cosine_spearman |" in printed and "| a | b |" in printed
+    table = json.loads((out / "results.json").read_text())
+    assert table["scores"]["a"]["BIOSSES"] == pytest.approx(table["scores"]["b"]["BIOSSES"])
+    assert main(["eval", "--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "nope does not exist" in capsys.readouterr().err
+    # the recipe's eval section gives the defaults; flags override it
+    rc = main(["eval", "--config", str(REPO / "recipes" / "demo.yaml"), "--set", "eval.batch_size=8", "--workers", "1",
+               "--model", str(tiny_export), "--tasks", "STSBenchmark", "--out", str(out), "--max-samples", str(CAP)])
+    assert rc == 0 and "| STS | STSBenchmark | cosine_spearman |" in capsys.readouterr().out
