@@ -1,5 +1,11 @@
 """The `t2t` command line: one verb per job.
 
+    t2t pipeline [--config R]                 the whole recipe end to end, resumable (default: recipes/demo.yaml)
+    t2t targets --config R --stage 1|2        precompute sparse targets into WebDataset shards (Ray)
+    t2t train --config R --stage 1            one rank of DeepSpeed ZeRO-3 training (under torchrun/deepspeed)
+    t2t export --config R --stage 1           consolidate the newest checkpoint into a model directory
+    t2t eval --model DIR [DIR...]             mteb tasks in parallel on Ray workers
+    t2t plan --config R --nodes N --gpus-per-node G   memory and time of a cluster run
     t2t inspect --model DIR "a text" ...      tokens an embedding points to
     t2t config --config recipes/demo.yaml     print the validated recipe
 
@@ -20,6 +26,12 @@ from t2t.config import ConfigError
 VERBS = [
     "t2t.commands.config_cmd",
     "t2t.commands.inspect_cmd",
+    "t2t.commands.eval_cmd",
+    "t2t.commands.targets_cmd",
+    "t2t.commands.train_cmd",
+    "t2t.commands.export_cmd",
+    "t2t.commands.plan_cmd",
+    "t2t.commands.pipeline_cmd",
 ]
 
 

@@ -105,7 +105,7 @@ class DataConfig:
 
 @dataclass
 class TargetsConfig:
-    """How target token distributions are computed (DESIGN §1)."""
+    """How target token distributions are computed (docs/DESIGN.md §1)."""
 
     stopwords: Literal["sklearn-english", "none"] = "sklearn-english"
     """English stopword list removed before tokenizing (scikit-learn's, shipped with the package)."""

@@ -1,4 +1,4 @@
-"""Ray driver for target precomputation: a corpus in, WebDataset target shards out (DESIGN §1, §3).
+"""Ray driver for target precomputation: a corpus in, WebDataset target shards out (docs/DESIGN.md §1, §3).
 
     t2t targets --config recipes/demo.yaml --stage 1                 # local Ray, cfg.targets.workers CPUs
     t2t targets --config recipes/demo.yaml --stage 2 --ray-address 10.0.0.1:6379

@@ -1,5 +1,5 @@
 """Every recipe in recipes/ loads and validates without any weights, and the files it names exist;
-the cluster recipes match the reference setup of DESIGN.md §1.
+the cluster recipes match the reference setup of docs/DESIGN.md §1.
 
     .venv/bin/pytest tests/test_recipes.py
 

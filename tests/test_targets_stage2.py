@@ -25,7 +25,7 @@ TEXTS = [
 
 def dense_reference(z: np.ndarray, theta: np.ndarray, tau: float, delta: float, top_k: int):
     """Per text: the dense t = softmax(r / τ), the kept ids (δ rule, then the top_k largest), and the
-    dropped mass 1 − Σ_kept t, all in float64 numpy, written straight from DESIGN §1."""
+    dropped mass 1 − Σ_kept t, all in float64 numpy, written straight from docs/DESIGN.md §1."""
     def softmax(x):
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)

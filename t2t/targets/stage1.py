@@ -1,4 +1,4 @@
-"""Stage-1 (data-driven) targets: the meaningful tokens *in* a text (DESIGN §1).
+"""Stage-1 (data-driven) targets: the meaningful tokens *in* a text (docs/DESIGN.md §1).
 
 1. Every non-word character (and `_`) becomes a space; English stopwords (case-insensitive,
    scikit-learn's list, shipped with the package) are dropped; so is bare punctuation.

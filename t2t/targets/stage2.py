@@ -1,4 +1,4 @@
-"""Stage-2 (model-derived) targets: tokens *beyond* the text that the frozen model ties to it (DESIGN §1).
+"""Stage-2 (model-derived) targets: tokens *beyond* the text that the frozen model ties to it (docs/DESIGN.md §1).
 
 With the frozen stage-1 model M1 and its fp32 logits z(x) (computed exactly as the student
 computes them: `Embedder.forward`, same prompt, pooling and attention mode):
@@ -32,7 +32,7 @@ from t2t.config import TargetsConfig
 from t2t.targets.sparse import TargetBatch
 
 EPSILON = 1e-8
-"""The constant in r = p / (p + q + ε) (DESIGN §1)."""
+"""The constant in r = p / (p + q + ε) (docs/DESIGN.md §1)."""
 
 
 @dataclass

@@ -68,7 +68,7 @@ def _follow(proc: subprocess.Popen, metrics: Path, stage: int, steps: int) -> No
         while proc.poll() is None:
             time.sleep(1.0)
             last = _last_record(metrics)
-            if last is not None:
+            if last is not None and last["step"] != bar.n:
                 bar.n = last["step"]
                 bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
                 bar.refresh()

@@ -1,6 +1,6 @@
 """Training objectives (`train.objective`): `t2t` (Text2Token) and `simcse` (the unsupervised contrastive baseline).
 
-**t2t**: forward KL from a sparse target t(x) to softmax(z(x)) (DESIGN §1).
+**t2t**: forward KL from a sparse target t(x) to softmax(z(x)) (docs/DESIGN.md §1).
 
     L = mean_b  Σ_k w_bk log w_bk − Σ_k w_bk (z_b[i_bk] − logsumexp(z_b))
 

@@ -1,0 +1,27 @@
+"""`t2t pipeline [--config R]`: the whole recipe end to end, resumable (see t2t/pipeline.py)."""
+
+from __future__ import annotations
+
+import sys
+
+from t2t.commands import add_config_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pipeline", help="targets → train → targets → train → eval → report, resumable")
+    add_config_args(p)
+    p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: local ray.init)")
+    p.add_argument("--until", default=None, help="stop after this step (base, targets1, train1, targets2, train2, eval)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from t2t.pipeline import StepFailed, run_pipeline
+
+    try:
+        report = run_pipeline(args.config, args.overrides, args.ray_address, args.until)
+    except StepFailed as e:
+        print(f"t2t pipeline: {e}\nfinished steps are kept; rerun the same command to resume", file=sys.stderr)
+        return 1
+    print(f"done: {report}")
+    return 0

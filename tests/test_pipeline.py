@@ -1,0 +1,111 @@
+"""`t2t pipeline` end to end on a shortened demo: interrupted in stage-1 training, resumed, then up to date.
+
+One real run through the console entry (Ray for targets and eval, 2 DeepSpeed ranks for training):
+1. start it, wait for the first stage-1 checkpoint, press Ctrl-C (SIGINT to the process group);
+2. rerun: the targets are not recomputed, training resumes from the checkpoint, the rest finishes;
+3. rerun again: every step is up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import CORPUS, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def short_demo(tmp: Path) -> Path:
+    recipe = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())
+    recipe["run_dir"] = "runs/short"
+    recipe["model"]["path"] = "runs/short/base"
+    recipe["model"]["tiny"].update(tokenizer_corpus=str(CORPUS), vocab_size=1000, tokenizer_train_texts=3000,
+                                   hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
+    recipe["data"].update(stage1_corpus=str(CORPUS), stage2_corpus=str(CORPUS), max_texts=1200,
+                          shards_dir="shards/short", loader_workers=0)
+    recipe["targets"].update(shard_size=400)
+    recipe["train"].update(micro_batch_size=8, save_every=3)
+    recipe["train"]["stage1"] = {"steps": 24, "lr": 1.0e-3, "schedule": "constant"}
+    recipe["train"]["stage2"] = {"steps": 4, "lr": 1.0e-4, "schedule": "constant"}
+    recipe["eval"].update(tasks=["STSBenchmark"], workers=1, out_dir="runs/short/eval")
+    path = tmp / "short.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def pipeline(tmp: Path, recipe: Path, **kw) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-m", "t2t.cli", "pipeline", "--config", str(recipe)], cwd=tmp,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_pipeline_interrupt_resume_and_up_to_date(tmp_path):
+    recipe = short_demo(tmp_path)
+    run = tmp_path / "runs" / "short"
+
+    # 1. Interrupt stage-1 training once it has written a checkpoint.
+    first = pipeline(tmp_path, recipe, start_new_session=True)
+    deadline = time.time() + 600
+    while not list((run / "stage1" / "checkpoints").glob("*step*")):
+        assert first.poll() is None, f"pipeline ended early:\n{first.stdout.read()}"
+        assert time.time() < deadline, "no stage-1 checkpoint within 10 minutes"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    out1, _ = first.communicate(timeout=300)
+    assert first.returncode != 0, out1
+    assert "targets1: done" in out1 and "train2" not in out1
+    targets = sorted((tmp_path / "shards" / "short" / "stage1").glob("t2t-*.tar"))
+    stamps = {p: p.stat().st_mtime_ns for p in targets}
+    assert targets and not (run / "stage1" / "model").exists()
+
+    # 2. The same command resumes: targets skipped, training continues from the checkpoint.
+    second = pipeline(tmp_path, recipe)
+    out2, _ = second.communicate(timeout=900)
+    assert second.returncode == 0, out2
+    assert "[2/7] targets1: up to date, skipped" in out2
+    assert {p: p.stat().st_mtime_ns for p in targets} == stamps  # not rewritten
+    train_log = (run / "logs" / "train1.log").read_text()
+    assert "resum" in train_log.lower(), train_log[-2000:]
+    steps = [json.loads(line)["step"] for line in (run / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 25))  # one line per step, none lost or repeated across the interruption
+
+    report = (run / "report.md").read_text()
+    for name in ("demo-M0-start", "demo-M1-stage1", "demo-M2-stage2"):
+        assert name in report
+    assert (run / "loss_stage1.png").stat().st_size > 0 and (run / "scores.png").stat().st_size > 0
+    table = json.loads((run / "eval" / "results.json").read_text())
+    assert all(table["scores"][m["name"]]["STSBenchmark"] is not None for m in table["models"])
+
+    # 3. Nothing left to do.
+    third = pipeline(tmp_path, recipe)
+    out3, _ = third.communicate(timeout=300)
+    assert third.returncode == 0, out3
+    assert out3.count("up to date, skipped") == 7, out3
+
+
+def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):
+    from t2t.pipeline import Pipeline
+
+    recipe = short_demo(tmp_path)
+    base = Pipeline(str(recipe), []).fingerprints()
+    changed = {
+        "train.stage2.steps=9": {"train2", "eval", "report"},
+        "train.stage1.lr=0.01": {"train1", "targets2", "train2", "eval", "report"},
+        "targets.tau=1e-4": {"targets2", "train2", "eval", "report"},
+        "targets.weighting=idf": {"targets1", "train1", "targets2", "train2", "eval", "report"},
+        "targets.workers=1": set(),
+        "eval.tasks=[BIOSSES]": {"eval", "report"},
+        "model.pooling=eos": set(base),
+    }
+    for override, expected in changed.items():
+        fp = Pipeline(str(recipe), [override]).fingerprints()
+        assert {k for k in base if fp[k] != base[k]} == expected, override
