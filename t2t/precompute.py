@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 import t2t
 from t2t.config import Config
 from t2t.data.corpus import CorpusStats, corpus_files, iter_texts
+from t2t.data.ledger import Ledger
 from t2t.data.shards import MANIFEST, MANIFEST_FORMAT, model_vocab_size, read_manifest, shard_name, write_manifest
 from t2t.targets.stage1 import stopword_list, stopwords_hash
 from t2t.targets.stage2 import EPSILON
@@ -210,28 +211,6 @@ def prepare_out(p: Plan, overwrite: bool) -> dict | None:
     for f in existing:
         f.unlink()
     return None
-
-
-class Ledger:
-    """`ledger.jsonl`: one JSON line per finished shard, appended by the driver only."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.entries: dict[int, dict] = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line from a crash; that shard is redone
-                self.entries[entry["index"]] = entry
-
-    def record(self, entry: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.entries[entry["index"]] = entry
 
 
 # --------------------------------------------------------------------------- scheduling
