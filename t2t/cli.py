@@ -5,6 +5,7 @@
     t2t train --config R --stage 1            one rank of DeepSpeed ZeRO-3 training (under torchrun/deepspeed)
     t2t export --config R --stage 1           consolidate the newest checkpoint into a model directory
     t2t eval --model DIR [DIR...]             mteb tasks in parallel on Ray workers
+    t2t tfidf --corpus C --out DIR            a TF-IDF baseline model directory for `t2t eval`
     t2t plan --config R --nodes N --gpus-per-node G   memory and time of a cluster run
     t2t inspect --model DIR "a text" ...      tokens an embedding points to
     t2t config --config recipes/demo.yaml     print the validated recipe
@@ -27,6 +28,7 @@ VERBS = [
     "t2t.commands.config_cmd",
     "t2t.commands.inspect_cmd",
     "t2t.commands.eval_cmd",
+    "t2t.commands.tfidf_cmd",
     "t2t.commands.targets_cmd",
     "t2t.commands.train_cmd",
     "t2t.commands.export_cmd",

@@ -93,6 +93,10 @@ class DataConfig:
     """Corpus for stage-2 (model-derived) targets; empty means the stage-1 corpus."""
     max_texts: int = 0
     """Read at most this many texts per corpus (0 = all)."""
+    stage2_max_texts: int = 0
+    """Read at most this many texts of the stage-2 corpus (0 = `max_texts`). Stage-2 targets cost a
+    forward of the stage-1 model per text (twice: θ, then targets), so a run that trains stage 2 for
+    few steps needs only as many texts as it reads."""
     shards_dir: str = "shards/demo"
     """Root of the target shards; stage N lands in `<shards_dir>/stageN`."""
     shuffle_buffer: int = 1000
@@ -101,6 +105,10 @@ class DataConfig:
     """What the training reader does with a corrupt shard: stop, or count, log and skip it."""
     loader_workers: int = 1
     """Data-loader processes per training rank that read and tokenize shards (0 = in the training process)."""
+
+    def texts_limit(self, stage: int) -> int:
+        """The cap on texts read for stage `stage`'s targets (0 = all)."""
+        return (self.stage2_max_texts or self.max_texts) if stage == 2 else self.max_texts
 
 
 @dataclass

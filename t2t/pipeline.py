@@ -82,7 +82,7 @@ class Pipeline:
         fp["targets1"] = _hash([fp["base"], pick(data, "stage1_corpus", "max_texts"),
                                 pick(targets, "stopwords", "max_target_tokens", "weighting", "shard_size")])
         fp["train1"] = _hash([fp["targets1"], reading, optim, train["stage1"], c["seed"]])
-        fp["targets2"] = _hash([fp["train1"], pick(data, "stage1_corpus", "stage2_corpus", "max_texts"),
+        fp["targets2"] = _hash([fp["train1"], pick(data, "stage1_corpus", "stage2_corpus", "max_texts", "stage2_max_texts"),
                                 pick(targets, "tau", "delta", "top_k", "shard_size")])
         fp["train2"] = _hash([fp["targets2"], reading, optim, train["stage2"], c["seed"]])
         fp["eval"] = _hash([fp["base"], fp["train1"], fp["train2"], c["eval"]["tasks"], c["eval"]["benchmark"]])

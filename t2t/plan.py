@@ -404,10 +404,10 @@ def make_plan(cfg: Config, cluster: Cluster, recipe: str = "", tokens_per_text: 
     corpus2 = cfg.data.stage2_corpus or cfg.data.stage1_corpus
     if stage2_texts is not None:
         n2, n2_source = stage2_texts, "--stage2-texts"
-    elif (counted := count_corpus(corpus2, cfg.data.max_texts)) is not None:
+    elif (counted := count_corpus(corpus2, cfg.data.texts_limit(2))) is not None:
         n2, n2_source = counted, f"counted in {corpus2}"
-    elif cfg.data.max_texts:
-        n2, n2_source = cfg.data.max_texts, "data.max_texts"
+    elif cfg.data.texts_limit(2):
+        n2, n2_source = cfg.data.texts_limit(2), "data.stage2_max_texts or data.max_texts"
     else:
         n2 = stage2["steps"] * stage2["global_batch"]
         n2_source = f"{corpus2 or 'the corpus'} is absent: texts stage-2 training reads"

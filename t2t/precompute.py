@@ -141,7 +141,7 @@ def plan(cfg: Config, stage: int, corpus: str | None = None, out: str | None = N
     params = dict(stage=stage, target=target,
                   tokenizer=dict(fingerprint=tokenizer_fingerprint(tokenizer), vocab_size=len(tokenizer)),
                   vocab_size=model_vocab_size(model_dir), backbone_revision=revision, embedding=embedding,
-                  corpus_sha256=corpus_sha, max_texts=cfg.data.max_texts, shard_size=t.shard_size)
+                  corpus_sha256=corpus_sha, max_texts=cfg.data.texts_limit(stage), shard_size=t.shard_size)
     params = json.loads(json.dumps(params))  # the form it has when read back from manifest.json
     return Plan(cfg, stage, Path(corpus), Path(out) if out else default_out(cfg, stage), model_dir,
                 str(getattr(tokenizer, "name_or_path", model_dir)), params, corpus_listing, covers)
@@ -222,7 +222,7 @@ def chunks(p: Plan, stats: CorpusStats) -> Iterator[tuple[int, list[str], list[s
     keys: list[str] = []
     texts: list[str] = []
     index = 0
-    for item in iter_texts(p.corpus, stats, p.cfg.data.max_texts):
+    for item in iter_texts(p.corpus, stats, p.cfg.data.texts_limit(p.stage)):
         keys.append(item.key)
         texts.append(item.text)
         if len(texts) == size:

@@ -1,5 +1,6 @@
-"""Every recipe in recipes/ loads and validates without any weights, and the files it names exist;
-the cluster recipes match the reference setup of docs/DESIGN.md §1.
+"""Every recipe (recipes/, and the quality study's in bench/quality/) loads and validates without any
+weights, and the files it names inside the repository exist; the cluster recipes match the
+reference setup of docs/DESIGN.md §1.
 
     .venv/bin/pytest tests/test_recipes.py
 
@@ -17,7 +18,7 @@ from t2t.config import PROMPT_EOL, ModelConfig, load_config
 from t2t.plan import load_arch, read_ds_config
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+RECIPES = sorted((REPO / "recipes").glob("*.yaml")) + [REPO / "bench" / "quality" / "study.yaml"]
 CLUSTER = {  # recipe -> (backbone directory name, parameters of the published architecture)
     "mistral-7b.yaml": ("Mistral-7B-Instruct-v0.2", 7_241_732_096),
     "llama3-8b.yaml": ("Meta-Llama-3-8B-Instruct", 8_030_261_248),
@@ -28,13 +29,15 @@ def test_the_recipes_are_there():
     assert {"demo.yaml", *CLUSTER} <= {p.name for p in RECIPES}
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO)))
 def test_recipe_validates_and_names_existing_files(recipe, monkeypatch):
     monkeypatch.chdir(REPO)  # recipe paths are relative to the repository root
     cfg = load_config(recipe)
     read_ds_config(cfg.train.ds_config)  # exists, valid JSON, ZeRO stage 3
     if cfg.model.tiny is not None:
-        assert Path(cfg.model.tiny.tokenizer_corpus).exists(), cfg.model.tiny.tokenizer_corpus
+        corpus = Path(cfg.model.tiny.tokenizer_corpus)
+        if not corpus.is_relative_to(".."):  # the study's corpus lies outside (bench/quality/run_study.py --corpus)
+            assert corpus.exists(), corpus
     else:  # a real backbone: `t2t plan` must size it before the weights are downloaded
         assert cfg.model.arch_config and Path(cfg.model.arch_config).is_file()
     load_arch(cfg.model)

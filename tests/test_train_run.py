@@ -138,6 +138,21 @@ def test_export_cli_consolidates_an_older_checkpoint(run_a, tmp_path):
     assert any(not torch.equal(w6[k], w8[k]) for k in w6)
 
 
+def test_export_stage0_is_the_recipes_backbone_with_its_embedding_settings(setup, tmp_path, capsys):
+    from t2t.cli import main
+    from t2t.model import from_config, load
+
+    _, recipe = setup
+    out = tmp_path / "m0"
+    assert main(["export", "--config", str(recipe), "--stage", "0", "--out", str(out)]) == 0
+    cfg = load_config(recipe)
+    texts = ["The river flows through the old town.", "A short one."]
+    assert abs(load(out).encode(texts) - from_config(cfg.model).encode(texts)).max() < 1e-6
+    assert json.loads((out / "t2t_config.json").read_text())["pooling"] == cfg.model.pooling
+    assert main(["export", "--config", str(recipe), "--stage", "0", "--checkpoint", str(tmp_path)]) != 0
+    assert "--checkpoint belongs to stages 1 and 2" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_resumed_run_reproduces_the_uninterrupted_losses(run_a, setup, monkeypatch):
     """Run B starts from run A's step-6 checkpoint, as after a crash right after it, and must log A's losses."""

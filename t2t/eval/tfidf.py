@@ -1,0 +1,117 @@
+"""A TF-IDF baseline: the lexical floor any trained embedder should beat.
+
+    t2t tfidf --corpus data/corpus/wiki_sentences_60k.txt.gz --out runs/baselines/tfidf
+    t2t eval --model runs/baselines/tfidf all-MiniLM-L6-v2 runs/demo/stage1/model
+
+Text2Token embeddings point at the tokens of a text, so plain word overlap is the obvious thing
+they must improve on. `fit_tfidf` fits scikit-learn's TfidfVectorizer on the training corpus and
+saves it as a model directory (`tfidf.joblib` + `tfidf_config.json`); `t2t eval` recognises such
+a directory (see `t2t.eval.models`) and runs it through `TfidfEncoder` like any other model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import joblib
+import numpy as np
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.model_meta import ModelMeta
+
+from t2t.data.corpus import CorpusStats, iter_texts
+from t2t.eval.models import TFIDF_CONFIG, TFIDF_MODEL, check_finite
+
+
+def _fit_vectorizer(texts: list[str], max_features: int, corpus: str | Path):
+    import sklearn.feature_extraction.text as sk_text
+
+    # Sublinear tf (1 + log tf) keeps a word repeated in one text from dominating it; the default
+    # lowercase word tokenisation and l2 norm make a dot product of two rows their cosine.
+    vectorizer = sk_text.TfidfVectorizer(sublinear_tf=True, max_features=max_features, dtype=np.float32)
+    try:
+        vectorizer.fit(texts)
+    except ValueError as e:  # e.g. "empty vocabulary": texts with no word of two or more characters
+        raise ValueError(f"corpus {corpus}: TF-IDF could not be fitted ({e})") from None
+    return vectorizer
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` onto `out`; an older TF-IDF directory there is replaced, anything else is kept.
+
+    os.replace cannot overwrite a non-empty directory, so an older fit is moved aside first and removed after.
+    """
+    old = None
+    if out.exists():
+        if not (out / TFIDF_CONFIG).is_file() and any(out.iterdir()):
+            raise ValueError(f"output directory {out} exists and is not a TF-IDF model directory "
+                             f"(no {TFIDF_CONFIG}); refusing to overwrite it")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def fit_tfidf(corpus: str | Path, out_dir: str | Path, max_texts: int = 100_000,
+              max_features: int = 16384) -> Path:
+    """Fit a TF-IDF vectorizer on (at most `max_texts` of) `corpus` and save it as a model directory in `out_dir`.
+
+    `max_features` caps the vocabulary and so the embedding size. mteb wants dense float32 arrays,
+    so one encode call holds texts × max_features × 4 bytes: 16384 dims × ~13k texts (Banking77's
+    train + test) stays under 1 GB. The directory is written next to `out_dir` and renamed into
+    place, so `t2t eval` (which keys its cache by the directory's content) never sees half of one.
+    """
+    if max_texts < 1 or max_features < 1:
+        raise ValueError(f"max_texts and max_features must be >= 1 (got {max_texts}, {max_features})")
+    texts = [t.text for t in iter_texts(corpus, CorpusStats(), limit=max_texts)]
+    if not texts:
+        raise ValueError(f"corpus {corpus} holds no texts to fit TF-IDF on")
+    vectorizer = _fit_vectorizer(texts, max_features, corpus)
+
+    import sklearn
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left over from a run that crashed under the same pid
+    tmp.mkdir()
+    try:
+        joblib.dump(vectorizer, tmp / TFIDF_MODEL)
+        config = dict(corpus=str(corpus), texts=len(texts), max_texts=max_texts, max_features=max_features,
+                      vocabulary_size=len(vectorizer.vocabulary_), sklearn_version=sklearn.__version__)
+        (tmp / TFIDF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_tfidf(path: str | Path):
+    """The fitted vectorizer of a TF-IDF directory (joblib unpickles it: load only directories you made)."""
+    model_file = Path(path) / TFIDF_MODEL
+    if not model_file.is_file():
+        raise ValueError(f"TF-IDF directory {path} has no {TFIDF_MODEL}; refit it with `t2t tfidf`")
+    return joblib.load(model_file)
+
+
+class TfidfEncoder(AbsEncoder):
+    """A fitted TfidfVectorizer as an mteb encoder: one dimension per vocabulary word, rows l2-normalised.
+
+    A text with no vocabulary word gets an all-zero row. That gives no NaN: mteb's cosine (torch's
+    normalize) and scikit-learn's paired cosine both clamp the zero norm instead of dividing by it.
+    scikit-learn's paired cosine (mteb's STS and pair-classification score) does rate a zero row 0.5
+    against any text and 1 against another zero row; those are rare enough at this vocabulary size
+    to leave as they are, and faking a direction for them would only trade one artefact for another.
+    """
+
+    def __init__(self, vectorizer, meta: ModelMeta):
+        self.model = vectorizer
+        self.mteb_model_meta = meta
+
+    def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> np.ndarray:
+        texts = [text for batch in inputs for text in batch["text"]]
+        emb = self.model.transform(texts).toarray().astype(np.float32, copy=False)
+        return check_finite(emb, self.mteb_model_meta.name, task_metadata.name)
