@@ -147,3 +147,16 @@ def test_check_manifest_without_model_config_names_it(tmp_path, tiny_model_dir, 
     with pytest.raises(ValueError, match=r"config.json"):
         check_manifest(manifest, ModelConfig(path=str(tmp_path)), load_tokenizer(tiny_model_dir), where="x")
     assert Path(tiny_model_dir, "config.json").is_file()
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float16])
+@pytest.mark.parametrize("length", [0, 1, 7, 128])
+def test_npy_bytes_are_np_save_bytes(dtype, length):
+    import io
+
+    from t2t.data.shards import npy_bytes
+
+    a = (np.arange(length) * 3 + 1).astype(dtype)
+    buf = io.BytesIO()
+    np.save(buf, a)
+    assert npy_bytes(a) == buf.getvalue()
