@@ -68,3 +68,12 @@ def test_every_field_has_a_docstring():
         docs = C.field_docs(cls)
         missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
         assert not missing, f"{cls.__name__} fields without docstring: {missing}"
+
+
+def test_stage2_reads_its_own_text_cap_or_the_shared_one():
+    from t2t.config import DataConfig
+
+    assert DataConfig(max_texts=10).texts_limit(1) == DataConfig(max_texts=10).texts_limit(2) == 10
+    capped = DataConfig(max_texts=10, stage2_max_texts=4)
+    assert (capped.texts_limit(1), capped.texts_limit(2)) == (10, 4)
+    assert DataConfig(stage2_max_texts=4).texts_limit(1) == 0  # 0: the whole stage-1 corpus

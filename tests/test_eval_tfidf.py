@@ -17,8 +17,8 @@ import torch
 from sklearn.metrics.pairwise import paired_cosine_distances
 
 from t2t.cli import main
-from t2t.eval.models import TFIDF_CONFIG, TFIDF_MODEL, describe_model, load_encoder
-from t2t.eval.tfidf import fit_tfidf
+from t2t.eval.models import describe_model, load_encoder
+from t2t.eval.tfidf import TFIDF_CONFIG, TFIDF_MODEL, fit_tfidf
 
 from conftest import CORPUS
 

@@ -31,7 +31,7 @@ def short_demo(tmp: Path) -> Path:
     recipe["model"]["tiny"].update(tokenizer_corpus=str(CORPUS), vocab_size=1000, tokenizer_train_texts=3000,
                                    hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
     recipe["data"].update(stage1_corpus=str(CORPUS), stage2_corpus=str(CORPUS), max_texts=1200,
-                          shards_dir="shards/short", loader_workers=0)
+                          stage2_max_texts=800, shards_dir="shards/short", loader_workers=0)
     recipe["targets"].update(shard_size=400)
     recipe["train"].update(micro_batch_size=8, save_every=3)
     recipe["train"]["stage1"] = {"steps": 24, "lr": 1.0e-3, "schedule": "constant"}
@@ -84,6 +84,9 @@ def test_pipeline_interrupt_resume_and_up_to_date(tmp_path):
     assert (run / "loss_stage1.png").stat().st_size > 0 and (run / "scores.png").stat().st_size > 0
     table = json.loads((run / "eval" / "results.json").read_text())
     assert all(table["scores"][m["name"]]["STSBenchmark"] is not None for m in table["models"])
+    samples = {stage: json.loads((tmp_path / "shards" / "short" / stage / "manifest.json").read_text())["samples"]
+               for stage in ("stage1", "stage2")}
+    assert samples == {"stage1": 1200, "stage2": 800}  # data.stage2_max_texts caps stage 2 alone
 
     # 3. Nothing left to do.
     third = pipeline(tmp_path, recipe)
@@ -101,6 +104,7 @@ def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):
         "train.stage2.steps=9": {"train2", "eval", "report"},
         "train.stage1.lr=0.01": {"train1", "targets2", "train2", "eval", "report"},
         "targets.tau=1e-4": {"targets2", "train2", "eval", "report"},
+        "data.stage2_max_texts=400": {"targets2", "train2", "eval", "report"},
         "targets.weighting=idf": {"targets1", "train1", "targets2", "train2", "eval", "report"},
         "targets.workers=1": set(),
         "eval.tasks=[BIOSSES]": {"eval", "report"},

@@ -24,8 +24,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from t2t.eval.models import TFIDF_CONFIG
-    from t2t.eval.tfidf import fit_tfidf
+    from t2t.eval.tfidf import TFIDF_CONFIG, fit_tfidf
 
     out = fit_tfidf(args.corpus, args.out, max_texts=args.max_texts, max_features=args.max_features)
     config = json.loads((out / TFIDF_CONFIG).read_text())

@@ -29,11 +29,10 @@ from mteb.models import ModelMeta, SentenceTransformerEncoderWrapper
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 
+from t2t.eval.tfidf import TFIDF_CONFIG, TFIDF_MODEL, load_tfidf
 from t2t.model.io import T2T_CONFIG, check_model_dir, load
 
 ST_MODULES = "modules.json"
-TFIDF_CONFIG = "tfidf_config.json"
-TFIDF_MODEL = "tfidf.joblib"
 MINILM_ALIAS = "all-MiniLM-L6-v2"
 
 
@@ -159,11 +158,29 @@ class CheckedSentenceTransformer(SentenceTransformerEncoderWrapper):
         return check_finite(emb, self.mteb_model_meta.name, task_metadata.name)
 
 
+class TfidfEncoder(AbsEncoder):
+    """A fitted TfidfVectorizer as an mteb encoder: one dimension per vocabulary word, rows l2-normalised.
+
+    A text with no vocabulary word gets an all-zero row. That gives no NaN: mteb's cosine (torch's
+    normalize) and scikit-learn's paired cosine both clamp the zero norm instead of dividing by it.
+    scikit-learn's paired cosine (mteb's STS and pair-classification score) does rate a zero row 0.5
+    against any text and 1 against another zero row; those are rare enough at this vocabulary size
+    to leave as they are, and faking a direction for them would only trade one artefact for another.
+    """
+
+    def __init__(self, vectorizer, meta: ModelMeta):
+        self.model = vectorizer
+        self.mteb_model_meta = meta
+
+    def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> np.ndarray:
+        texts = [text for batch in inputs for text in batch["text"]]
+        emb = self.model.transform(texts).toarray().astype(np.float32, copy=False)
+        return check_finite(emb, self.mteb_model_meta.name, task_metadata.name)
+
+
 def load_encoder(spec: ModelSpec, device: str | None = None) -> AbsEncoder:
     """Load the model of `spec` (offline) as an mteb encoder on `device` (default: cuda if available)."""
     if spec.kind == "tfidf":  # CPU only: a sparse matrix product, nothing to put on a GPU
-        from t2t.eval.tfidf import TfidfEncoder, load_tfidf
-
         vectorizer = load_tfidf(spec.path)
         return TfidfEncoder(vectorizer, model_meta(spec, embed_dim=len(vectorizer.vocabulary_)))
     import torch

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import joblib
 import numpy as np
-from mteb.models.abs_encoder import AbsEncoder
-from mteb.models.model_meta import ModelMeta
 
 from t2t.data.corpus import CorpusStats, iter_texts
-from t2t.eval.models import TFIDF_CONFIG, TFIDF_MODEL, check_finite
+
+TFIDF_CONFIG = "tfidf_config.json"
+TFIDF_MODEL = "tfidf.joblib"
 
 
 def _fit_vectorizer(texts: list[str], max_features: int, corpus: str | Path):
@@ -95,23 +95,3 @@ def load_tfidf(path: str | Path):
     if not model_file.is_file():
         raise ValueError(f"TF-IDF directory {path} has no {TFIDF_MODEL}; refit it with `t2t tfidf`")
     return joblib.load(model_file)
-
-
-class TfidfEncoder(AbsEncoder):
-    """A fitted TfidfVectorizer as an mteb encoder: one dimension per vocabulary word, rows l2-normalised.
-
-    A text with no vocabulary word gets an all-zero row. That gives no NaN: mteb's cosine (torch's
-    normalize) and scikit-learn's paired cosine both clamp the zero norm instead of dividing by it.
-    scikit-learn's paired cosine (mteb's STS and pair-classification score) does rate a zero row 0.5
-    against any text and 1 against another zero row; those are rare enough at this vocabulary size
-    to leave as they are, and faking a direction for them would only trade one artefact for another.
-    """
-
-    def __init__(self, vectorizer, meta: ModelMeta):
-        self.model = vectorizer
-        self.mteb_model_meta = meta
-
-    def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> np.ndarray:
-        texts = [text for batch in inputs for text in batch["text"]]
-        emb = self.model.transform(texts).toarray().astype(np.float32, copy=False)
-        return check_finite(emb, self.mteb_model_meta.name, task_metadata.name)
