@@ -1,5 +1,7 @@
 """RESULTS.md, results.json and scores.png of the quality study (called by run_study.py).
 
+    .venv/bin/python bench/quality/report.py     # re-render from results.json, e.g. after editing DISCUSSION.md
+
 Arms with several seeds are summarised as the mean over seeds with the spread (max − min) in
 brackets; the full per-task, per-model table (every seed, the references) follows.
 """
@@ -7,6 +9,7 @@ brackets; the full per-task, per-model table (every seed, the references) follow
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 from pathlib import Path
@@ -20,6 +23,12 @@ ARMS = [("untrained", "(d) the untrained start"), ("t2t-stage1", "(a) Text2Token
 
 def arm_of(model: str) -> str:
     return re.sub(r"-seed\d+$", "", model)
+
+
+def arms_in(table: dict) -> list[tuple[str, str]]:
+    """(arm, label) of every arm present in the table, in the study's order."""
+    present = {arm_of(m["name"]) for m in table["models"]}
+    return [(arm, label) for arm, label in ARMS if arm in present]
 
 
 def _summary(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -39,10 +48,8 @@ def summarise(table: dict, alignment: dict) -> dict:
     """Per arm: seeds, per-category and overall means over seeds (with spread), alignment."""
     categories = list(dict.fromkeys(t["category"] for t in table["tasks"]))
     result = {}
-    for arm, _ in ARMS:
+    for arm, _ in arms_in(table):
         members = [m["name"] for m in table["models"] if arm_of(m["name"]) == arm]
-        if not members:
-            continue
         row = {"models": members,
                "overall": _summary([table["overall_mean"][m] for m in members]),
                "categories": {c: _summary([table["category_means"][m][c] for m in members]) for c in categories},
@@ -54,14 +61,14 @@ def summarise(table: dict, alignment: dict) -> dict:
     return result
 
 
-def plot(summary: dict, path: Path) -> None:
+def plot(summary: dict, path: Path) -> None:  # summary keeps arms_in's order
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    arms = [a for a, _ in ARMS if a in summary]
+    arms = list(summary)
     categories = list(next(iter(summary.values()))["categories"]) + ["overall"]
     x = np.arange(len(categories))
     width = 0.8 / len(arms)
@@ -80,7 +87,14 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def relative_paths(table: dict) -> dict:
+    """The table with model paths relative to the repository (RESULTS.md is committed; machines differ)."""
+    repo = Path(__file__).resolve().parents[2]
+    return dict(table, models=[dict(m, path=os.path.relpath(m["path"], repo)) for m in table["models"]])
+
+
 def write_results(out_dir: Path, table: dict, alignment: dict, state: dict, meta: dict) -> None:
+    table = relative_paths(table)
     summary = summarise(table, alignment)
     categories = list(dict.fromkeys(t["category"] for t in table["tasks"]))
     tasks = [t["name"] for t in table["tasks"]]
@@ -106,14 +120,15 @@ def write_results(out_dir: Path, table: dict, alignment: dict, state: dict, meta
              "Mean pooling, causal attention everywhere.",
              f"- Seeds (data order and dropout): {', '.join(map(str, meta['seeds']))}. "
              "A cell `m [s]` is the mean over seeds and the spread (max − min).", "",
-             "Measured training wall times (s): " + ", ".join(
-                 f"{k.removeprefix('seconds/')} {v:.0f}" for k, v in state.items() if k.startswith("seconds/")), "",
+             "Measured wall times (s), training: " + ", ".join(
+                 f"{k.removeprefix('seconds/')} {v:.0f}" for k, v in state.items() if k.startswith("seconds/"))
+             + "; stage-2 targets: " + ", ".join(
+                 f"{k.removeprefix('targets_seconds/')} {v:.0f}" for k, v in state.items()
+                 if k.startswith("targets_seconds/")) + ".", "",
              "## Summary", "",
              "| arm | " + " | ".join(categories) + " | mean (task) | hit@10 | precision@10 |",
              "|---|" + "---:|" * (len(categories) + 3)]
-    for arm, label in ARMS:
-        if arm not in summary:
-            continue
+    for arm, label in arms_in(table):
         s = summary[arm]
         lines.append(f"| {label} | " + " | ".join(_cell(*s["categories"][c]) for c in categories)
                      + f" | {_cell(*s['overall'])} | {_cell(*s['hit@10'], scale=100)} | "
@@ -123,9 +138,8 @@ def write_results(out_dir: Path, table: dict, alignment: dict, state: dict, meta
               "precision@10 the share of those 10 tokens that are. TF-IDF and MiniLM have no LM head.", "",
               "![scores](scores.png)", "", "## Per task (mean over seeds [spread])", "",
               "| arm | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
-    for arm, label in ARMS:
-        if arm in summary:
-            lines.append(f"| {label} | " + " | ".join(_cell(*summary[arm]["tasks"][t]) for t in tasks) + " |")
+    for arm, label in arms_in(table):
+        lines.append(f"| {label} | " + " | ".join(_cell(*summary[arm]["tasks"][t]) for t in tasks) + " |")
     discussion = out_dir / "DISCUSSION.md"
     if discussion.exists():
         lines += ["", discussion.read_text().strip()]
@@ -134,3 +148,10 @@ def write_results(out_dir: Path, table: dict, alignment: dict, state: dict, meta
     (out_dir / "results.json").write_text(json.dumps(
         dict(meta=meta, state=state, summary=summary, table=table, alignment=alignment), indent=2) + "\n")
     plot(summary, out_dir / "scores.png")
+
+
+if __name__ == "__main__":
+    here = Path(__file__).resolve().parent
+    saved = json.loads((here / "results.json").read_text())
+    write_results(here, saved["table"], saved["alignment"], saved["state"], saved["meta"])
+    print(f"wrote {here / 'RESULTS.md'}")

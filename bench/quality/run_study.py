@@ -127,20 +127,30 @@ class Study:
                                      f"train.stage1.steps={steps}", f"train.save_every={stage1_part}"]
         return self.train(f"t2t-stage1-seed{seed}", overrides, 1), overrides
 
-    def stage2_arm(self, seed: int, stage1_overrides: list[str], stage1_part: int, stage2_steps: int) -> Path:
+    def stage1_checkpoint(self, seed: int, stage1_overrides: list[str], stage1_part: int) -> Path:
+        """The stage-1 arm's checkpoint at step `stage1_part`, exported: where the stage-2 arms start."""
         from t2t.train.checkpoint import checkpoints_dir, export_checkpoint, tag_for
 
-        arm = self.work / f"t2t-stage2-seed{seed}"
-        m1 = arm / "stage1-model"
+        m1 = self.work / f"t2t-stage2-seed{seed}" / "stage1-model"
         if not (m1 / "t2t_config.json").exists():
             cfg1 = self.cfg(stage1_overrides)
             export_checkpoint(cfg1, 1, checkpoint=checkpoints_dir(cfg1, 1) / tag_for(stage1_part), out=m1)
+        return m1
+
+    def stage2_arm(self, seed: int, stage1_overrides: list[str], stage1_part: int, stage2_steps: int,
+                   tau: float | None = None) -> Path:
+        """Stage 2 from the stage-1 arm's checkpoint at `stage1_part`; a `tau` other than the recipe's is an ablation."""
+        m1 = self.stage1_checkpoint(seed, stage1_overrides, stage1_part)
+        name = f"t2t-stage2-seed{seed}" if tau is None else f"t2t-stage2-tau{tau:g}-seed{seed}"
+        arm = self.work / name
+        texts = max(4000, math.ceil(stage2_steps * 64 / 2000) * 2000)  # one epoch of stage 2, two shards at least
         overrides = self.common() + [
             f"run_dir={arm}", f"seed={seed}", f"model.path={m1}", "model.tiny=null",
-            f"data.shards_dir={arm}/shards", f"data.stage2_max_texts={max(4000, math.ceil(stage2_steps * 64 / 2000) * 2000)}",
-            f"train.stage2.steps={stage2_steps}"]
-        self.targets(2, overrides, timed=f"targets2-seed{seed}")
-        return self.train(f"t2t-stage2-seed{seed}", overrides, 2)
+            f"data.shards_dir={arm}/shards", f"data.stage2_max_texts={texts}", f"train.stage2.steps={stage2_steps}"]
+        if tau is not None:
+            overrides.append(f"targets.tau={tau}")
+        self.targets(2, overrides, timed=name)
+        return self.train(name, overrides, 2)
 
     def simcse_arm(self, seed: int, steps: int, lr: float) -> Path:
         overrides = self.common() + [f"run_dir={self.work}/simcse-seed{seed}", f"seed={seed}",
@@ -207,7 +217,7 @@ def main(argv=None) -> int:
           f"simcse {steps['simcse']} steps ({simcse_step:.2f} s/step), {texts} training texts", flush=True)
 
     models: dict[str, Path] = {"untrained": base}
-    for i, seed in enumerate(args.seeds):
+    for seed in args.seeds:
         m1, overrides1 = study.stage1_arm(seed, steps["t2t"], stage1_part)
         models[f"t2t-stage1-seed{seed}"] = m1
         models[f"t2t-stage2-seed{seed}"] = study.stage2_arm(seed, overrides1, stage1_part, stage2_steps)
