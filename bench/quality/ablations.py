@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from run_study import HERE, REPO, Study
+from run_study import HERE, Study, enter_repo_offline
 
 SEED = 0
 STAGE1_KNOBS = {"last pooling (PromptEOL prompt)": ["model.pooling=last"],
@@ -94,10 +93,7 @@ def write_markdown(path: Path, rows: list[dict], table: dict, meta: dict, taus: 
 def main(argv=None) -> int:
     args = parse_args(argv)
     meta = json.loads(Path(args.study).read_text())["meta"]
-    os.chdir(REPO)
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ[var] = "1"
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    enter_repo_offline()
     study = Study(argparse.Namespace(corpus=meta["corpus"], work=args.work, heldout=meta["heldout"]))
     if study.state.get("texts") != meta["texts"]:
         study.remember("texts", meta["texts"])

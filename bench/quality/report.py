@@ -72,7 +72,7 @@ def plot(summary: dict, path: Path) -> None:  # summary keeps arms_in's order
     categories = list(next(iter(summary.values()))["categories"]) + ["overall"]
     x = np.arange(len(categories))
     width = 0.8 / len(arms)
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(10.5, 4.5))
     for i, arm in enumerate(arms):
         pairs = [summary[arm]["categories"][c] for c in categories[:-1]] + [summary[arm]["overall"]]
         means = [np.nan if m is None else m for m, _ in pairs]
@@ -81,7 +81,7 @@ def plot(summary: dict, path: Path) -> None:  # summary keeps arms_in's order
     ax.set_xticks(x, categories, rotation=20, ha="right")
     ax.set_ylabel("main score (x100), mean over seeds")
     ax.set_title("Quality study: category means (error bars: half the spread over seeds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # clear of the bars
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

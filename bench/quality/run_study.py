@@ -18,7 +18,8 @@ Every model is evaluated on the six local tasks (`t2t eval`) and, where it has a
 trained or not, on token alignment (hit@10 of its top LM-head tokens against the text's own
 content tokens, on held-out sentences). Results go to bench/quality/RESULTS.md (tables, the
 discussion in bench/quality/DISCUSSION.md, the plot scores.png) and results.json. Work lives in
-runs/quality/; a rerun skips every finished piece.
+runs/quality/; a rerun skips every finished piece. bench/quality/ablations.py varies one knob at a
+time (stage-2 τ, pooling, attention) on top of this study's runs.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def parse_args(argv=None):
     p.add_argument("--heldout", type=int, default=1000, help="held-out sentences for token alignment")
     p.add_argument("--work", default="runs/quality", help="working directory (models, shards, logs, eval cache)")
     return p.parse_args(argv)
+
+
+def enter_repo_offline() -> None:
+    """Work from the repository root (the recipe's relative paths), offline, DeepSpeed on CPU."""
+    os.chdir(REPO)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ[var] = "1"
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 class Study:
@@ -191,10 +200,7 @@ class Study:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.chdir(REPO)
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ[var] = "1"
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    enter_repo_offline()
     if not Path(args.corpus).exists():
         raise SystemExit(f"corpus {args.corpus} does not exist (pass --corpus)")
     study = Study(args)
