@@ -28,8 +28,9 @@ import numpy as np
 from run_study import HERE, Study, enter_repo_offline
 
 SEED = 0
-STAGE1_KNOBS = {"last pooling (PromptEOL prompt)": ["model.pooling=last"],
-                "bidirectional attention": ["model.attention=bidirectional"]}
+STAGE1_KNOBS = {  # arm name: (label, the one override that differs from the recipe)
+    "t2t-stage1-last": ("last pooling (PromptEOL prompt)", "model.pooling=last"),
+    "t2t-stage1-bidirectional": ("bidirectional attention", "model.attention=bidirectional")}
 
 
 def parse_args(argv=None):
@@ -112,9 +113,9 @@ def main(argv=None) -> int:
         arm = path.parents[1]  # runs/quality/<arm>/stage2/model
         tau_rows.append(dict(name=arm.name, label=f"stage 1 → 2, τ={tau:g}", path=path,
                              targets=target_stats(arm / "shards" / "stage2", path, recipe_targets)))
-    for label, knob in STAGE1_KNOBS.items():
-        name = f"t2t-stage1-{knob[0].split('=')[1]}-seed{SEED}"
-        overrides = overrides1 + [f"run_dir={study.work / name}"] + knob  # stage-1 targets do not depend on either
+    for arm, (label, knob) in STAGE1_KNOBS.items():
+        name = f"{arm}-seed{SEED}"
+        overrides = overrides1 + [f"run_dir={study.work / name}", knob]  # stage-1 targets do not depend on either
         rows.append(dict(name=name, label=f"stage 1, step {steps}, {label}", path=study.train(name, overrides, 1)))
     rows += tau_rows
 
