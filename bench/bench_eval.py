@@ -44,7 +44,7 @@ def demo_export() -> Path:
 
     out = WORK / "demo-export"
     if not (out / "t2t_config.json").is_file():
-        model_cfg = load_config(REPO / "recipes" / "demo.yaml", [f"model.path={WORK.parent / 'demo-base'}"]).model
+        model_cfg = load_config(REPO / "recipes" / "tiny.yaml", [f"model.path={WORK.parent / 'demo-base'}"]).model
         export(from_config(model_cfg), out)
     return out
 

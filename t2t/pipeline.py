@@ -4,7 +4,7 @@
     t2t pipeline --config R --set train.stage1.steps=50
 
 Steps, in order (each skipped when its output is complete and was made from the same inputs):
-    base      build (tiny) or check the backbone, export it as the starting model M0
+    base      build (tiny), convert (GGUF) or check the backbone, export it as the starting model M0
     targets1  stage-1 data-driven targets (Ray)
     train1    stage-1 training (DeepSpeed ZeRO-3, `train.nproc` ranks) → export M1
     targets2  stage-2 model-derived targets computed with M1 (Ray)
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from t2t.config import Config, load_config, to_dict
+from t2t.config import Config, load_config, start_from, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Pipeline:
         """Stage 2 trains and computes targets with the exported stage-1 model."""
         if stage == 1:
             return self.overrides
-        return self.overrides + [f"model.path={self.model_dir(1)}", "model.tiny=null"]
+        return self.overrides + start_from(self.model_dir(1))
 
     def stage_cfg(self, stage: int) -> Config:
         return load_config(self.config_path, self.stage_overrides(stage))
@@ -85,7 +85,8 @@ class Pipeline:
         fp["targets2"] = _hash([fp["train1"], pick(data, "stage1_corpus", "stage2_corpus", "max_texts", "stage2_max_texts"),
                                 pick(targets, "tau", "delta", "top_k", "shard_size")])
         fp["train2"] = _hash([fp["targets2"], reading, optim, train["stage2"], c["seed"]])
-        fp["eval"] = _hash([fp["base"], fp["train1"], fp["train2"], c["eval"]["tasks"], c["eval"]["benchmark"]])
+        fp["eval"] = _hash([fp["base"], fp["train1"], fp["train2"], c["eval"]["tasks"], c["eval"]["benchmark"],
+                            c["eval"]["dtype"]])
         fp["report"] = _hash([fp["eval"]])
         return fp
 
@@ -196,7 +197,7 @@ class Pipeline:
         def run():
             from t2t.model import export, from_config
 
-            export(from_config(self.cfg.model), self.model_dir(0))
+            export(from_config(self.cfg.model, dtype="float32"), self.model_dir(0))
 
         self.logged("base", run)
 
@@ -224,7 +225,7 @@ class Pipeline:
         self.ensure_ray()
         names = [f"{self.cfg.name}-M0-start", f"{self.cfg.name}-M1-stage1", f"{self.cfg.name}-M2-stage2"]
         self.logged("eval", lambda: run_eval(dirs, tasks=e.tasks, benchmark=e.benchmark, workers=e.workers,
-                                             out_dir=e.out_dir, batch_size=e.batch_size,
+                                             out_dir=e.out_dir, batch_size=e.batch_size, dtype=e.dtype,
                                              ray_address=self.ray_address, names=names))
 
     def step_report(self) -> None:

@@ -7,13 +7,19 @@ The architecture comes from `<model.path>/config.json`, else `model.arch_config`
 The ZeRO-3 settings (precision, buckets, persistence threshold, offload) come from the recipe's
 `train.ds_config`, parsed with DeepSpeed's own config model so its defaults apply.
 
+Trainable and frozen parameters: full-parameter training freezes the input embeddings and the LM head (one
+tensor when tied) unless `train.train_embeddings` (t2t.train.engine.apply_trainable_policy). ZeRO-3 shards a
+frozen parameter like any other but gives it no gradient, no fp32 master copy and no Adam state.
+
 Memory, per GPU, W ranks, every parameter tensor of n elements sharded as ceil(n / W) (DeepSpeed's padding):
-- model states: bf16 parameter shard, parameters under the persistence threshold kept whole, gradient
-  shard (grad-accum dtype), fp32 master shard, Adam m and v (fp32); during the step, the fp32 gradient of
-  one optimizer sub-group. tests/test_plan.py checks these against a real 2-rank ZeRO-3 run.
-- working set of forward/backward: the largest parameter tensor gathered plus one prefetch bucket, its
-  full gradient plus the reduce bucket; activations; the LM head's fp32 weight copy (`Fp32Head` casts
-  W to fp32 and autograd keeps it for backward); the fp32 logits (z, its softmax in backward, its grad).
+- model states: bf16 parameter shard (all parameters), parameters under the persistence threshold kept
+  whole; of the trainable parameters only, the gradient shard (grad-accum dtype), fp32 master shard, Adam
+  m and v (fp32) and, during the step, the fp32 gradient of one optimizer sub-group. tests/test_plan.py
+  checks these against a real 2-rank ZeRO-3 run with the embeddings and head frozen.
+- working set of forward/backward: the largest parameter tensor gathered plus one prefetch bucket, the
+  largest trainable tensor's full gradient plus the reduce bucket; activations; the LM head's fp32 weight
+  copy (`Fp32Head` casts W to fp32 and autograd keeps it for backward: the gradient of the pooled vector
+  needs it even when the head is frozen); the fp32 logits (z, its softmax in backward, its grad).
 - activations without recomputation, bf16, SDPA (no score matrix kept), Llama/Mistral/Qwen2 modules of the
   pinned transformers, per token and layer: two RMSNorms (fp32 input copy, fp32 rstd, bf16 normalised
   input and output), q, k, v (k, v repeated to all heads under a padding mask), attention output and its
@@ -23,8 +29,11 @@ Offload moves the optimizer states and gradients (and with params, the parameter
 
 Time: training FLOPs per token 6 N + 12 L S d_attn (N = decoder-layer matmul parameters; the embedding
 is a lookup and the LM head runs once per text: 6 |V| d per text); forward-only passes 2 N + 4 L S d_attn.
-Throughput = GPUs x peak x MFU. ZeRO-3 moves 3 x (2 bytes in bf16) x params x (W-1)/W per GPU per micro-step
-(all-gather forward and backward, reduce-scatter); a step takes the longer of compute and communication.
+Freezing the embeddings changes no term that matters: N never held them, and a frozen head saves only its
+weight-gradient matmul, 2 |V| d per text against 6 N S per text, so the 6 |V| d stays (an upper bound).
+Throughput = GPUs x peak x MFU. ZeRO-3 moves (2 bytes in bf16) x (W-1)/W x (2 x params + trainable params)
+per GPU per micro-step (every parameter all-gathered forward and backward, only trainable gradients
+reduce-scattered); a step takes the longer of compute and communication.
 """
 
 from __future__ import annotations
@@ -93,17 +102,25 @@ class Arch:
                    vocab_size=size("vocab_size"), tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
                    qkv_bias=QKV_BIAS[model_type] or bool(d.get("attention_bias", False)))
 
-    def param_numels(self) -> list[int]:
-        """Element count of every parameter tensor, in module order."""
+    def param_numels(self, embeddings: bool = True) -> list[int]:
+        """Element count of every parameter tensor, in module order; without the input embeddings and the
+        LM head when `embeddings` is false (what trains when they are frozen)."""
         d, q, kv, f = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, \
             self.intermediate_size
         layer = [d * q, d * kv, d * kv, q * d, d * f, d * f, f * d, d, d] + ([q, kv, kv] if self.qkv_bias else [])
+        body = layer * self.num_layers + [d]
+        if not embeddings:
+            return body
         head = [] if self.tie_word_embeddings else [self.vocab_size * d]
-        return [self.vocab_size * d] + layer * self.num_layers + [d] + head
+        return [self.vocab_size * d] + body + head
 
     @property
     def n_params(self) -> int:
         return sum(self.param_numels())
+
+    def n_trainable(self, train_embeddings: bool) -> int:
+        """Parameters full-parameter training updates: all, or all but the embeddings and head."""
+        return sum(self.param_numels(embeddings=train_embeddings))
 
     @property
     def attn_width(self) -> int:
@@ -208,10 +225,14 @@ def activation_bytes(arch: Arch, batch: int, seq_len: int, compute_bytes: int = 
     return batch * seq_len * (arch.num_layers * per_layer + per_model)
 
 
-def state_items(arch: Arch, zero: ZeroSettings, world: int, batch: int, seq_len: int) -> dict[str, int]:
-    """Bytes per rank of every memory item, wherever it lives."""
+def state_items(arch: Arch, zero: ZeroSettings, world: int, batch: int, seq_len: int,
+                train_embeddings: bool = False) -> dict[str, int]:
+    """Bytes per rank of every memory item, wherever it lives. Gradients and optimizer states exist only for
+    trainable parameters: without `train_embeddings` the embeddings and LM head are frozen."""
     numels = arch.param_numels()
+    trainable = arch.param_numels(embeddings=train_embeddings)
     shard = sum(math.ceil(n / world) for n in numels)
+    trainable_shard = sum(math.ceil(n / world) for n in trainable)
     persistent, kept = 0, 0
     for n in numels:  # DeepSpeed keeps small tensors whole, in module order, up to the model-wide cap
         if n <= zero.param_persistence_threshold and kept + n <= zero.model_persistence_threshold:
@@ -221,12 +242,12 @@ def state_items(arch: Arch, zero: ZeroSettings, world: int, batch: int, seq_len:
     return {
         "params_shard": bp * shard,
         "params_persistent": bp * persistent,
-        "grads_shard": zero.grad_bytes * shard,
-        "fp32_master": 4 * shard,
-        "adam_m_v": 8 * shard,
-        "fp32_grads_step": 4 * min(shard, zero.sub_group_size),
+        "grads_shard": zero.grad_bytes * trainable_shard,
+        "fp32_master": 4 * trainable_shard,
+        "adam_m_v": 8 * trainable_shard,
+        "fp32_grads_step": 4 * min(trainable_shard, zero.sub_group_size),
         "gathered_params": bp * (largest + zero.prefetch_bucket_size),
-        "module_grads": bp * (largest + zero.reduce_bucket_size),
+        "module_grads": bp * (max(trainable) + zero.reduce_bucket_size),
         "activations": activation_bytes(arch, batch, seq_len, bp),
         "lm_head_fp32": 4 * arch.vocab_size * arch.hidden_size,
         "logits": 3 * 4 * batch * arch.vocab_size,
@@ -241,7 +262,7 @@ ITEM_LABELS = {
     "adam_m_v": "Adam m + v (fp32), shard",
     "fp32_grads_step": "fp32 gradients during the step",
     "gathered_params": "gathered parameters (largest + prefetch)",
-    "module_grads": "full gradients (largest + reduce bucket)",
+    "module_grads": "full grads (largest trainable + bucket)",
     "activations": "activations",
     "lm_head_fp32": "LM head fp32 copy",
     "logits": "fp32 logits (z, softmax, grad)",
@@ -249,9 +270,9 @@ ITEM_LABELS = {
 
 
 def memory_plan(arch: Arch, zero: ZeroSettings, world: int, gpus_per_node: int, batch: int, seq_len: int,
-                gpu_mem_gib: float) -> dict:
+                gpu_mem_gib: float, train_embeddings: bool = False) -> dict:
     """Per GPU, for each offload mode: where each item lives, the peak, whether it fits, CPU RAM per node."""
-    items = state_items(arch, zero, world, batch, seq_len)
+    items = state_items(arch, zero, world, batch, seq_len, train_embeddings)
     out = {"items": items}
     for mode in MODES:
         cpu = ON_CPU[mode]
@@ -312,11 +333,13 @@ class Cluster:
 
 
 def train_stage_time(arch: Arch, zero: ZeroSettings, cluster: Cluster, steps: int, micro_batch: int,
-                     grad_accum: int, seq_len: int) -> dict:
+                     grad_accum: int, seq_len: int, train_embeddings: bool = False) -> dict:
     global_batch = micro_batch * grad_accum * cluster.world
     step_flops = global_batch * (3 * seq_len * arch.forward_flops_per_token(seq_len) + 3 * arch.head_flops_per_text)
     compute = step_flops / cluster.flops
-    comm_bytes = grad_accum * 3 * zero.param_bytes * arch.n_params * (cluster.world - 1) / cluster.world
+    # Every parameter is gathered for forward and backward; only trainable gradients are reduce-scattered.
+    moved = 2 * arch.n_params + arch.n_trainable(train_embeddings)
+    comm_bytes = grad_accum * zero.param_bytes * moved * (cluster.world - 1) / cluster.world
     comm = comm_bytes * 8 / (cluster.link * 1e9)
     step = max(compute, comm)
     return {"steps": steps, "global_batch": global_batch, "step_compute_s": compute, "step_comm_s": comm,
@@ -395,11 +418,11 @@ def make_plan(cfg: Config, cluster: Cluster, recipe: str = "", tokens_per_text: 
     zero = read_ds_config(cfg.train.ds_config)
     seq = tokens_per_text or cfg.model.max_length
     memory = memory_plan(arch, zero, cluster.world, cluster.gpus_per_node, t.micro_batch_size, seq,
-                         cluster.gpu_mem_gib)
+                         cluster.gpu_mem_gib, t.train_embeddings)
     # Target actors and eval workers each hold the whole model on one GPU, in model.dtype, without ZeRO.
     memory["inference_weights"] = arch.n_params * (4 if cfg.model.dtype == "float32" else 2)
-    stage1 = train_stage_time(arch, zero, cluster, t.stage1.steps, t.micro_batch_size, t.grad_accum_steps, seq)
-    stage2 = train_stage_time(arch, zero, cluster, t.stage2.steps, t.micro_batch_size, t.grad_accum_steps, seq)
+    stage1, stage2 = (train_stage_time(arch, zero, cluster, s.steps, t.micro_batch_size, t.grad_accum_steps, seq,
+                                       t.train_embeddings) for s in (t.stage1, t.stage2))
 
     corpus2 = cfg.data.stage2_corpus or cfg.data.stage1_corpus
     if stage2_texts is not None:
@@ -429,8 +452,13 @@ def make_plan(cfg: Config, cluster: Cluster, recipe: str = "", tokens_per_text: 
             "seconds": forward_time(arch, cluster, groups, with_head=False),
             "not_counted": missing, "per_task": rows,
         }
+    trainable = arch.n_trainable(t.train_embeddings)
     return {
         "recipe": recipe, "arch": asdict(arch) | {"n_params": arch.n_params, "matmul_params": arch.matmul_params},
+        "params": {"total": arch.n_params, "trainable": trainable, "frozen": arch.n_params - trainable,
+                   "frozen_what": "" if t.train_embeddings else
+                   "tied input embeddings / LM head" if arch.tie_word_embeddings else "input embeddings, LM head",
+                   "train_embeddings": t.train_embeddings},
         "zero": asdict(zero), "cluster": asdict(cluster) | {"world": cluster.world, "link_gbps": cluster.link},
         "batch": {"micro_batch": t.micro_batch_size, "grad_accum": t.grad_accum_steps,
                   "global_batch": stage1["global_batch"], "tokens_per_text": seq,

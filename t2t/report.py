@@ -16,7 +16,7 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_loss(rows: list[dict], title: str, out: Path) -> None:
+def plot_loss(rows: list[dict], title: str, out: Path, ylabel: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +25,7 @@ def plot_loss(rows: list[dict], title: str, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.2)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("KL(target ‖ student)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -37,7 +37,7 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
     run_dir = Path(cfg.run_dir)
     lines = [f"# t2t pipeline report: {cfg.name}", "",
              f"Recipe `{config_path}`" + (f" with overrides `{' '.join(overrides)}`" if overrides else "") + ".",
-             f"Backbone: `{cfg.model.path}`" + (" (tiny random Llama)" if cfg.model.tiny else "") +
+             f"Backbone: `{cfg.model.path}`" + _backbone_origin(cfg) +
              f", pooling `{cfg.model.pooling}`, attention `{cfg.model.attention}`, max length {cfg.model.max_length}.",
              ""]
     lines += ["## Training", "", "| stage | steps | lr | first loss | last loss | samples/s |", "|---|---|---|---|---|---|"]
@@ -53,7 +53,8 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
         speed = sum(r.get("samples_per_s", 0.0) for r in rows) / len(rows)
         lines.append(f"| {stage} | {rows[-1]['step']} | {sc.lr:g} | {first:.4f} | {last:.4f} | {speed:.1f} |")
         png = run_dir / f"loss_stage{stage}.png"
-        plot_loss(rows, f"stage {stage} training loss", png)
+        ylabel = "KL(target ‖ student)" if cfg.train.objective == "t2t" else f"{cfg.train.objective} loss"
+        plot_loss(rows, f"stage {stage} training loss", png, ylabel)
         plots.append(f"![stage {stage} loss]({png.name})")
     lines += ["", "First/last loss are means over the first/last tenth of the logged steps.", ""] + plots + [""]
 
@@ -66,21 +67,47 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
         if chart.exists():
             shutil.copyfile(chart, run_dir / "scores.png")
             lines += ["![per-task scores](scores.png)", ""]
-        lines += _stsb_verdict(results_dir / "results.json")
+        lines += verdict(results_dir / "results.json")
     out = run_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"report: {out}")
     return out
 
 
-def _stsb_verdict(results_json: Path) -> list[str]:
-    """One sentence saying whether stage-1 training beat the random start on STSBenchmark."""
+def _backbone_origin(cfg: Config) -> str:
+    if cfg.model.tiny is not None:
+        return " (tiny random Llama: from random weights the method has nothing to show)"
+    if cfg.model.gguf:
+        return f" (pretrained, converted from `{cfg.model.gguf}`)"
+    return ""
+
+
+def verdict(results_json: Path) -> list[str]:
+    """What each trained model gained or lost against the start (the first model: M0, the backbone before
+    training), per task and on the mean of the tasks, in plain words."""
     if not results_json.exists():
         return []
     table = json.loads(results_json.read_text())
     names = [m["name"] for m in table["models"]]
-    scores = [table["scores"][n].get("STSBenchmark") for n in names]
-    if len(names) < 2 or scores[0] is None or scores[1] is None:
+    tasks = [t["name"] if isinstance(t, dict) else t for t in table["tasks"]]
+    scores = table["scores"]
+    start = names[0]
+    if len(names) < 2 or any(scores[start].get(t) is None for t in tasks):
         return []
-    return [f"STSBenchmark (Spearman ×100): {names[1]} {scores[1]:.2f} vs {names[0]} {scores[0]:.2f} "
-            f"({scores[1] - scores[0]:+.2f} points).", ""]
+    lines = ["### Against the start", "",
+             f"Points gained (+) or lost (−) against `{start}`, the backbone before any training:", "",
+             "| model | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) + 2) + "|"]
+    sentences = []
+    for name in names[1:]:
+        deltas = {t: scores[name][t] - scores[start][t] for t in tasks if scores[name].get(t) is not None}
+        if len(deltas) < len(tasks):
+            continue
+        mean = sum(deltas.values()) / len(deltas)
+        lines.append(f"| {name} | " + " | ".join(f"{deltas[t]:+.2f}" for t in tasks) + f" | {mean:+.2f} |")
+        won = [t for t in tasks if deltas[t] > 0]
+        lost = [t for t in tasks if deltas[t] <= 0]
+        sentences.append(f"`{name}` " + ("beats the start on every task" if not lost else
+                                         "is no better than the start on any task" if not won else
+                                         f"beats the start on {', '.join(won)} and does not on {', '.join(lost)}") +
+                         f"; mean {mean:+.2f} points.")
+    return lines + [""] + sentences + [""]

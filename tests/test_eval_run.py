@@ -54,6 +54,18 @@ def test_every_local_task_runs_end_to_end(one_worker_run):
     assert table["overall_mean"][name] == pytest.approx(sum(table["scores"][name].values()) / len(LOCAL_TASKS))
 
 
+def test_bf16_encoding_is_cached_apart_from_fp32(one_worker_run, tiny_export):
+    out, first = one_worker_run
+    table = run_eval([str(tiny_export)], tasks=["BIOSSES"], workers=1, out_dir=str(out), max_samples=CAP,
+                     batch_size=16, dtype="bfloat16")
+    (model,) = table["models"]
+    assert table["status"][model["name"]]["BIOSSES"] == "ran"  # not the fp32 result from the cache
+    assert math.isfinite(table["scores"][model["name"]]["BIOSSES"])
+    result_dir = out / "results" / f"t2t-eval__{model['name']}" / model["revision"] / "experiments"
+    assert (result_dir / f"max_samples_{CAP}__dtype_bfloat16" / "BIOSSES.json").is_file() or \
+        any("bfloat16" in p.name for p in result_dir.iterdir())
+
+
 def test_rerun_reuses_the_cache(one_worker_run, tiny_export):
     out, first = one_worker_run
     files = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json") if p.name != "model_meta.json"}
@@ -176,6 +188,6 @@ def test_cli_side_by_side_and_exit_codes(tiny_export, tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "nope does not exist" in capsys.readouterr().err
     # the recipe's eval section gives the defaults; flags override it
-    rc = main(["eval", "--config", str(REPO / "recipes" / "demo.yaml"), "--set", "eval.batch_size=8", "--workers", "1",
+    rc = main(["eval", "--config", str(REPO / "recipes" / "tiny.yaml"), "--set", "eval.batch_size=8", "--workers", "1",
                "--model", str(tiny_export), "--tasks", "STSBenchmark", "--out", str(out), "--max-samples", str(CAP)])
     assert rc == 0 and "| STS | STSBenchmark | cosine_spearman |" in capsys.readouterr().out

@@ -151,3 +151,33 @@ def test_inspect_cli(tiny_model_dir, tmp_path, capsys):
     assert probs == sorted(probs, reverse=True) and all(0 < p < 1 for p in probs)
     assert main(["inspect", "--model", str(tmp_path / "nope"), "x"]) == 2
     assert "nope does not exist" in capsys.readouterr().err
+
+
+def test_bf16_falls_back_to_fp32_once_without_cpu_support(tiny_model_dir, monkeypatch, caplog):
+    import t2t.model.io as io
+
+    monkeypatch.setattr(io, "_said_once", set())
+    monkeypatch.setattr(io, "cpu_has_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert io.usable_dtype("bfloat16") == "float32" and io.usable_dtype("bfloat16") == "float32"
+        lm = io.load_lm(tiny_model_dir, "bfloat16")
+    assert next(lm.parameters()).dtype == torch.float32
+    assert sum("no native bf16" in r.message for r in caplog.records) == 1
+    monkeypatch.setattr(io, "cpu_has_bf16", lambda: True)
+    assert io.usable_dtype("bfloat16") == "bfloat16" and io.usable_dtype("float32") == "float32"
+
+
+def test_bf16_head_cast_is_reused_out_of_autograd_and_follows_weight_changes(tiny_model_dir):
+    from t2t.model.embedder import Fp32Head
+
+    head = load_lm(tiny_model_dir, "bfloat16").get_output_embeddings()
+    head.__class__ = Fp32Head
+    x = torch.randn(3, head.in_features, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        first = head.fp32_weight()
+        assert head.fp32_weight() is first  # cached
+        torch.testing.assert_close(head(x), x.float() @ head.weight.float().T)
+    with torch.no_grad():
+        head.weight.mul_(2)  # an in-place update bumps the version: the cache is dropped
+        assert torch.equal(head.fp32_weight(), head.weight.float()) and head.fp32_weight() is not first
+    assert head.fp32_weight().requires_grad  # with autograd on, a fresh cast that carries the gradient

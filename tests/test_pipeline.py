@@ -1,4 +1,4 @@
-"""`t2t pipeline` end to end on a shortened demo: interrupted in stage-1 training, resumed, then up to date.
+"""`t2t pipeline` end to end on a shortened tiny recipe: interrupted in stage-1 training, resumed, then up to date.
 
 One real run through the console entry (Ray for targets and eval, 2 DeepSpeed ranks for training):
 1. start it, wait for the first stage-1 checkpoint, press Ctrl-C (SIGINT to the process group);
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 
 def short_demo(tmp: Path) -> Path:
-    recipe = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())
+    recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
     recipe["run_dir"] = "runs/short"
     recipe["model"]["path"] = "runs/short/base"
     recipe["model"]["tiny"].update(tokenizer_corpus=str(CORPUS), vocab_size=1000, tokenizer_train_texts=3000,
@@ -79,7 +79,7 @@ def test_pipeline_interrupt_resume_and_up_to_date(tmp_path):
     assert steps == list(range(1, 25))  # one line per step, none lost or repeated across the interruption
 
     report = (run / "report.md").read_text()
-    for name in ("demo-M0-start", "demo-M1-stage1", "demo-M2-stage2"):
+    for name in ("tiny-M0-start", "tiny-M1-stage1", "tiny-M2-stage2"):
         assert name in report
     assert (run / "loss_stage1.png").stat().st_size > 0 and (run / "scores.png").stat().st_size > 0
     table = json.loads((run / "eval" / "results.json").read_text())
@@ -108,6 +108,7 @@ def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):
         "targets.weighting=idf": {"targets1", "train1", "targets2", "train2", "eval", "report"},
         "targets.workers=1": set(),
         "eval.tasks=[BIOSSES]": {"eval", "report"},
+        "eval.dtype=bfloat16": {"eval", "report"},
         "model.pooling=eos": set(base),
     }
     for override, expected in changed.items():

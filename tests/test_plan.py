@@ -58,7 +58,8 @@ def write_zero3_config(path: Path, micro_batch: int, **zero) -> Path:
 
 
 @pytest.mark.slow
-def test_model_states_match_a_real_zero3_run(tmp_path):
+@pytest.mark.parametrize("train_embeddings", [False, True], ids=["frozen_embeddings", "train_embeddings"])
+def test_model_states_match_a_real_zero3_run(tmp_path, train_embeddings):
     """Predicted per-rank parameter and optimizer-state bytes vs what two ZeRO-3 ranks hold after a step."""
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -67,13 +68,15 @@ def test_model_states_match_a_real_zero3_run(tmp_path):
     ds = write_zero3_config(tmp_path / "ds.json", micro_batch=2, stage3_param_persistence_threshold=100_000)
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     torchrun = Path(sys.executable).with_name("torchrun")
+    flags = ["--train-embeddings"] if train_embeddings else []
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(PROBE), "--model",
-                           str(model_dir), "--ds-config", str(ds), "--out", str(tmp_path / "out")],
+                           str(model_dir), "--ds-config", str(ds), "--out", str(tmp_path / "out"), *flags],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     arch = load_arch(ModelConfig(path=str(model_dir)))
-    predicted = state_items(arch, read_ds_config(ds), world=2, batch=2, seq_len=32)
+    predicted = state_items(arch, read_ds_config(ds), world=2, batch=2, seq_len=32,
+                            train_embeddings=train_embeddings)
     for rank in (0, 1):
         measured = json.loads((tmp_path / "out" / f"rank{rank}.json").read_text())
         assert measured["n_params"] == arch.n_params
@@ -130,14 +133,18 @@ def test_plan_cli_table_and_json(capsys):
     assert main(["plan", "--config", recipe, "--nodes", "2", "--gpus-per-node", "8", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     mem, time = plan["memory"], plan["time"]
-    assert plan["arch"]["n_params"] == 7_241_732_096
+    n, trainable = 7_241_732_096, 7_241_732_096 - 2 * 32_000 * 4096  # input embeddings and LM head frozen
+    assert plan["arch"]["n_params"] == n
+    assert plan["params"] == {"total": n, "trainable": trainable, "frozen": n - trainable,
+                              "frozen_what": "input embeddings, LM head", "train_embeddings": False}
     assert plan["batch"]["global_batch"] == 16 * 16
     assert mem["no_offload"]["fits"] and mem["recipe_mode"] == "no_offload"
     assert mem["offload_optimizer_params"]["gpu_peak"] < mem["offload_optimizer"]["gpu_peak"] \
         < mem["no_offload"]["gpu_peak"]
-    # 16 bytes of model states per parameter across 16 ranks, plus padding of each tensor to 16 shards.
+    # Across 16 ranks, 2 bytes per parameter and 14 more (gradient, master, Adam m and v) per trainable one,
+    # plus padding of each tensor to 16 shards.
     states = sum(mem["items"][k] for k in ("params_shard", "grads_shard", "fp32_master", "adam_m_v"))
-    assert 16 * 7_241_732_096 / 16 <= states <= 16 * 7_241_732_096 / 16 * 1.0001
+    assert (2 * n + 14 * trainable) / 16 <= states <= (2 * n + 14 * trainable) / 16 * 1.0001
     assert time["stage1"]["steps"] == 10_000 and time["stage2"]["steps"] == 1_000
     assert time["stage1"]["seconds"] > time["stage2"]["seconds"] > 0
     ev = time["eval"]
@@ -148,7 +155,36 @@ def test_plan_cli_table_and_json(capsys):
                  "--stage2-texts", "1000000", "--no-eval"]) == 0
     table = capsys.readouterr().out
     assert "memory per GPU" in table and "1.00M texts (--stage2-texts)" in table
+    assert "7.24B (6.98B trainable, 262.14M frozen: input embeddings, LM head)" in table
     assert "NO" in table  # 7B with no offload on one 24 GiB GPU cannot fit
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_frozen_embeddings_hold_no_gradient_or_optimizer_state(tmp_path, tied):
+    """train.train_embeddings adds exactly the embedding (and untied head) elements' per-state bytes / W."""
+    arch = Arch.from_hf(dict(PROBE_ARCH, tie_word_embeddings=tied), "test")
+    world = 8
+    embedding = (1 if tied else 2) * PROBE_ARCH["vocab_size"] * PROBE_ARCH["hidden_size"]
+    assert embedding % world == 0  # no shard padding, so the difference is exact
+    assert arch.n_params - arch.n_trainable(False) == embedding and arch.n_trainable(True) == arch.n_params
+    zero = read_ds_config(write_zero3_config(tmp_path / "ds.json", 2))
+    frozen, trained = (state_items(arch, zero, world, 2, 32, train_embeddings=x) for x in (False, True))
+    per_element = {"grads_shard": zero.grad_bytes, "fp32_master": 4, "adam_m_v": 8, "fp32_grads_step": 4,
+                   "params_shard": 0, "params_persistent": 0}
+    for key, nbytes in per_element.items():
+        assert trained[key] - frozen[key] == embedding * nbytes // world, key
+
+    cfg = load_config(REPO / "recipes" / "llama3-8b.yaml")
+    plans = {}
+    for x in (False, True):
+        cfg.train.train_embeddings = x
+        plans[x] = make_plan(cfg, Cluster(1, 8), with_eval=False)
+    assert plans[True]["params"]["frozen"] == 0 < plans[False]["params"]["frozen"]
+    assert plans[True]["memory"]["no_offload"]["gpu_peak"] > plans[False]["memory"]["no_offload"]["gpu_peak"]
+    # Frozen gradients are not reduce-scattered; the FLOPs model does not change.
+    s_frozen, s_trained = plans[False]["time"]["stage1"], plans[True]["time"]["stage1"]
+    assert s_trained["step_comm_s"] > s_frozen["step_comm_s"]
+    assert s_trained["step_compute_s"] == s_frozen["step_compute_s"]
 
 
 def test_more_gpus_shrink_shards_and_steps():

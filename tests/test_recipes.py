@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from t2t.config import PROMPT_EOL, ModelConfig, load_config
+from t2t.model.gguf import locate
 from t2t.plan import load_arch, read_ds_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ CLUSTER = {  # recipe -> (backbone directory name, parameters of the published a
 
 
 def test_the_recipes_are_there():
-    assert {"demo.yaml", *CLUSTER} <= {p.name for p in RECIPES}
+    assert {"demo.yaml", "tiny.yaml", "smollm2-lora.yaml", *CLUSTER} <= {p.name for p in RECIPES}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO)))
@@ -34,6 +35,8 @@ def test_recipe_validates_and_names_existing_files(recipe, monkeypatch):
     monkeypatch.chdir(REPO)  # recipe paths are relative to the repository root
     cfg = load_config(recipe)
     read_ds_config(cfg.train.ds_config)  # exists, valid JSON, ZeRO stage 3
+    if cfg.model.gguf:  # a pretrained GGUF the set-up installs
+        locate(cfg.model.gguf)
     if cfg.model.tiny is not None:
         corpus = Path(cfg.model.tiny.tokenizer_corpus)
         if not corpus.is_relative_to(".."):  # the study's corpus lies outside (bench/quality/run_study.py --corpus)
@@ -53,7 +56,7 @@ def test_cluster_recipe_is_the_reference_setup(name, monkeypatch):
     assert load_arch(ModelConfig(path="", arch_config=m.arch_config)).n_params == n_params
     assert (m.max_length, m.dtype, m.pooling, m.template, m.attention) == (128, "bfloat16", "last", PROMPT_EOL,
                                                                          "causal")
-    assert (t.objective, t.lora, t.weight_decay, t.grad_clip) == ("t2t", None, 0.0, 1.0)
+    assert (t.objective, t.lora, t.train_embeddings, t.weight_decay, t.grad_clip) == ("t2t", None, False, 0.0, 1.0)
     assert (t.stage1.lr, t.stage2.lr) == (5e-5, 5e-5)
     assert (t.stage1.steps, t.stage2.steps) == (10_000, 1_000)
     assert cfg.eval.benchmark == "MTEB(eng, v2)"

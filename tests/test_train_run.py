@@ -35,7 +35,8 @@ def setup(tiny_model_dir, tmp_path_factory):
     write_stage_shards(tiny_model_dir, root / "shards" / "stage1", n_shards=4, per_shard=24)
     recipe = write_recipe(root / "r.yaml", tiny_model_dir, root / "shards", root / "run_a",
                           micro_batch_size=4, grad_accum_steps=2,
-                          stage1=dict(steps=STEPS, lr=5.0e-3, schedule="warmup", warmup_steps=2))
+                          stage1=dict(steps=STEPS, lr=5.0e-3, schedule="warmup", warmup_steps=2),
+                          train_embeddings=True)  # a random model has no embeddings worth keeping frozen
     text = recipe.read_text().replace("loader_workers: 0", "loader_workers: 1")  # real loader processes
     recipe.write_text(text)
     return root, recipe

@@ -167,3 +167,30 @@ def test_stage_complete_needs_the_export(tmp_path):
     assert not checkpoint.stage_complete(load_config(recipe), 1)
     with pytest.raises(ValueError, match="stage must be 1 or 2"):
         checkpoint.stage_steps(load_config(recipe), 3)
+
+
+@pytest.mark.parametrize("mode", ["default", "train_embeddings", "lora"])
+def test_trainable_policy_freezes_head_and_embeddings_by_default(tiny_model_dir, mode):
+    from t2t.config import Config, LoraConfig
+    from t2t.model import load_lm
+    from t2t.train.engine import apply_trainable_policy, trainable_names
+
+    cfg = Config()
+    cfg.train.train_embeddings = mode == "train_embeddings"
+    cfg.train.lora = LoraConfig() if mode == "lora" else None
+    lm = apply_trainable_policy(load_lm(tiny_model_dir), cfg)
+    names = trainable_names(lm)
+    embedding_like = [n for n in names if "embed_tokens" in n or "lm_head" in n]
+    if mode == "lora":
+        assert names and all("lora_" in n for n in names)
+    elif mode == "default":
+        assert not embedding_like and any("layers.0.mlp" in n for n in names)
+    else:
+        assert embedding_like and len(names) == len(list(lm.parameters()))
+
+
+def test_train_embeddings_with_lora_is_refused(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {path: m}\ntrain: {lora: {r: 4}, train_embeddings: true}\n")
+    with pytest.raises(ConfigError, match="train.train_embeddings applies to full-parameter training"):
+        load_config(recipe)

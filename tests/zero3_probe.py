@@ -13,7 +13,8 @@ random batch and writes `OUT_DIR/rank<R>.json` with the bytes this rank holds:
 - `grad_partition`: the flat gradient partition buffer;
 - `fp32_master`: the fp32 master copy of its shard;
 - `optimizer_state`: the tensors in the client optimizer's state (Adam m and v).
-It deliberately does not use t2t's trainer: it checks the planner, not the trainer.
+It deliberately does not use t2t's trainer: it checks the planner, not the trainer. Of t2t it takes only
+the trainable-parameter policy (embeddings and head frozen unless --train-embeddings), which the plan models.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--ds-config", required=True, help="DeepSpeed JSON (ZeRO stage 3)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seq-len", type=int, default=32)
+    ap.add_argument("--train-embeddings", action="store_true",
+                    help="train the input embeddings and LM head too (default: frozen, as t2t trains)")
     args = ap.parse_args()
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -50,6 +53,12 @@ def main() -> None:
     config = AutoConfig.from_pretrained(args.model)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    from t2t.config import Config
+    from t2t.train.engine import apply_trainable_policy
+
+    cfg = Config()
+    cfg.train.train_embeddings = args.train_embeddings
+    model = apply_trainable_policy(model, cfg)  # the trainer's own policy: frozen tensors get no optimizer state
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     engine, zero_opt, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
 

@@ -37,6 +37,8 @@ def register(sub) -> None:
                    help="CPUs (torch threads) each Ray worker asks for (default: the cluster's CPUs / workers)")
     p.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, or a local one)")
     p.add_argument("--batch-size", type=int, help="texts per encode batch")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                   help="what t2t models encode in (default: the recipe's eval.dtype, else float32)")
     p.add_argument("--out", help="output directory for results, tables and the chart")
     p.add_argument("--max-samples", type=int, default=0,
                    help="smoke test: cap every local task at N samples per split (cached apart from full runs)")
@@ -63,6 +65,7 @@ def run(args) -> int:
         gpus_per_worker=cfg.gpus_per_worker if args.gpus_per_worker is None else args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker,
         max_samples=args.max_samples,
+        dtype=args.dtype or cfg.dtype,
     )
     print(to_markdown(table), end="")
     failed = sum(len(e) for e in table["errors"].values())

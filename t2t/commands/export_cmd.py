@@ -36,7 +36,7 @@ def run(args) -> int:
     if args.stage == 0:
         if args.checkpoint:
             raise ValueError("--checkpoint belongs to stages 1 and 2; stage 0 exports the recipe's backbone")
-        out = export(from_config(cfg.model), args.out or Path(cfg.run_dir) / "base_export")
+        out = export(from_config(cfg.model, dtype="float32"), args.out or Path(cfg.run_dir) / "base_export")
     else:
         out = export_checkpoint(cfg, args.stage, args.checkpoint, args.out)
     print(out)

@@ -70,13 +70,17 @@ def format_plan(plan: dict) -> str:
     """The plan as a table for people."""
     from t2t.plan import ITEM_LABELS, MODES, USABLE_GPU_FRACTION
 
-    a, z, c, b, m, t = (plan[k] for k in ("arch", "zero", "cluster", "batch", "memory", "time"))
+    a, z, c, b, m, t, n = (plan[k] for k in ("arch", "zero", "cluster", "batch", "memory", "time", "params"))
+    frozen = f"{_count(n['frozen'])} frozen: {n['frozen_what']}" if n["frozen"] else \
+        "none frozen: train.train_embeddings"
     lines = [
         f"t2t plan  {plan['recipe']}  on {c['nodes']} node{'s' if c['nodes'] > 1 else ''} x "
         f"{c['gpus_per_node']} GPUs = {c['world']} ranks",
         f"backbone  {a['model_type']}, {_count(a['n_params'])} parameters: {a['num_layers']} layers, "
         f"d {a['hidden_size']}, {a['num_heads']} heads ({a['num_kv_heads']} kv), MLP {a['intermediate_size']}, "
         f"vocab {a['vocab_size']}  [{a['source']}]",
+        f"params    {_count(n['total'])} ({_count(n['trainable'])} trainable, {frozen}); "
+        "gradients and optimizer states only for trainable ones",
         f"zero-3    {z['source']}: {8 * z['param_bytes']}-bit params, {8 * z['grad_bytes']}-bit grads, "
         f"prefetch {z['prefetch_bucket_size']:.0e}, reduce bucket {z['reduce_bucket_size']:.0e}, "
         f"persistence {z['param_persistence_threshold']:.0e}",

@@ -45,6 +45,7 @@ class ModelSpec:
     kind: str  # "t2t", "sentence-transformers" or "tfidf"
     revision: str
     experiment_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
+    dtype: str = "float32"  # what a t2t model encodes in
 
     @property
     def mteb_name(self) -> str:
@@ -91,8 +92,11 @@ def resolve_alias(path: str | Path, name: str | None) -> tuple[Path, str | None]
     return p, name
 
 
-def describe_model(path: str | Path, name: str | None = None, max_samples: int = 0) -> ModelSpec:
+def describe_model(path: str | Path, name: str | None = None, max_samples: int = 0,
+                   dtype: str = "float32") -> ModelSpec:
     """Check a model directory and key it by content; a missing or unusable directory is a ValueError naming it.
+
+    A t2t model encoding in another dtype than float32 is cached apart (the dtype joins `experiment_kwargs`).
 
     `path` may also be the alias `all-MiniLM-L6-v2` (see `resolve_alias`), shown under that name by default.
     """
@@ -105,8 +109,12 @@ def describe_model(path: str | Path, name: str | None = None, max_samples: int =
     if kind == "tfidf" and not (p / TFIDF_MODEL).is_file():
         raise ValueError(f"TF-IDF directory {p} has no {TFIDF_MODEL}; refit it with `t2t tfidf`")
     display = re.sub(r"[^A-Za-z0-9._-]+", "_", name or p.resolve().name)
+    kwargs = {"max_samples": max_samples} if max_samples else {}
+    dtype = dtype if kind == "t2t" else "float32"
+    if dtype != "float32":
+        kwargs["dtype"] = dtype
     return ModelSpec(path=str(p.resolve()), name=display, kind=kind, revision=content_hash(p)[:16],
-                     experiment_kwargs={"max_samples": max_samples} if max_samples else {})
+                     experiment_kwargs=kwargs, dtype=dtype)
 
 
 # mteb's ModelMeta allows only its own framework names; it has none for scikit-learn, and a
@@ -187,7 +195,7 @@ def load_encoder(spec: ModelSpec, device: str | None = None) -> AbsEncoder:
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if spec.kind == "t2t":
-        embedder = load(spec.path).to(device)
+        embedder = load(spec.path, spec.dtype).to(device)
         meta = model_meta(spec, embedder.lm.config.hidden_size, embedder.settings.max_length)
         return T2TEncoder(embedder, meta)
     from sentence_transformers import SentenceTransformer

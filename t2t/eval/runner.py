@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from t2t.eval.models import ModelSpec, describe_model, load_encoder, model_meta
 from t2t.eval.report import build_table, write_reports
 from t2t.eval.tasks import LOCAL_TASKS, LocalTaskMixin, local_task
+from t2t.model.io import usable_dtype
 
 log = logging.getLogger(__name__)
 
@@ -267,13 +268,14 @@ def _unique_names(specs: list[ModelSpec]) -> list[ModelSpec]:
 def run_eval(model_dirs: list[str], tasks: list[str] | None = None, benchmark: str = "", workers: int = 1,
              out_dir: str = "runs/eval", batch_size: int = 64, ray_address: str | None = None,
              names: list[str] | None = None, *, gpus_per_worker: float = 0.0, cpus_per_worker: int = 0,
-             max_samples: int = 0, data_dir: str | None = None) -> dict:
+             max_samples: int = 0, data_dir: str | None = None, dtype: str = "float32") -> dict:
     """Evaluate each model directory on the tasks (default: the six local ones) and write the tables.
 
     Writes mteb's per-task JSON under `<out_dir>/results` (reused on rerun) and `results.md`,
     `results.json`, `scores.png` in `out_dir`; returns the table (see `t2t.eval.report.build_table`).
     `max_samples` caps every local task at a seeded sample of that many rows per split (smoke tests;
-    cached apart from full runs); `data_dir` replaces `data/eval` for the local tasks.
+    cached apart from full runs); `data_dir` replaces `data/eval` for the local tasks. t2t models encode in
+    `dtype` (bfloat16 where the hardware has it, see `t2t.model.io.usable_dtype`).
     """
     from mteb.cache import ResultCache
 
@@ -285,7 +287,8 @@ def run_eval(model_dirs: list[str], tasks: list[str] | None = None, benchmark: s
         raise ValueError(f"workers and batch_size must be >= 1 and max_samples >= 0 "
                          f"(got {workers}, {batch_size}, {max_samples})")
     task_specs = resolve_tasks(tasks, benchmark, data_dir, max_samples)
-    models = _unique_names([describe_model(d, n, max_samples)
+    dtype = usable_dtype(dtype)
+    models = _unique_names([describe_model(d, n, max_samples, dtype)
                             for d, n in zip(model_dirs, names or [None] * len(model_dirs))])
     task_objs = {t.name: build_task(t) for t in task_specs}
     out = Path(out_dir)

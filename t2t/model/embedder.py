@@ -42,7 +42,21 @@ class Fp32Head(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.float()
-        return F.linear(x.float(), self.weight.float(), bias)
+        return F.linear(x.float(), self.fp32_weight(), bias)
+
+    def fp32_weight(self) -> torch.Tensor:
+        """The weight in fp32. Out of autograd (stage-2 targets, evaluation) casting a bf16 head (|V| × d)
+        costs more than the matmul it feeds, so the cast is kept until the weight changes. ZeRO-3
+        parameters are re-gathered for every forward and never cached."""
+        w = self.weight
+        if w.dtype == torch.float32 or torch.is_grad_enabled() or hasattr(w, "ds_id"):
+            return w.float()
+        key = (w.data_ptr(), w._version, w.device)
+        cached = self.__dict__.get("_fp32_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, w.detach().float())
+            self.__dict__["_fp32_cache"] = cached
+        return cached[1]
 
 
 def set_attention(lm: nn.Module, mode: str) -> None:

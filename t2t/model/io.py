@@ -30,7 +30,7 @@ T2T_CONFIG = "t2t_config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_warned_pad: set[str] = set()
+_said_once: set[str] = set()  # things logged once per process
 
 
 def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
@@ -57,8 +57,8 @@ def load_tokenizer(path: str | Path, padding_side: str = "left"):
         if tok.eos_token is None:
             raise ValueError(f"tokenizer in {path} has neither a pad nor an eos token")
         tok.pad_token = tok.eos_token
-        if str(path) not in _warned_pad:
-            _warned_pad.add(str(path))
+        if str(path) not in _said_once:
+            _said_once.add(str(path))
             log.warning("tokenizer in %s has no pad token; using eos %r as pad", path, tok.eos_token)
     tok.padding_side = padding_side
     return tok
@@ -77,25 +77,46 @@ def settings_from_config(m: ModelConfig) -> EmbedSettings:
 
 
 def resolve_model_dir(m: ModelConfig) -> Path:
-    """The backbone directory of a model config, building the tiny model first if configured."""
+    """The backbone directory of a model config, building the tiny model or converting the GGUF first if configured."""
     if m.tiny is not None:
         from t2t.model.tiny import build_tiny
 
         build_tiny(m.tiny, m.path)
+    if m.gguf:
+        from t2t.model.gguf import convert
+
+        convert(m.gguf, m.path)
     return check_model_dir(m.path)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, slowly."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def usable_dtype(dtype: str) -> str:
+    """`dtype`, or float32 where bf16 would be emulated: no GPU and a CPU without bf16 support (said once)."""
+    if dtype == "bfloat16" and not torch.cuda.is_available() and not cpu_has_bf16():
+        if "bf16" not in _said_once:
+            _said_once.add("bf16")
+            log.warning("this CPU has no native bf16 (AVX512-BF16/AMX): computing in float32 instead")
+        return "float32"
+    return dtype
+
+
 def load_lm(path: str | Path, dtype: str = "float32"):
-    """The Hugging Face causal LM in `path` (SDPA attention)."""
+    """The Hugging Face causal LM in `path` (SDPA attention), its weights in `dtype` (see `usable_dtype`)."""
     check_model_dir(path)
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], attn_implementation="sdpa")
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[usable_dtype(dtype)],
+                                                attn_implementation="sdpa")
 
 
-def from_config(m: ModelConfig) -> Embedder:
-    """An Embedder for a recipe's model section (building the tiny backbone if needed)."""
+def from_config(m: ModelConfig, dtype: str | None = None) -> Embedder:
+    """An Embedder for a recipe's model section (building or converting the backbone if needed), in `m.dtype`
+    unless `dtype` is given (exports are made in float32)."""
     path = resolve_model_dir(m)
     settings = settings_from_config(m)
-    return Embedder(load_lm(path, m.dtype), load_tokenizer(path, settings.padding_side), settings)
+    return Embedder(load_lm(path, dtype or m.dtype), load_tokenizer(path, settings.padding_side), settings)
 
 
 def load(path: str | Path, dtype: str = "float32", **overrides) -> Embedder:

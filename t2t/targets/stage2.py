@@ -64,10 +64,11 @@ def sparse_targets(z: torch.Tensor, log_q: torch.Tensor, tau: float, delta: floa
                    top_k: int) -> tuple[TargetBatch, SparsifyStats]:
     """Model-derived targets of a batch of logits z (B, |V|) against background log q (|V|)."""
     p = torch.softmax(z.to(torch.float64), dim=-1)
-    q = log_q.exp()
-    a = (p / (p + q + EPSILON)) / tau  # the logits of t = softmax(r / τ)
+    q_eps = log_q.exp() + EPSILON
+    # The logits of t = softmax(r / τ), r = p / (p + q + ε); in place: B × |V| float64 buffers are the cost here.
+    a = p.div_(p + q_eps).div_(tau)
     # e_v = t_v / max t. The δ rule keeps (max r − r_v) / τ < ln(1/δ), i.e. e_v > δ.
-    e = torch.exp(a - a.max(dim=-1, keepdim=True).values)
+    e = a.sub_(a.max(dim=-1, keepdim=True).values).exp_()
     total = e.sum(dim=-1)
     k = min(top_k, e.shape[-1])
     top_e, top_ids = e.topk(k, dim=-1)  # descending, so the kept ids are a prefix of each row

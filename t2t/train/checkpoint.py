@@ -12,8 +12,8 @@ states. DeepSpeed writes it into rank 0's model-states file, so the per-rank val
 gathered into lists indexed by rank.
 
 Export (`t2t export`, and the trainer at its end) consolidates the fp32 master weights of a
-checkpoint with DeepSpeed's `zero_to_fp32` reader (lazily, one tensor at a time), copies them
-into the backbone, merges LoRA adapters if any, and writes the model directory.
+checkpoint with DeepSpeed's `zero_to_fp32` reader (lazily, one tensor at a time), copies the trained
+ones into the fp32 start model, merges LoRA adapters if any, and writes the model directory.
 """
 
 from __future__ import annotations
@@ -168,26 +168,25 @@ def export_checkpoint(cfg: Config, stage: int, checkpoint: str | Path | None = N
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from t2t.model import Embedder, export, load_lm, load_tokenizer, resolve_model_dir, settings_from_config
-    from t2t.train.engine import lora_config
+    from t2t.train.engine import apply_trainable_policy, trainable_names
 
     load_dir, tag = resolve_checkpoint(checkpoint if checkpoint is not None else checkpoints_dir(cfg, stage))
     out = Path(out) if out is not None else export_dir(cfg, stage)
     model_dir = resolve_model_dir(cfg.model)
     lazy = get_fp32_state_dict_from_zero_checkpoint(str(load_dir), tag=tag, lazy_mode=True)
-    lm = load_lm(model_dir, cfg.model.dtype)
-    if cfg.train.lora is not None:
-        from peft import get_peft_model
-
-        lm = get_peft_model(lm, lora_config(cfg))
-    targets = lm.state_dict()
+    # Exports are fp32. Only the weights that trained come from the checkpoint's fp32 master copy; the
+    # frozen ones (LM head, embeddings, a LoRA base) come from the start model, untouched by any bf16 cast.
+    lm = apply_trainable_policy(load_lm(model_dir, "float32"), cfg)
+    params = dict(lm.named_parameters())
     names = {k.removeprefix("lm."): k for k in lazy}
-    missing, unexpected = sorted(set(targets) - set(names)), sorted(set(names) - set(targets))
-    if missing or unexpected:
-        raise ValueError(f"{load_dir / tag} does not fit the model in {model_dir} (train.lora set the same?): "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    trained = trainable_names(lm)
+    missing = sorted(set(trained) - set(names))
+    if missing:
+        raise ValueError(f"{load_dir / tag} does not fit the model in {model_dir} (train.lora and "
+                         f"train.train_embeddings set the same?): missing {missing[:5]}")
     with torch.no_grad():
-        for name, target in targets.items():
-            target.copy_(lazy[names[name]].contiguous())
+        for name in trained:
+            params[name].copy_(lazy[names[name]].contiguous())
     if cfg.train.lora is not None:
         lm = lm.merge_and_unload()
     settings = settings_from_config(cfg.model)

@@ -184,11 +184,29 @@ def build_model(cfg: Config, model_dir: Path, ds: dict):
         lm = load_lm(model_dir, cfg.model.dtype)
     finally:
         unset_hf_deepspeed_config()
+    lm = apply_trainable_policy(lm, cfg)
+    return Embedder(lm, load_tokenizer(model_dir, settings.padding_side), settings)
+
+
+def apply_trainable_policy(lm, cfg: Config):
+    """Mark what trains, as the authors do: LoRA adapters only, or (full-parameter) everything but the
+    LM head and the input embeddings, unless `train.train_embeddings`. Returns the model (peft-wrapped
+    for LoRA). Training and export both call this, so they agree on which weights a checkpoint owns."""
     if cfg.train.lora is not None:
         from peft import get_peft_model
 
-        lm = get_peft_model(lm, lora_config(cfg))
-    return Embedder(lm, load_tokenizer(model_dir, settings.padding_side), settings)
+        return get_peft_model(lm, lora_config(cfg))  # freezes every base weight
+    if not cfg.train.train_embeddings:
+        # With tied embeddings (SmolLM2, Gemma, Llama-3.2) head and input embeddings are one tensor.
+        for module in (lm.get_input_embeddings(), lm.get_output_embeddings()):
+            for p in module.parameters():
+                p.requires_grad_(False)
+    return lm
+
+
+def trainable_names(lm) -> list[str]:
+    """Names of the parameters that train (a tied tensor appears once, under its first name)."""
+    return [name for name, p in lm.named_parameters() if p.requires_grad]
 
 
 def build_engine(cfg: Config, stage: StageConfig, model_dir: Path, ds: dict):

