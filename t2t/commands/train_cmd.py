@@ -43,8 +43,21 @@ def run(args) -> int:
     except TrainingDiverged as e:
         if rank == 0:
             print(f"t2t train: {e}", file=sys.stderr)
-        return 3
+        return leave(3)
     if rank == 0:
         print(f"stage {args.stage}: " + (f"exported {out}" if out else "stopped by signal after a checkpoint; "
                                          "rerun the same command to resume"))
-    return 0
+    return leave(0)
+
+
+def leave(code: int) -> int:
+    """Exit a launched rank without interpreter finalization, once its work is written and the process group
+    is destroyed. Gloo's C++ worker threads can still hold work objects that ZeRO-3 kept referenced;
+    finalizing them while the interpreter shuts down aborts the rank ("terminate called without an active
+    exception", SIGABRT) after a successful run, and the launcher then reports the whole run as failed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
