@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -265,6 +266,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         source = str(path)
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"recipe {p} is a directory; name a YAML file in it, e.g. {p / 'demo.yaml'}")
         if not p.is_file():
             raise ConfigError(f"recipe {p} does not exist")
         try:
@@ -397,10 +400,14 @@ def validate(cfg: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
+    for key, value in (("data.max_texts", cfg.data.max_texts), ("data.stage2_max_texts", cfg.data.stage2_max_texts)):
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = all texts), got {value}")
     for stage in ("stage1", "stage2"):
         s = getattr(cfg.train, stage)
-        if s.steps < 0 or s.lr <= 0 or s.warmup_steps < 0:
-            raise ConfigError(f"train.{stage}: steps and warmup_steps must be >= 0 and lr > 0")
+        if s.steps < 0 or not math.isfinite(s.lr) or s.lr <= 0 or s.warmup_steps < 0:
+            raise ConfigError(f"train.{stage}: steps and warmup_steps must be >= 0 and lr a finite number > 0 "
+                              f"(got steps={s.steps}, warmup_steps={s.warmup_steps}, lr={s.lr})")
         if s.schedule == "constant" and s.warmup_steps:
             raise ConfigError(f"train.{stage}.warmup_steps is set but train.{stage}.schedule is constant")
     if cfg.train.lora is not None and cfg.train.train_embeddings:
@@ -410,7 +417,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.loader_workers must be >= 0, got {cfg.data.loader_workers}")
     if cfg.train.objective == "simcse" and m.pooling != "mean":
         raise ConfigError("train.objective=simcse uses mean pooling; set model.pooling=mean")
-    if cfg.train.simcse_temperature <= 0:
+    for key, value in (("train.grad_clip", cfg.train.grad_clip), ("train.weight_decay", cfg.train.weight_decay)):
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
+    if not math.isfinite(cfg.train.simcse_temperature) or cfg.train.simcse_temperature <= 0:
         raise ConfigError(f"train.simcse_temperature must be > 0, got {cfg.train.simcse_temperature}")
     if not 0 <= cfg.train.simcse_dropout < 1:
         raise ConfigError(f"train.simcse_dropout must be in [0, 1), got {cfg.train.simcse_dropout}")

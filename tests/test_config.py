@@ -77,3 +77,28 @@ def test_stage2_reads_its_own_text_cap_or_the_shared_one():
     capped = DataConfig(max_texts=10, stage2_max_texts=4)
     assert (capped.texts_limit(1), capped.texts_limit(2)) == (10, 4)
     assert DataConfig(stage2_max_texts=4).texts_limit(1) == 0  # 0: the whole stage-1 corpus
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.max_texts=-1", r"data\.max_texts must be >= 0"),
+    ("data.stage2_max_texts=-5", r"data\.stage2_max_texts must be >= 0"),
+    ("train.stage1.lr=.nan", r"train\.stage1: .*lr a finite number > 0"),
+    ("train.stage2.lr=.inf", r"train\.stage2: .*lr a finite number > 0"),
+    ("train.grad_clip=.nan", r"train\.grad_clip must be a finite number >= 0"),
+    ("train.grad_clip=-1", r"train\.grad_clip must be a finite number >= 0"),
+    ("train.weight_decay=.inf", r"train\.weight_decay must be a finite number >= 0"),
+    ("train.simcse_temperature=.inf", r"train\.simcse_temperature must be > 0"),
+])
+def test_nonsense_numbers_are_refused(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, "model: {path: m}\n"), [override])
+
+
+def test_a_directory_as_recipe_and_a_missing_ds_config_are_named(tmp_path, capsys):
+    from t2t.cli import main
+
+    with pytest.raises(ConfigError, match=f"recipe {tmp_path} is a directory"):
+        load_config(tmp_path)
+    recipe = write(tmp_path, "model: {path: m}\ntrain: {ds_config: nowhere/zero3.json}\n")
+    assert main(["config", "--config", str(recipe)]) == 2
+    assert "train.ds_config: nowhere/zero3.json does not exist" in capsys.readouterr().err

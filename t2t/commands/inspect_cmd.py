@@ -6,6 +6,9 @@ should put its mass on the text's key tokens (stage 1) and related ones (stage 2
 
 from __future__ import annotations
 
+import math
+import sys
+
 
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="top-k LM-head tokens of each text's embedding")
@@ -21,9 +24,18 @@ def run(args) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     embedder = load(args.model)
+    broken = 0
     for text, tokens in zip(args.texts, embedder.top_tokens(args.texts, k=args.top_k)):
         print(text)
+        if not all(math.isfinite(prob) for _, prob in tokens):
+            broken += 1
+            print("  (the embedding is NaN or infinite: the model's weights are broken)")
+            continue
         for token, prob in tokens:
             shown = embedder.tokenizer.convert_tokens_to_string([token]).strip() or repr(token)
             print(f"  {prob:8.4f}  {shown}")
+    if broken:
+        print(f"t2t inspect: {args.model} gives NaN or infinite embeddings for {broken} of {len(args.texts)} "
+              f"texts; it is not usable (a diverged training run?)", file=sys.stderr)
+        return 1
     return 0

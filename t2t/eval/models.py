@@ -29,7 +29,7 @@ from mteb.models import ModelMeta, SentenceTransformerEncoderWrapper
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 
-from t2t.eval.tfidf import TFIDF_CONFIG, TFIDF_MODEL, load_tfidf
+from t2t.eval.tfidf import TFIDF_CONFIG, check_tfidf_dir, load_tfidf
 from t2t.model.io import T2T_CONFIG, check_model_dir, load
 
 ST_MODULES = "modules.json"
@@ -106,8 +106,8 @@ def describe_model(path: str | Path, name: str | None = None, max_samples: int =
     kind = model_kind(p)
     if kind == "t2t":
         check_model_dir(p)  # names a missing config, weights or tokenizer before any worker starts
-    if kind == "tfidf" and not (p / TFIDF_MODEL).is_file():
-        raise ValueError(f"TF-IDF directory {p} has no {TFIDF_MODEL}; refit it with `t2t tfidf`")
+    if kind == "tfidf":
+        check_tfidf_dir(p)
     display = re.sub(r"[^A-Za-z0-9._-]+", "_", name or p.resolve().name)
     kwargs = {"max_samples": max_samples} if max_samples else {}
     dtype = dtype if kind == "t2t" else "float32"

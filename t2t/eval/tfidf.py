@@ -5,8 +5,10 @@
 
 Text2Token embeddings point at the tokens of a text, so plain word overlap is the obvious thing
 they must improve on. `fit_tfidf` fits scikit-learn's TfidfVectorizer on the training corpus and
-saves it as a model directory (`tfidf.joblib` + `tfidf_config.json`); `t2t eval` recognises such
-a directory (see `t2t.eval.models`) and runs it through `TfidfEncoder` like any other model.
+saves it as a model directory: `tfidf_vocabulary.json` (word → column), `tfidf_idf.npy` (the IDF
+weights) and `tfidf_config.json` (the vectorizer's settings). No pickle: loading a directory someone
+hands you runs none of its code. `t2t eval` recognises such a directory (see `t2t.eval.models`) and
+runs it through `TfidfEncoder` like any other model.
 """
 
 from __future__ import annotations
@@ -16,21 +18,28 @@ import os
 import shutil
 from pathlib import Path
 
-import joblib
 import numpy as np
 
 from t2t.data.corpus import CorpusStats, iter_texts
 
 TFIDF_CONFIG = "tfidf_config.json"
-TFIDF_MODEL = "tfidf.joblib"
+TFIDF_MODEL = "tfidf_idf.npy"
+TFIDF_VOCAB = "tfidf_vocabulary.json"
+LEGACY_PICKLE = "tfidf.joblib"
+# The vectorizer's settings (fixed here, saved with each fit so a directory always loads as it was fitted).
+SETTINGS = dict(sublinear_tf=True, lowercase=True, norm="l2", smooth_idf=True)
+
+
+def _vectorizer(max_features: int | None, vocabulary: dict | None = None):
+    import sklearn.feature_extraction.text as sk_text
+
+    return sk_text.TfidfVectorizer(max_features=max_features, vocabulary=vocabulary, dtype=np.float32, **SETTINGS)
 
 
 def _fit_vectorizer(texts: list[str], max_features: int, corpus: str | Path):
-    import sklearn.feature_extraction.text as sk_text
-
     # Sublinear tf (1 + log tf) keeps a word repeated in one text from dominating it; the default
     # lowercase word tokenisation and l2 norm make a dot product of two rows their cosine.
-    vectorizer = sk_text.TfidfVectorizer(sublinear_tf=True, max_features=max_features, dtype=np.float32)
+    vectorizer = _vectorizer(max_features)
     try:
         vectorizer.fit(texts)
     except ValueError as e:  # e.g. "empty vocabulary": texts with no word of two or more characters
@@ -79,9 +88,11 @@ def fit_tfidf(corpus: str | Path, out_dir: str | Path, max_texts: int = 100_000,
     shutil.rmtree(tmp, ignore_errors=True)  # left over from a run that crashed under the same pid
     tmp.mkdir()
     try:
-        joblib.dump(vectorizer, tmp / TFIDF_MODEL)
+        vocabulary = {word: int(column) for word, column in vectorizer.vocabulary_.items()}
+        (tmp / TFIDF_VOCAB).write_text(json.dumps(vocabulary, ensure_ascii=False, sort_keys=True))
+        np.save(tmp / TFIDF_MODEL, vectorizer.idf_.astype(np.float64))
         config = dict(corpus=str(corpus), texts=len(texts), max_texts=max_texts, max_features=max_features,
-                      vocabulary_size=len(vectorizer.vocabulary_), sklearn_version=sklearn.__version__)
+                      vocabulary_size=len(vocabulary), settings=SETTINGS, sklearn_version=sklearn.__version__)
         (tmp / TFIDF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         _replace_dir(tmp, out)
     finally:
@@ -89,9 +100,27 @@ def fit_tfidf(corpus: str | Path, out_dir: str | Path, max_texts: int = 100_000,
     return out
 
 
+def check_tfidf_dir(path: str | Path) -> Path:
+    """`path`, unless its arrays are missing (a ValueError that says to refit, naming the directory)."""
+    p = Path(path)
+    if not (p / TFIDF_MODEL).is_file() or not (p / TFIDF_VOCAB).is_file():
+        legacy = " (it holds a pickled model from an older t2t, which is never loaded)" \
+            if (p / LEGACY_PICKLE).is_file() else ""
+        raise ValueError(f"TF-IDF directory {p} has no {TFIDF_MODEL} and {TFIDF_VOCAB}{legacy}; "
+                         f"refit it with `t2t tfidf`")
+    return p
+
+
 def load_tfidf(path: str | Path):
-    """The fitted vectorizer of a TF-IDF directory (joblib unpickles it: load only directories you made)."""
-    model_file = Path(path) / TFIDF_MODEL
-    if not model_file.is_file():
-        raise ValueError(f"TF-IDF directory {path} has no {TFIDF_MODEL}; refit it with `t2t tfidf`")
-    return joblib.load(model_file)
+    """The fitted vectorizer of a TF-IDF directory, rebuilt from its vocabulary and IDF arrays (no pickle)."""
+    p = check_tfidf_dir(path)
+    try:
+        vocabulary = json.loads((p / TFIDF_VOCAB).read_text())
+        idf = np.load(p / TFIDF_MODEL, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"TF-IDF directory {p} is damaged ({e}); refit it with `t2t tfidf`") from None
+    if not isinstance(vocabulary, dict) or idf.shape != (len(vocabulary),):
+        raise ValueError(f"TF-IDF directory {p}: {TFIDF_VOCAB} and {TFIDF_MODEL} do not match; refit it")
+    vectorizer = _vectorizer(None, vocabulary)
+    vectorizer.idf_ = idf  # sklearn's setter builds the fitted transformer around the fixed vocabulary
+    return vectorizer
