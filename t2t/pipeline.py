@@ -50,6 +50,9 @@ class Pipeline:
         self.config_path = str(config_path or DEMO_RECIPE)
         self.overrides = list(overrides)
         self.cfg: Config = load_config(self.config_path, self.overrides)
+        from t2t.train.engine import build_ds_config
+
+        build_ds_config(self.cfg)  # a bad DeepSpeed JSON stops the run here, before any step touches old outputs
         self.ray_address = ray_address
         self.run_dir = Path(self.cfg.run_dir)
         self.logs = self.run_dir / "logs"
@@ -108,19 +111,24 @@ class Pipeline:
 
     def _run_steps(self, fp: dict, actions: dict, only_until: str | None) -> None:
         stale = False
+        started = self.state.setdefault("started", {})  # the inputs each step last started from
         for i, name in enumerate(STEPS, start=1):
             done = self.state.get(name) == fp[name] and not stale and self.outputs_present(name)
             if done:
                 print(f"[{i}/{len(STEPS)}] {name}: up to date, skipped", flush=True)
             else:
                 stale = True  # everything downstream of a re-run step re-runs too
-                if name in self.state:
+                # Finished from other inputs, or interrupted while running from other inputs: never resumed.
+                if name in self.state or started.get(name, fp[name]) != fp[name]:
                     self.invalidate(name)
+                started[name] = fp[name]
+                self.save_state()
                 print(f"[{i}/{len(STEPS)}] {name}: running", flush=True)
                 t0 = time.time()
                 actions[name]()
                 self.state[name] = fp[name]
                 self.save_state()
+                self.drop_replaced(name)
                 print(f"[{i}/{len(STEPS)}] {name}: done in {time.time() - t0:.0f}s", flush=True)
             if name == only_until:
                 break
@@ -167,11 +175,30 @@ class Pipeline:
         return checks[name]()
 
     def invalidate(self, name: str) -> None:
-        """Remove a step's outputs made from other inputs (training checkpoints must not be resumed)."""
+        """Set aside a training step's outputs made from other inputs, so their checkpoints are not resumed.
+
+        A finished stage (its export written) is kept as `stage{N}.replaced` until the new one is complete:
+        a rerun that fails loses nothing finished. Unfinished checkpoints of other inputs are removed."""
+        from t2t.train.checkpoint import TRAIN_INFO
+
         self.state.pop(name, None)
         self.save_state()
+        if name not in ("train1", "train2"):
+            return
+        stage = self.run_dir / f"stage{name[-1]}"
+        if (stage / "model" / TRAIN_INFO).is_file():
+            aside = stage.with_name(stage.name + ".replaced")
+            shutil.rmtree(aside, ignore_errors=True)  # an older one: this stage finished again since
+            os.replace(stage, aside)
+            print(f"{stage} was made from other inputs: kept as {aside} until its replacement is complete",
+                  flush=True)
+        else:
+            shutil.rmtree(stage, ignore_errors=True)
+
+    def drop_replaced(self, name: str) -> None:
+        """The step finished again: the finished outputs it replaced can go."""
         if name in ("train1", "train2"):
-            shutil.rmtree(self.run_dir / f"stage{name[-1]}", ignore_errors=True)
+            shutil.rmtree(self.run_dir / f"stage{name[-1]}.replaced", ignore_errors=True)
 
     def logged(self, name: str, fn: Callable[[], None]) -> None:
         """Run `fn`, turning any failure into a StepFailed naming the step and its log."""

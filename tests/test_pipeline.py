@@ -114,3 +114,51 @@ def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):
     for override, expected in changed.items():
         fp = Pipeline(str(recipe), [override]).fingerprints()
         assert {k for k in base if fp[k] != base[k]} == expected, override
+
+
+def test_reruns_never_resume_other_inputs_nor_lose_finished_stages(tmp_path, monkeypatch):
+    from t2t.pipeline import Pipeline, STEPS
+
+    monkeypatch.chdir(tmp_path)
+    recipe = short_demo(tmp_path)
+    p = Pipeline(str(recipe), [])
+    monkeypatch.setattr(Pipeline, "outputs_present", lambda self, name: True)
+    stage1 = p.run_dir / "stage1"
+    seen = {}
+
+    def train1(fail=False):
+        seen["stage1 during the rerun"] = sorted(x.name for x in p.run_dir.glob("stage1*"))
+        if fail:
+            raise RuntimeError("the new run failed")
+        (stage1 / "model").mkdir(parents=True)
+        (stage1 / "model" / "t2t_train.json").write_text("{}")
+
+    def run(fp_train1: str, fail=False):
+        fp = {name: "same" for name in STEPS} | {"train1": fp_train1}
+        actions = {name: (lambda: None) for name in STEPS} | {"train1": lambda: train1(fail)}
+        p._run_steps(fp, actions, only_until="train1")
+
+    p.logs.mkdir(parents=True)
+    run("A")  # stage 1 finished from inputs A
+    assert (stage1 / "model" / "t2t_train.json").is_file()
+
+    # Inputs B, and the new training fails: the finished stage is set aside, not deleted.
+    with pytest.raises(RuntimeError):
+        run("B", fail=True)
+    assert seen["stage1 during the rerun"] == ["stage1.replaced"]
+    assert (p.run_dir / "stage1.replaced" / "model" / "t2t_train.json").is_file()
+
+    # Interrupted checkpoints of inputs B are not resumed under inputs C; C finishing drops the replaced stage.
+    (stage1 / "checkpoints").mkdir(parents=True)
+    run("C")
+    assert seen["stage1 during the rerun"] == ["stage1.replaced"]  # B's partial checkpoints were removed
+    assert not (p.run_dir / "stage1.replaced").exists() and (stage1 / "model").is_dir()
+
+
+def test_a_bad_deepspeed_json_stops_before_anything_is_touched(tmp_path, monkeypatch):
+    from t2t.pipeline import Pipeline
+
+    monkeypatch.chdir(tmp_path)
+    recipe = short_demo(tmp_path)
+    with pytest.raises(ValueError, match="train.ds_config: ds_configs/zero3_cpu.jsn does not exist"):
+        Pipeline(str(recipe), ["train.ds_config=ds_configs/zero3_cpu.jsn"])

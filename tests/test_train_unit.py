@@ -194,3 +194,33 @@ def test_train_embeddings_with_lora_is_refused(tmp_path):
     recipe.write_text("model: {path: m}\ntrain: {lora: {r: 4}, train_embeddings: true}\n")
     with pytest.raises(ConfigError, match="train.train_embeddings applies to full-parameter training"):
         load_config(recipe)
+
+
+class SavedCheckpoint:
+    """Stands in for a DeepSpeed engine whose checkpoint holds `client`."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def load_checkpoint(self, load_dir, tag):
+        return f"{load_dir}/{tag}", {"t2t": self.client}
+
+
+def test_a_checkpoint_of_another_recipe_is_not_resumed_silently(tmp_path, caplog):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {path: m}\ntrain: {stage1: {steps: 10, lr: 1.0e-3}}\n")
+    saved = checkpoint.recipe_identity(load_config(recipe), 1)
+    client = dict(step=4, data=[], rng=[], recipe=saved)
+    (tmp_path / "latest").write_text("step00000004")
+    # More steps, another checkpoint cadence: the same run, continued.
+    longer = checkpoint.recipe_identity(load_config(recipe, ["train.stage1.steps=20", "train.save_every=5"]), 1)
+    assert checkpoint.resume(SavedCheckpoint(client), tmp_path, "auto", longer)["step"] == 4
+    # Another lr and seed: refused under auto, naming both.
+    changed = checkpoint.recipe_identity(load_config(recipe, ["train.stage1.lr=2e-3", "seed=1"]), 1)
+    with pytest.raises(ValueError, match=r"different recipe \(seed: 0 → 1; train.stage1: .*'lr': 0.001.*'lr': 0.002"):
+        checkpoint.resume(SavedCheckpoint(client), tmp_path, "auto", changed)
+    # Named explicitly (e.g. the last good checkpoint, with a lower lr): allowed, and the changes are logged.
+    (tmp_path / "step00000004").mkdir()
+    with caplog.at_level("WARNING"):
+        assert checkpoint.resume(SavedCheckpoint(client), tmp_path, str(tmp_path / "step00000004"), changed)
+    assert "seed: 0 → 1" in caplog.text

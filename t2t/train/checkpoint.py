@@ -112,9 +112,34 @@ def gather(obj) -> list:
 # ----------------------------------------------------------------------------- save / resume
 
 
-def save(engine, ckpt_dir: Path, step: int, data_state: dict, keep: int) -> Path:
-    """Save a checkpoint on all ranks (collective), then rotate: keep the newest `keep` complete ones."""
-    client = dict(step=step, data=gather(data_state), rng=gather(rng_state()))
+# Fields a resumed stage may change: how far it trains, how it checkpoints and logs, not what it trains.
+RESUMABLE = {"save_every", "keep_checkpoints", "log_every", "nproc"}
+
+
+def recipe_identity(cfg: Config, stage: int) -> dict:
+    """The recipe fields that decide what stage `stage` trains, flattened to `section.key`. A checkpoint
+    resumes only under the same ones (its step count may grow)."""
+    from t2t.config import to_dict
+
+    d = to_dict(cfg)
+    train = {k: v for k, v in d["train"].items() if k not in RESUMABLE and not k.startswith("stage")}
+    train[f"stage{stage}"] = {k: v for k, v in d["train"][f"stage{stage}"].items() if k != "steps"}
+    flat = {"seed": d["seed"]}
+    for section, values in (("model", d["model"]), ("data", d["data"]), ("train", train)):
+        flat.update({f"{section}.{k}": v for k, v in values.items()})
+    return flat
+
+
+def recipe_changes(saved: dict, now: dict) -> list[str]:
+    """`key: saved → now` for every field that differs."""
+    return [f"{k}: {saved.get(k)!r} → {now.get(k)!r}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+
+def save(engine, ckpt_dir: Path, step: int, data_state: dict, keep: int, recipe: dict | None = None) -> Path:
+    """Save a checkpoint on all ranks (collective), then rotate: keep the newest `keep` complete ones.
+
+    `recipe` (see `recipe_identity`) is stored with it, so a resume under a changed recipe is caught."""
+    client = dict(step=step, data=gather(data_state), rng=gather(rng_state()), recipe=recipe)
     tag = tag_for(step)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=dict(t2t=client))
     torch.distributed.barrier()
@@ -138,8 +163,12 @@ def rotate(ckpt_dir: Path, keep: int) -> None:
             log.info("removed old checkpoint %s", ckpt_dir / t)
 
 
-def resume(engine, ckpt_dir: Path, mode: str) -> dict | None:
-    """Load a checkpoint into the engine per `--resume` (auto|never|DIR); returns t2t's client state or None."""
+def resume(engine, ckpt_dir: Path, mode: str, recipe: dict | None = None) -> dict | None:
+    """Load a checkpoint into the engine per `--resume` (auto|never|DIR); returns t2t's client state or None.
+
+    With `auto`, a checkpoint written under another `recipe` (see `recipe_identity`) is refused, naming what
+    changed: resuming it would silently mix two runs. An explicit DIR is the user's choice (e.g. the last good
+    checkpoint with a lower lr after a divergence): the differences are logged."""
     if mode == "never":
         if latest_tag(ckpt_dir) is not None:
             raise ValueError(f"{ckpt_dir} already holds checkpoints and --resume never was given: "
@@ -155,6 +184,13 @@ def resume(engine, ckpt_dir: Path, mode: str) -> dict | None:
     if path is None or not client or "t2t" not in client:
         raise ValueError(f"{load_dir / tag}: not a loadable t2t checkpoint")
     state = client["t2t"]
+    changes = recipe_changes(state.get("recipe") or {}, recipe) if recipe is not None and state.get("recipe") else []
+    if changes and mode == "auto":
+        raise ValueError(f"{load_dir / tag} was written under a different recipe ({'; '.join(changes)}); resuming "
+                         f"it would mix two runs. Restore those values to resume, or remove {load_dir} to start "
+                         f"the stage over (or name the checkpoint with --resume DIR to continue from it anyway)")
+    if changes:
+        log.warning("resuming %s under a changed recipe: %s", load_dir / tag, "; ".join(changes))
     log.info("resumed from %s at step %d", load_dir / tag, state["step"])
     return state
 

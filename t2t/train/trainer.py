@@ -178,7 +178,8 @@ def _train(cfg: Config, stage: int, resume: str, total: int, objective, rank: in
     engine.train()  # from_pretrained leaves the model in eval mode, where dropout (SimCSE's views, LoRA's) is off
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout differs per rank
     ckpt_dir = checkpoint.checkpoints_dir(cfg, stage)
-    client = checkpoint.resume(engine, ckpt_dir, resume)
+    recipe = checkpoint.recipe_identity(cfg, stage)
+    client = checkpoint.resume(engine, ckpt_dir, resume, recipe)
     step = client["step"] if client else 0
     if client:
         checkpoint.set_rng_state(client["rng"][rank])
@@ -206,7 +207,7 @@ def _train(cfg: Config, stage: int, resume: str, total: int, objective, rank: in
                 raise TrainingDiverged(
                     f"stage {stage} step {step + 1}: {e}; stopped before the optimizer step. The last good "
                     f"checkpoint is {checkpoint.latest_tag(ckpt_dir) or 'none'} in {ckpt_dir}; lower "
-                    f"train.stage{stage}.lr or check the shards") from None
+                    f"train.stage{stage}.lr and continue from it with --resume DIR, or check the shards") from None
             step += 1
             elapsed = time.perf_counter() - started
             if rank == 0:
@@ -220,13 +221,13 @@ def _train(cfg: Config, stage: int, resume: str, total: int, objective, rank: in
                                        texts_counted=result.counted, texts_truncated=int(result.flags[1]),
                                        skipped_shards=int(result.flags[0])))
             if step % cfg.train.save_every == 0 or step == total or result.stop:
-                checkpoint.save(engine, ckpt_dir, step, reader.state_dict(), cfg.train.keep_checkpoints)
+                checkpoint.save(engine, ckpt_dir, step, reader.state_dict(), cfg.train.keep_checkpoints, recipe)
                 saved = step
             if result.stop:
                 log.warning("rank %d: stop signal received; checkpointed at step %d, exiting", rank, step)
                 return None
         if saved != step:  # a run configured with 0 steps: its "final checkpoint" is the start
-            checkpoint.save(engine, ckpt_dir, step, reader.state_dict(), cfg.train.keep_checkpoints)
+            checkpoint.save(engine, ckpt_dir, step, reader.state_dict(), cfg.train.keep_checkpoints, recipe)
         if rank == 0:
             checkpoint.export_checkpoint(cfg, stage)
         torch.distributed.barrier()
