@@ -145,14 +145,13 @@ def _timed(fn) -> float:
 
 
 def non_embedding_params() -> tuple[int, int]:
-    """(all parameters, all minus the tied vocab × d embedding matrix), from the converted model's config."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """(all parameters, all minus the input embeddings and LM head), from the converted model's config: the
+    planner's own count of what full-parameter training updates (t2t.plan.Arch)."""
+    from t2t.config import ModelConfig
+    from t2t.plan import load_arch
 
-    hf = AutoConfig.from_pretrained(MODEL)
-    with torch.device("meta"):
-        total = sum(p.numel() for p in AutoModelForCausalLM.from_config(hf).parameters())  # tied: counted once
-    embedding = hf.vocab_size * hf.hidden_size * (1 if hf.tie_word_embeddings else 2)
-    return total, total - embedding
+    arch = load_arch(ModelConfig(path=str(MODEL)))
+    return arch.n_params, arch.n_trainable(train_embeddings=False)
 
 
 def bare_fwd_bwd(repeats: int) -> dict:

@@ -89,7 +89,7 @@ def verdict(results_json: Path) -> list[str]:
         return []
     table = json.loads(results_json.read_text())
     names = [m["name"] for m in table["models"]]
-    tasks = [t["name"] if isinstance(t, dict) else t for t in table["tasks"]]
+    tasks = [t["name"] for t in table["tasks"]]
     scores = table["scores"]
     start = names[0]
     if len(names) < 2 or any(scores[start].get(t) is None for t in tasks):

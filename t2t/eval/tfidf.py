@@ -26,7 +26,7 @@ TFIDF_CONFIG = "tfidf_config.json"
 TFIDF_MODEL = "tfidf_idf.npy"
 TFIDF_VOCAB = "tfidf_vocabulary.json"
 LEGACY_PICKLE = "tfidf.joblib"
-# The vectorizer's settings (fixed here, saved with each fit so a directory always loads as it was fitted).
+# The vectorizer's settings: fixed here, for fitting and loading alike; each fit records them in its config.
 SETTINGS = dict(sublinear_tf=True, lowercase=True, norm="l2", smooth_idf=True)
 
 
