@@ -52,7 +52,7 @@ def demo_config():
 
 def write_stage1_shards(model_dir: Path, targets_cfg, texts: list[str], out: Path, n_shards: int) -> None:
     """Real stage-1 targets of `texts` for the model's tokenizer, in `n_shards` equal shards with a manifest."""
-    from t2t.data.shards import MANIFEST_FORMAT, model_vocab_size, shard_name, write_manifest, write_shard
+    from t2t.data.shards import MANIFEST_FORMAT, model_vocab_size, shard_name, write_manifest, write_shard_entry
     from t2t.model import load_tokenizer, tokenizer_fingerprint
     from t2t.targets.stage1 import Stage1Builder
 
@@ -67,7 +67,7 @@ def write_stage1_shards(model_dir: Path, targets_cfg, texts: list[str], out: Pat
         batch, _ = builder.targets(chunk)
         samples = [{"__key__": f"b{s}x{i:05d}", "txt": t, "ids.npy": batch.ids[batch.offsets[i]:batch.offsets[i + 1]],
                     "w.npy": batch.w[batch.offsets[i]:batch.offsets[i + 1]]} for i, t in enumerate(chunk)]
-        shards.append({"name": shard_name(s), "samples": write_shard(out / shard_name(s), samples)})
+        shards.append(write_shard_entry(out / shard_name(s), samples))
     write_manifest(out, {"format": MANIFEST_FORMAT, "code_version": "bench", "complete": True, "stage": 1,
                          "params": {"vocab_size": vocab, "embedding": None,
                                     "tokenizer": {"fingerprint": tokenizer_fingerprint(tok), "vocab_size": len(tok)}},

@@ -21,6 +21,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from t2t.config import ConfigError
@@ -48,8 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM reached a verb that has no handler of its own: unwind (closing Ray, writing nothing half) and exit."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # By default SIGTERM kills at once: no `finally` runs, and a local Ray this process started is left behind.
+    # Verbs with their own handling (training ranks, `launch_local` while it trains) replace this one.
+    signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -59,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         # User errors: one clear line, no traceback from deep inside.
         print(f"t2t {args.verb}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"t2t {args.verb}: interrupted; finished work is kept, rerun the same command to resume",
-              file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as e:
+        print(f"t2t {args.verb}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; finished work is "
+              "kept, rerun the same command to resume", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -205,6 +205,9 @@ class TrainConfig:
     """How many checkpoints to keep (oldest are deleted)."""
     log_every: int = 1
     """Log a metrics line every N optimizer steps."""
+    stop_after_zero_grad_steps: int = 3
+    """Stop the run when the global gradient norm is exactly 0 for this many optimizer steps in a row: the model has
+    collapsed (typically after too high an lr) and trains no further (0 = never stop for it)."""
     nproc: int = 2
     """Ranks `t2t pipeline` starts on one machine."""
     simcse_temperature: float = 0.05
@@ -403,6 +406,9 @@ def validate(cfg: Config) -> None:
     for key, value in (("data.max_texts", cfg.data.max_texts), ("data.stage2_max_texts", cfg.data.stage2_max_texts)):
         if value < 0:
             raise ConfigError(f"{key} must be >= 0 (0 = all texts), got {value}")
+    if cfg.train.stop_after_zero_grad_steps < 0:
+        raise ConfigError(f"train.stop_after_zero_grad_steps must be >= 0 (0 = never), "
+                          f"got {cfg.train.stop_after_zero_grad_steps}")
     for stage in ("stage1", "stage2"):
         s = getattr(cfg.train, stage)
         if s.steps < 0 or not math.isfinite(s.lr) or s.lr <= 0 or s.warmup_steps < 0:

@@ -237,12 +237,17 @@ class Pipeline:
 
     def step_train(self, stage: int) -> None:
         from t2t.train import launch_local
+        from t2t.train.launch import TrainingStopped
 
         log_file = self.logs / f"train{stage}.log"
         try:
+            # SIGTERM, SIGINT, SIGHUP: the ranks checkpoint, then TrainingStopped names the checkpoint
             launch_local(self.config_path, self.stage_overrides(stage), stage, self.cfg.train.nproc, log_file)
+        except TrainingStopped as e:
+            raise StepFailed(f"step train{stage}: {e}") from e
         except Exception as e:  # noqa: BLE001
-            raise StepFailed(f"step train{stage} failed: {e} (log: {log_file})") from e
+            where = "" if str(log_file) in str(e) else f" (log: {log_file})"
+            raise StepFailed(f"step train{stage} failed: {e}{where}") from e
 
     def step_eval(self) -> None:
         from t2t.eval import run_eval

@@ -16,6 +16,14 @@ chunk into the background θ, pass 2 writes the targets. Pass-1 sums come back p
 are checkpointed by the driver rather than accumulated inside a worker, so a worker that dies
 loses nothing: its chunk is simply recomputed.
 
+Each worker records its shard's byte size and sha256 (into the ledger, then the manifest); a
+rerun checks every finished shard against them and recomputes, naming them, the ones that differ
+(truncated, replaced, altered). One job at a time writes a shard directory: the driver holds an
+exclusive `flock` on `<out>/targets.lock` for the whole job, and writes its PID and host into
+it; a second job fails at once naming them. The kernel drops the lock when the driver exits,
+however it dies, so a stale lock file blocks nothing. (On NFS, Linux maps flock onto NFS
+byte-range locks, which other clients see.)
+
 Workers that die are retried by Ray (`targets.max_retries`). For tests, the environment
 variable T2T_FAULT_INJECT=PASS:INDEX:MARKER makes the worker that first takes chunk INDEX of
 PASS (`shards`, `background` or `idf`) exit abruptly, once (MARKER records that it did).
@@ -37,14 +45,18 @@ from tqdm.auto import tqdm
 import t2t
 from t2t.config import Config
 from t2t.data.corpus import CorpusStats, corpus_files, iter_texts
+from t2t.data.files import exclusive_lock, hash_into
 from t2t.data.ledger import Ledger
-from t2t.data.shards import MANIFEST, MANIFEST_FORMAT, model_vocab_size, read_manifest, shard_name, write_manifest
+from t2t.data.shards import (MANIFEST, MANIFEST_FORMAT, model_vocab_size, read_manifest, shard_name, shard_problem,
+                             write_manifest)
 from t2t.targets.stage1 import stopword_list, stopwords_hash
 from t2t.targets.stage2 import EPSILON
 
 log = logging.getLogger(__name__)
 
 LEDGER = "ledger.jsonl"
+LOCK_FILE = "targets.lock"
+"""In the shard directory: `--overwrite` removes only the job's outputs (`_outputs`), never it or the directory."""
 BACKGROUND_FILE = "background_theta.npy"
 IDF_FILE = "idf.npy"
 BACKGROUND_PARTIAL = "background_partial.npz"
@@ -91,9 +103,7 @@ def _hash_files(files: list[tuple[str, Path]]) -> str:
     h = hashlib.sha256()
     for label, path in files:
         h.update(f"{label}\0{path.stat().st_size}\0".encode())
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
+        hash_into(h, path)
     return h.hexdigest()[:24]
 
 
@@ -148,7 +158,10 @@ def plan(cfg: Config, stage: int, corpus: str | None = None, out: str | None = N
 
 
 def is_complete(cfg: Config, stage: int, out: str | None = None) -> bool:
-    """True only if `out` holds a finished job made with exactly the params `cfg` would use now."""
+    """True only if `out` holds a finished job made with exactly the params `cfg` would use now.
+
+    Every shard must be there with the byte size its manifest records (a cheap check; `run_targets`
+    also compares checksums)."""
     out_dir = Path(out) if out else default_out(cfg, stage)
     try:
         manifest = read_manifest(out_dir)
@@ -160,7 +173,8 @@ def is_complete(cfg: Config, stage: int, out: str | None = None) -> bool:
         params = plan(cfg, stage, out=str(out_dir)).params
     except ValueError:
         return False
-    return manifest["params"] == params and all((out_dir / s["name"]).is_file() for s in manifest["shards"])
+    return manifest["params"] == params and all(shard_problem(out_dir, s, checksum=False) is None
+                                                 for s in manifest["shards"])
 
 
 # --------------------------------------------------------------------------- output directory and ledger
@@ -184,9 +198,13 @@ def _param_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def prepare_out(p: Plan, overwrite: bool) -> dict | None:
-    """The finished manifest if `p.out` already holds this exact job; otherwise get the directory ready.
+    """The finished manifest if `p.out` already holds this exact job, every shard verified; otherwise get
+    the directory ready.
 
+    Shards of the same job are checked against their recorded size and sha256 (the manifest's when
+    it is complete, else the ledger's); those that fail are removed, named in a warning, and redone.
     Shards of a different job (or of unknown provenance) are refused unless `overwrite`.
+    The caller holds the directory's lock.
     """
     p.out.mkdir(parents=True, exist_ok=True)
     for stale in [*p.out.glob("t2t-*.tar.tmp*"), *p.out.glob("*.json*.tmp*"), *p.out.glob("*.np[yz].tmp*")]:
@@ -197,9 +215,17 @@ def prepare_out(p: Plan, overwrite: bool) -> dict | None:
     except ValueError as e:
         manifest, problem = None, str(e)
     if manifest is not None and manifest["params"] == p.params:
-        if manifest["complete"] and all((p.out / s["name"]).is_file() for s in manifest["shards"]):
+        ledger = Ledger(p.out / LEDGER)
+        if manifest["complete"]:
+            entries = dict(enumerate(manifest["shards"]))
+        else:  # unfinished: resume from the ledger, redoing missing shards anyway
+            entries = {i: dict(e, name=shard_name(i)) for i, e in ledger.entries.items()
+                       if (p.out / shard_name(i)).is_file()}
+        bad = {i: problem for i, e in sorted(entries.items()) if (problem := shard_problem(p.out, e)) is not None}
+        if manifest["complete"] and not bad:
             return manifest
-        return None  # same job, unfinished: resume from the ledger
+        _forget_shards(p, ledger, entries, bad)
+        return None
     if not existing:
         return None
     if not overwrite:
@@ -211,6 +237,22 @@ def prepare_out(p: Plan, overwrite: bool) -> dict | None:
     for f in existing:
         f.unlink()
     return None
+
+
+def _forget_shards(p: Plan, ledger: Ledger, entries: dict[int, dict], bad: dict[int, str]) -> None:
+    """Remove shards that failed verification and their ledger lines, so that the job recomputes them."""
+    if not bad:
+        return
+    shown = list(bad.items())[:20]
+    for i, problem in shown:
+        log.warning("%s: recomputing %s: %s", p.out, entries[i]["name"], problem)
+    if len(bad) > len(shown):
+        log.warning("%s: recomputing %d more shard(s) that fail verification", p.out, len(bad) - len(shown))
+    log.warning("%s: %d of %d finished shard(s) failed verification and will be recomputed", p.out, len(bad),
+                len(entries))
+    for i in bad:
+        (p.out / entries[i]["name"]).unlink(missing_ok=True)
+    ledger.forget(bad)
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -316,21 +358,23 @@ def run_targets(cfg: Config, stage: int, corpus: str | None = None, out: str | N
     p = plan(cfg, stage, corpus, out)
     if next(iter_texts(p.corpus), None) is None:
         raise ValueError(f"corpus {p.corpus} holds no texts")
-    finished = prepare_out(p, overwrite)
-    if finished is not None:
-        log.info("%s already holds these stage-%d targets (%d samples); nothing to do",
-                 p.out, stage, finished["samples"])
-        return finished
-    manifest = _start_manifest(p)
-    write_manifest(p.out, manifest)
-    started = _init_ray(cfg.targets.workers, address)
-    try:
-        run_stage = _stage1 if stage == 1 else _stage2
-        stats = run_stage(p, manifest, Ledger(p.out / LEDGER), fault)
-    finally:
-        if started:
-            ray.shutdown()
-    return _finish_manifest(p, manifest, stats)
+    p.out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(p.out / LOCK_FILE, f"shard directory {p.out}"):
+        finished = prepare_out(p, overwrite)
+        if finished is not None:
+            log.info("%s already holds these stage-%d targets (%d samples; %d shards match their recorded size "
+                     "and sha256); nothing to do", p.out, stage, finished["samples"], len(finished["shards"]))
+            return finished
+        manifest = _start_manifest(p)
+        write_manifest(p.out, manifest)
+        started = _init_ray(cfg.targets.workers, address)
+        try:
+            run_stage = _stage1 if stage == 1 else _stage2
+            stats = run_stage(p, manifest, Ledger(p.out / LEDGER), fault)
+        finally:
+            if started:
+                ray.shutdown()
+        return _finish_manifest(p, manifest, stats)
 
 
 def _start_manifest(p: Plan) -> dict:
@@ -354,7 +398,9 @@ def _finish_manifest(p: Plan, manifest: dict, stats: CorpusStats) -> dict:
     assert indices == list(range(len(indices))), f"ledger of {p.out} has gaps: {indices}"
     entries = [ledger.entries[i] for i in indices]
     stats.truncated = sum(e["truncated"] for e in entries)
-    manifest.update(complete=True, shards=[dict(name=shard_name(e["index"]), samples=e["samples"]) for e in entries],
+    shards = [dict(name=shard_name(e["index"]), samples=e["samples"], bytes=e["bytes"], sha256=e["sha256"])
+              for e in entries]
+    manifest.update(complete=True, shards=shards,
                     samples=sum(e["samples"] for e in entries), empty_targets=sum(e["empty"] for e in entries))
     manifest["corpus"]["counters"] = stats.as_dict()
     if p.stage == 2:
@@ -436,27 +482,37 @@ def _shards_pass(p: Plan, ledger: Ledger, slots: list, submit: Callable) -> Corp
 
 
 def reduce_pass(name: str, p: Plan, slots: list, partial_file: str, submit: Callable) -> tuple[np.ndarray, int]:
-    """Sum per-chunk (vector, count) results over the corpus; the running sum is checkpointed after each
-    chunk (atomically, with the chunks it covers), so a restarted job resumes the pass."""
+    """Sum per-chunk (vector, count) results over the corpus in chunk order, whatever order the workers finish
+    in: a float sum depends on its order, and θ (hence every stage-2 target) must be the same bytes for the
+    same corpus however many workers computed it. The running sum over the finished prefix of chunks is
+    checkpointed after each step (atomically), so a restarted job resumes the pass; chunks that finished
+    ahead of an unfinished one wait in memory (one vector each) and are recomputed after a crash."""
     partial = p.out / partial_file
-    total, count, done = None, 0, set()
+    total, count, upto = None, 0, 0  # the sum over chunks [0, upto)
     if partial.is_file():
         with np.load(partial) as z:
-            total, count, done = z["total"], int(z["count"]), set(z["done"].tolist())
+            if "upto" in z.files:  # a partial of an older t2t (unordered sum) is not resumed
+                total, count, upto = z["total"], int(z["count"]), int(z["upto"])
+    ahead: dict[int, tuple[np.ndarray, int]] = {}
 
     def on_result(index: int, result: tuple[np.ndarray, int]) -> int:
-        nonlocal total, count
-        part, n = result
-        total = part.astype(np.float64) if total is None else total + part
-        count += n
-        done.add(index)
+        nonlocal total, count, upto
+        ahead[index] = result
+        if upto not in ahead:
+            return result[1]
+        while upto in ahead:
+            part, n = ahead.pop(upto)
+            total = part.astype(np.float64) if total is None else total + part
+            count += n
+            upto += 1
         tmp = partial.with_name(f"{partial.name}.tmp{os.getpid()}")
         with open(tmp, "wb") as f:
-            np.savez(f, total=total, count=count, done=np.array(sorted(done), dtype=np.int64))
+            np.savez(f, total=total, count=count, upto=upto)
         os.replace(tmp, partial)
-        return n
+        return result[1]
 
-    run_pass(name, p, slots, submit, on_result, set(done), CorpusStats())
+    run_pass(name, p, slots, submit, on_result, set(range(upto)), CorpusStats())
+    assert not ahead, f"chunks {sorted(ahead)} finished but were never summed"
     return total, count
 
 

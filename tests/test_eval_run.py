@@ -14,6 +14,7 @@ import pytest
 
 from t2t.eval import run_eval
 from t2t.eval.tasks import DEFAULT_DATA_DIR, LOCAL_TASKS
+from t2t.model.io import cpu_has_bf16
 
 CAP = 48
 REPO = Path(__file__).resolve().parents[1]
@@ -59,8 +60,11 @@ def test_bf16_encoding_is_cached_apart_from_fp32(one_worker_run, tiny_export):
     table = run_eval([str(tiny_export)], tasks=["BIOSSES"], workers=1, out_dir=str(out), max_samples=CAP,
                      batch_size=16, dtype="bfloat16")
     (model,) = table["models"]
-    assert table["status"][model["name"]]["BIOSSES"] == "ran"  # not the fp32 result from the cache
     assert math.isfinite(table["scores"][model["name"]]["BIOSSES"])
+    if not cpu_has_bf16():  # t2t encodes in fp32 instead: the same computation as the cached fp32 result
+        assert table["status"][model["name"]]["BIOSSES"] == "cached"
+        return
+    assert table["status"][model["name"]]["BIOSSES"] == "ran"  # not the fp32 result from the cache
     result_dir = out / "results" / f"t2t-eval__{model['name']}" / model["revision"] / "experiments"
     assert (result_dir / f"max_samples_{CAP}__dtype_bfloat16" / "BIOSSES.json").is_file() or \
         any("bfloat16" in p.name for p in result_dir.iterdir())

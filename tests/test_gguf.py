@@ -15,7 +15,8 @@ import torch
 
 from conftest import SMOLLM2_GGUF
 from t2t.cli import main
-from t2t.model.gguf import PROVENANCE, GGUFError, convert, inspect_gguf, locate, sha256_file
+from t2t.data.files import file_digest
+from t2t.model.gguf import PROVENANCE, GGUFError, convert, inspect_gguf, locate
 
 
 def write_gguf(path: Path, arch: str, tensors: int = 2) -> Path:
@@ -44,7 +45,7 @@ def test_smollm2_converts_to_a_plain_hf_directory(smollm2_dir):
 
     record = json.loads((smollm2_dir / PROVENANCE).read_text())
     assert record["source"] == SMOLLM2_GGUF and record["file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert record["sha256"] == sha256_file(locate(SMOLLM2_GGUF))
+    assert record["sha256"] == file_digest(locate(SMOLLM2_GGUF))[1]
     assert record["quantization"] == "Q4_1" and record["architecture"] == "llama"
 
     tok = AutoTokenizer.from_pretrained(str(smollm2_dir))

@@ -32,7 +32,7 @@ def short_demo(tmp: Path) -> Path:
                                    hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
     recipe["data"].update(stage1_corpus=str(CORPUS), stage2_corpus=str(CORPUS), max_texts=1200,
                           stage2_max_texts=800, shards_dir="shards/short", loader_workers=0)
-    recipe["targets"].update(shard_size=400)
+    recipe["targets"].update(shard_size=300)
     recipe["train"].update(micro_batch_size=8, save_every=3)
     recipe["train"]["stage1"] = {"steps": 24, "lr": 1.0e-3, "schedule": "constant"}
     recipe["train"]["stage2"] = {"steps": 4, "lr": 1.0e-4, "schedule": "constant"}
@@ -42,9 +42,10 @@ def short_demo(tmp: Path) -> Path:
     return path
 
 
-def pipeline(tmp: Path, recipe: Path, **kw) -> subprocess.Popen:
+def pipeline(tmp: Path, recipe: Path, *overrides: str, **kw) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    return subprocess.Popen([sys.executable, "-m", "t2t.cli", "pipeline", "--config", str(recipe)], cwd=tmp,
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    return subprocess.Popen([sys.executable, "-m", "t2t.cli", "pipeline", "--config", str(recipe), *sets], cwd=tmp,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -93,6 +94,23 @@ def test_pipeline_interrupt_resume_and_up_to_date(tmp_path):
     out3, _ = third.communicate(timeout=300)
     assert third.returncode == 0, out3
     assert out3.count("up to date, skipped") == 7, out3
+
+    # 4. Same seed, same result: an uninterrupted run elsewhere, with one targets worker instead of two, writes
+    #    the same target bytes and θ, trains through the same per-step losses and gets the same scores.
+    again = tmp_path / "again"
+    again.mkdir()
+    fourth = pipeline(again, recipe, "targets.workers=1")
+    out4, _ = fourth.communicate(timeout=900)
+    assert fourth.returncode == 0, out4
+    for stage, shards in (("stage1", 4), ("stage2", 3)):  # stage 2 in 3 chunks: θ's sum has an order
+        files = [sorted((root / "shards" / "short" / stage).glob("t2t-*.tar")) +
+                 sorted((root / "shards" / "short" / stage).glob("*.npy")) for root in (tmp_path, again)]
+        assert len(files[0]) == shards + (stage == "stage2") and [p.name for p in files[0]] == [p.name for p in files[1]]
+        assert [p.read_bytes() for p in files[0]] == [p.read_bytes() for p in files[1]], stage
+        losses = [[json.loads(line)["loss"] for line in (root / "runs" / "short" / stage / "metrics.jsonl").open()]
+                  for root in (tmp_path, again)]
+        assert losses[0] == losses[1], stage
+    assert json.loads((again / "runs/short/eval/results.json").read_text())["scores"] == table["scores"]
 
 
 def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):

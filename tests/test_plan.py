@@ -101,7 +101,7 @@ def test_activation_bytes_match_autograd(tiny_model_dir, tmp_path):
     from t2t.model.io import load_lm, load_tokenizer
 
     batch, seq = 4, 48
-    lm = load_lm(tiny_model_dir, "bfloat16")
+    lm = load_lm(tiny_model_dir).to(torch.bfloat16)  # bf16 even on a CPU where load_lm would fall back to fp32
     embedder = Embedder(lm, load_tokenizer(tiny_model_dir), EmbedSettings(pooling="mean", max_length=seq))
     ids = torch.randint(5, lm.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(batch, seq, dtype=torch.long)

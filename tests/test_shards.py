@@ -13,7 +13,7 @@ import webdataset as wds
 
 from t2t.config import Config, ModelConfig
 from t2t.data.shards import (MANIFEST_FORMAT, check_manifest, decode_sample, read_manifest, shard_name,
-                             write_manifest, write_shard)
+                             shard_problem, write_manifest, write_shard, write_shard_entry)
 from t2t.model import load_tokenizer
 
 
@@ -160,3 +160,27 @@ def test_npy_bytes_are_np_save_bytes(dtype, length):
     buf = io.BytesIO()
     np.save(buf, a)
     assert npy_bytes(a) == buf.getvalue()
+
+
+def test_shard_entry_records_size_and_sha256_and_shard_problem_checks_them(tmp_path):
+    import hashlib
+
+    samples = [{"__key__": f"k{i}", "txt": f"text {i}", "ids.npy": np.array([1, 5], dtype=np.int32),
+                "w.npy": np.array([0.25, 0.75], dtype=np.float16)} for i in range(6)]
+    path = tmp_path / shard_name(0)
+    entry = write_shard_entry(path, samples)
+    data = path.read_bytes()
+    assert entry == dict(name=path.name, samples=6, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    assert write_shard(tmp_path / shard_name(1), samples) == 6 and (tmp_path / shard_name(1)).read_bytes() == data
+    assert shard_problem(tmp_path, entry) is None
+    path.write_bytes(data[:1024])
+    assert shard_problem(tmp_path, entry, checksum=False) == f"1024 bytes, the manifest records {len(data)}"
+    flipped = bytearray(data)
+    flipped[data.index(b"text 3")] ^= 0x20
+    path.write_bytes(bytes(flipped))
+    assert shard_problem(tmp_path, entry, checksum=False) is None  # same size: only the checksum sees it
+    assert shard_problem(tmp_path, entry).startswith("sha256 ")
+    path.unlink()
+    assert shard_problem(tmp_path, entry) == "missing"
+    path.write_bytes(data)
+    assert "older t2t" in shard_problem(tmp_path, {"name": path.name, "samples": 6})

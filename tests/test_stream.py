@@ -166,3 +166,77 @@ def test_shard_patterns_expand():
     assert expand_shards("d/t2t-{000000..000002}.tar") == [f"d/t2t-{i:06d}.tar" for i in range(3)]
     with pytest.raises(ValueError, match="no shards"):
         expand_shards([])
+
+
+def test_shard_of_another_size_follows_the_bad_shard_policy(shard_dir, tiny_model_dir, tokenizer, tmp_path, caplog):
+    """A shard cut at a sample boundary is a valid tar; only the manifest's recorded size gives it away."""
+    import io
+
+    import numpy as np
+
+    from t2t.data.shards import write_shard
+
+    model_cfg = ModelConfig(path=str(tiny_model_dir), pooling="mean")
+    copy = copy_dir(shard_dir, tmp_path / "stage1")
+    rows = [{"__key__": r["__key__"], "txt": r["txt"].decode(), "ids.npy": np.load(io.BytesIO(r["ids.npy"])),
+             "w.npy": np.load(io.BytesIO(r["w.npy"]))} for r in wds.WebDataset(str(copy / "t2t-000002.tar"),
+                                                                              shardshuffle=False)]
+    write_shard(copy / "t2t-000002.tar", rows[:12])
+    with pytest.raises(ValueError, match=r"t2t-000002\.tar: \d+ bytes, the manifest records \d+.*rerun `t2t targets`"):
+        open_stage_shards(copy, model_cfg, tokenizer)
+    with caplog.at_level(logging.WARNING):
+        kept = open_stage_shards(copy, model_cfg, tokenizer, on_bad_shard="skip")
+    assert [Path(p).name for p in kept] == ["t2t-000000.tar", "t2t-000001.tar", "t2t-000003.tar"]
+    assert "t2t-000002.tar" in caplog.text and "left out" in caplog.text
+
+
+def copy_dir(shard_dir: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for p in shard_dir.iterdir():
+        (dest / p.name).write_bytes(p.read_bytes())
+    return dest
+
+
+def test_shard_altered_at_the_same_size_is_caught_as_it_is_read(shard_dir, tiny_model_dir, tokenizer, tmp_path,
+                                                                 caplog):
+    """Tar pads to 10 KiB records, so the size check at open misses this; the reader's running sha256 does not."""
+    model_cfg = ModelConfig(path=str(tiny_model_dir), pooling="mean")
+    copy = copy_dir(shard_dir, tmp_path / "stage1")
+    data = bytearray((copy / "t2t-000001.tar").read_bytes())
+    first = next(iter(wds.WebDataset(str(copy / "t2t-000001.tar"), shardshuffle=False)))["txt"]
+    data[data.index(first)] ^= 0x20  # the case of one letter
+    (copy / "t2t-000001.tar").write_bytes(bytes(data))
+    urls = open_stage_shards(copy, model_cfg, tokenizer)  # same size: passes the open check
+    assert len(urls) == 4
+    r = TargetReader(urls, tokenizer, SETTINGS, batch_size=8, seed=0, rank=0, world_size=1, shuffle_buffer=4)
+    with pytest.raises(ValueError, match=r"corrupt shard .*t2t-000001\.tar: sha256 \w+… differs from the recorded"):
+        take(r, 12)
+    r = TargetReader(urls, tokenizer, SETTINGS, batch_size=8, seed=0, rank=0, world_size=1, shuffle_buffer=4,
+                     on_bad_shard="skip")
+    with caplog.at_level(logging.WARNING):
+        take(r, 12)
+    assert [Path(s).name for s in r.state_dict()["skipped"]] == ["t2t-000001.tar"]
+    assert "sha256" in caplog.text
+
+
+def test_sample_count_is_checked_as_a_shard_is_read(shard_dir, tiny_model_dir, tokenizer, tmp_path):
+    """With an older manifest (sample counts, no sizes or checksums), a short shard shows at its end."""
+    import io
+
+    import numpy as np
+
+    from t2t.data.shards import write_shard
+
+    copy = copy_dir(shard_dir, tmp_path / "stage1")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest.update(format="t2t-targets/1", shards=[dict(name=s["name"], samples=s["samples"])
+                                                    for s in manifest["shards"]])
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    rows = [{"__key__": r["__key__"], "txt": r["txt"].decode(), "ids.npy": np.load(io.BytesIO(r["ids.npy"])),
+             "w.npy": np.load(io.BytesIO(r["w.npy"]))} for r in wds.WebDataset(str(copy / "t2t-000003.tar"),
+                                                                              shardshuffle=False)]
+    write_shard(copy / "t2t-000003.tar", rows[:20])
+    urls = open_stage_shards(copy, ModelConfig(path=str(tiny_model_dir), pooling="mean"), tokenizer)
+    r = TargetReader(urls, tokenizer, SETTINGS, batch_size=8, seed=0, rank=0, world_size=1, shuffle_buffer=4)
+    with pytest.raises(ValueError, match=r"corrupt shard .*t2t-000003\.tar: 20 samples, the manifest records 24"):
+        take(r, 12)

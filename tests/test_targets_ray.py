@@ -18,7 +18,7 @@ from t2t.config import Config, DataConfig, ModelConfig, TargetsConfig
 from t2t.data.corpus import iter_texts
 from t2t.data.shards import check_manifest, decode_sample, read_manifest
 from t2t.model import from_config, load_tokenizer
-from t2t.precompute import FAULT_ENV, is_complete, run_targets
+from t2t.precompute import FAULT_ENV, LOCK_FILE, is_complete, run_targets
 from t2t.targets.stage1 import Stage1Builder, idf_weights
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,9 @@ def read_shards(out: Path) -> dict[str, tuple]:
 
 
 def snapshot(out: Path) -> dict:
-    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size, p.stat().st_ino) for p in sorted(out.iterdir())}
+    """Every output file's identity; the lock file is left out (each job writes its PID and host into it)."""
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size, p.stat().st_ino) for p in sorted(out.iterdir())
+            if p.name != LOCK_FILE}
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
@@ -201,7 +203,8 @@ def test_stage2_background_one_vs_two_workers_with_an_actor_death(tiny_model_dir
     assert marker.is_file()  # an actor died in pass 1 and was restarted
     theta1 = np.load(tmp_path / "w1/stage2" / one["background"]["file"])
     theta2 = np.load(tmp_path / "w2/stage2" / two["background"]["file"])
-    np.testing.assert_allclose(theta1, theta2, rtol=0, atol=1e-5)
+    # Summed in chunk order, not in the order the workers finished: the same bytes for any worker count.
+    np.testing.assert_array_equal(theta1, theta2)
     embedder = from_config(cfg.model)  # θ against the student's own forward, batch by batch
     texts = [t.text for t in iter_texts(corpus)]
     with torch.no_grad():
@@ -216,3 +219,24 @@ def test_stage2_background_one_vs_two_workers_with_an_actor_death(tiny_model_dir
     other = dataclasses.replace(cfg.model, pooling="last")
     with pytest.raises(ValueError, match="pooling 'mean' != model config's 'last'"):
         check_manifest(two, other, embedder.tokenizer, where="w2")
+
+
+def test_reduce_pass_sums_in_chunk_order_whatever_order_the_workers_finish_in(tiny_model_dir, corpus, tmp_path):
+    import time
+
+    import ray
+
+    from t2t.precompute import plan, reduce_pass
+
+    p = plan(make_cfg(tiny_model_dir, corpus, tmp_path), 1)  # 61 texts: 4 chunks of 16
+    p.out.mkdir(parents=True, exist_ok=True)
+    parts = [np.array([1e16]), np.array([1.0]), np.array([-1e16]), np.array([1.0])]  # a sum that depends on order
+
+    @ray.remote
+    def chunk_zero_last(index: int):
+        time.sleep(0.5 if index == 0 else 0.0)
+        return parts[index], 1
+
+    total, count = reduce_pass("test", p, [0, 1, 2, 3], "partial.npz", lambda slot, i, keys, texts:
+                               chunk_zero_last.remote(i))
+    assert count == 4 and total.tolist() == [((1e16 + 1.0) - 1e16) + 1.0]

@@ -219,6 +219,11 @@ def test_a_checkpoint_of_another_recipe_is_not_resumed_silently(tmp_path, caplog
     changed = checkpoint.recipe_identity(load_config(recipe, ["train.stage1.lr=2e-3", "seed=1"]), 1)
     with pytest.raises(ValueError, match=r"different recipe \(seed: 0 → 1; train.stage1: .*'lr': 0.001.*'lr': 0.002"):
         checkpoint.resume(SavedCheckpoint(client), tmp_path, "auto", changed)
+    # --resume force: the newest anyway, the changes logged.
+    with caplog.at_level("WARNING"):
+        assert checkpoint.resume(SavedCheckpoint(client), tmp_path, "force", changed)["step"] == 4
+    assert "seed: 0 → 1" in caplog.text
+    caplog.clear()
     # Named explicitly (e.g. the last good checkpoint, with a lower lr): allowed, and the changes are logged.
     (tmp_path / "step00000004").mkdir()
     with caplog.at_level("WARNING"):

@@ -32,8 +32,9 @@ def corpus_lines(n: int, skip: int = 0) -> list[str]:
 
 
 def write_stage_shards(model_dir: Path, out_dir: Path, n_shards: int = 4, per_shard: int = 24, stage: int = 1) -> Path:
-    """Shards + a complete manifest in `out_dir` that fit the tiny model in `model_dir`."""
-    from t2t.data.shards import MANIFEST_FORMAT, model_vocab_size, shard_name, write_manifest, write_shard
+    """Shards + a complete manifest in `out_dir` that fit the tiny model in `model_dir` (with each shard's
+    sample count, byte size and sha256, as `t2t targets` records them)."""
+    from t2t.data.shards import MANIFEST_FORMAT, model_vocab_size, shard_name, write_manifest, write_shard_entry
     from t2t.model import load_tokenizer, tokenizer_fingerprint
 
     tok = load_tokenizer(model_dir)
@@ -51,8 +52,7 @@ def write_stage_shards(model_dir: Path, out_dir: Path, n_shards: int = 4, per_sh
                 empty += 1
             w = np.full(len(ids), 1.0 / max(len(ids), 1), dtype=np.float16)
             samples.append({"__key__": f"k{index:06d}", "txt": text, "ids.npy": ids, "w.npy": w})
-        write_shard(out_dir / shard_name(s), samples)
-        shards.append({"name": shard_name(s), "samples": len(samples)})
+        shards.append(write_shard_entry(out_dir / shard_name(s), samples))
     manifest = {
         "format": MANIFEST_FORMAT, "code_version": "test", "complete": True, "stage": stage,
         "params": {"vocab_size": model_vocab_size(model_dir),

@@ -6,13 +6,20 @@ Start it under a launcher (one process per rank), or alone for world size 1:
     deepspeed --num_gpus 8 --no_local_rank --module t2t.cli train --config recipes/mistral-7b.yaml --stage 1
 
 Outputs go to `<run_dir>/stage{N}/` (checkpoints/, metrics.jsonl, model/).
+
+Exit codes: 0 finished, or stopped by a signal after a checkpoint; 2 a user error (one line); 3 the loss
+diverged; 4 another rank was lost (died or hung up): one line naming the checkpoint a rerun resumes from
+(`t2t -v train` adds the traceback). A launched rank also stops as on SIGTERM when its launcher exits
+(t2t/train/signals.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import traceback
 import warnings
 
 from t2t.commands import add_config_args, load_recipe
@@ -22,8 +29,9 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train one stage with DeepSpeed ZeRO-3 (one process per rank)")
     add_config_args(p, required=True)
     p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: data-driven targets, 2: model-derived")
-    p.add_argument("--resume", default="auto", metavar="auto|never|DIR",
-                   help="auto: newest checkpoint of the stage if any (default); never: refuse existing ones; "
+    p.add_argument("--resume", default="auto", metavar="auto|force|never|DIR",
+                   help="auto: newest checkpoint of the stage if any, refused when written under another recipe "
+                        "(default); force: the newest even so; never: refuse existing ones; "
                         "DIR: a checkpoints directory or one stepNNNNNNNN checkpoint")
     p.set_defaults(run=run)
 
@@ -38,16 +46,69 @@ def run(args) -> int:
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     # torch.distributed and transformers deprecation notices, repeated per collective, drown the real output
     warnings.filterwarnings("ignore", message=".*is deprecated.*", category=FutureWarning)
+    if "RANK" in os.environ:  # started by a launcher: stop when it exits, report a lost peer before a late SIGTERM
+        from t2t.train.signals import install_rank_handlers, stop_when_launcher_exits
+
+        install_rank_handlers()
+        stop_when_launcher_exits(rank)
     try:
         out = train(cfg, args.stage, args.resume)
     except TrainingDiverged as e:
         if rank == 0:
             print(f"t2t train: {e}", file=sys.stderr)
         return leave(3)
+    except Exception as e:  # noqa: BLE001 - only a lost peer is handled; anything else is re-raised
+        cause = lost_peer(e)
+        if cause is None:
+            raise
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        step = _last_step(e)
+        print(f"t2t train: rank {rank} lost contact with another rank"
+              f"{'' if step is None else f' after step {step}'} (did it die? {cause}); {resume_hint(cfg, args.stage)}",
+              file=sys.stderr)
+        return leave(4)
     if rank == 0:
         print(f"stage {args.stage}: " + (f"exported {out}" if out else "stopped by signal after a checkpoint; "
                                          "rerun the same command to resume"))
     return leave(0)
+
+
+# What gloo, NCCL and the TCP store say when the process at the other end is gone.
+PEER_LOST = re.compile(r"Connection reset by peer|Connection closed by (?:remote )?peer|Broken pipe|"
+                       r"Connection refused|Socket Timeout|NCCL communicator was aborted|remote process exited",
+                       re.IGNORECASE)
+
+
+def lost_peer(e: BaseException) -> str | None:
+    """The short reason when `e` (or an error it came from) is torch.distributed losing another rank, else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, RuntimeError) and (m := PEER_LOST.search(str(e))):
+            line = str(e).splitlines()[0] if str(e) else ""
+            line = re.sub(r"^\[[^\]]*\]\s*", "", line)  # gloo's "[.../pair.cc:537] " source location
+            line = line.split(". This is typically")[0].strip()
+            return line if len(line) <= 160 else m.group(0)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _last_step(e: BaseException) -> int | None:
+    """The trainer loop's last finished step, read from the failing traceback (None if it never got there)."""
+    step = None
+    for frame, _ in traceback.walk_tb(e.__traceback__):
+        if frame.f_code.co_name == "_train" and isinstance(frame.f_locals.get("step"), int):
+            step = frame.f_locals["step"]
+    return step
+
+
+def resume_hint(cfg, stage: int) -> str:
+    """Where a rerun of the stage resumes from."""
+    from t2t.train import launch
+    from t2t.train.checkpoint import checkpoints_dir
+
+    return launch.resume_hint(checkpoints_dir(cfg, stage))
 
 
 def leave(code: int) -> int:

@@ -1,14 +1,16 @@
-"""The ledger of a sharded job: which shards are finished, so a rerun skips them."""
+"""The ledger of a sharded job: which shards are finished (with their size and sha256), so a rerun skips them."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Iterable
 
 
 class Ledger:
-    """`ledger.jsonl`: one JSON line per finished shard, appended by the driver only."""
+    """`ledger.jsonl`: one JSON line per finished shard, appended by the driver only (a later line for the
+    same index replaces an earlier one; `forget` rewrites the file without some)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -27,3 +29,14 @@ class Ledger:
             f.flush()
             os.fsync(f.fileno())
         self.entries[entry["index"]] = entry
+
+    def forget(self, indices: Iterable[int]) -> None:
+        """Drop these shards from the ledger (they will be redone); the file is rewritten atomically."""
+        for i in indices:
+            self.entries.pop(i, None)
+        tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(self.entries[i]) + "\n" for i in sorted(self.entries))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)

@@ -9,7 +9,7 @@ and `manifest.json`. Each sample has
 
 `manifest.json` (written atomically; `complete` turns true only when every shard is there):
 
-    format          "t2t-targets/1"
+    format          "t2t-targets/2" ("t2t-targets/1": the same without shard sizes and checksums)
     code_version    t2t.__version__ of the writer
     complete        false while the job runs, true at the end
     stage           1 (data-driven) or 2 (model-derived)
@@ -29,11 +29,16 @@ and `manifest.json`. Each sample has
     background      stage 2: {file, sha256, texts} of the background logits θ (float64 .npy); else null
     idf             stage 1 with weighting=idf: {file, sha256, texts}; else null
     dropped_mass    stage 2: {bound, delta_bound, mean, texts_cut_by_top_k}; else null
-    shards          [{name, samples}] in index order
+    shards          [{name, samples, bytes, sha256}] in index order: each shard's sample count, byte size
+                    and sha256, recorded by the worker that wrote it. The trainer checks every shard's size
+                    when it opens the directory (`shard_problem(..., checksum=False)`); a rerun of
+                    `t2t targets` checks sizes and sha256 and recomputes the shards that fail.
     samples         total samples; empty_targets: how many have no target ids
 
 Readers: `read_manifest(dir)`, then `check_manifest(manifest, cfg.model, tokenizer, where=dir)`
 before training, and `decode_sample(sample)` on each raw sample from `webdataset.WebDataset`.
+Only one `t2t targets` job writes a directory at a time: it holds an exclusive lock on
+`targets.lock` inside it (see `t2t.precompute`).
 """
 
 from __future__ import annotations
@@ -47,8 +52,12 @@ from typing import Iterable
 
 import numpy as np
 
+from t2t.data.files import file_digest
+
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "t2t-targets/1"
+MANIFEST_FORMAT = "t2t-targets/2"
+LEGACY_FORMATS = ("t2t-targets/1",)
+"""Older formats still read: their shard entries carry no size or checksum, so nothing vouches for the files."""
 SHARD_PATTERN = "t2t-%06d.tar"
 WEIGHT_SUM_TOLERANCE = 1e-3
 _REQUIRED = ("format", "code_version", "complete", "stage", "params", "shards", "samples")
@@ -121,6 +130,14 @@ def write_shard(path: str | Path, samples: Iterable[dict]) -> int:
     The tar is written under a temporary name and renamed when complete, so a crash never
     leaves a partial shard under a real shard name.
     """
+    return write_shard_entry(path, samples)["samples"]
+
+
+def write_shard_entry(path: str | Path, samples: Iterable[dict]) -> dict:
+    """`write_shard`, returning the shard's manifest entry {name, samples, bytes, sha256}.
+
+    Size and sha256 are taken from the written file before the rename (it is still in the page cache).
+    """
     import webdataset as wds
 
     path = Path(path)
@@ -138,10 +155,33 @@ def write_shard(path: str | Path, samples: Iterable[dict]) -> int:
                     count += 1
             f.flush()
             os.fsync(f.fileno())
+        size, digest = file_digest(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return count
+    return dict(name=path.name, samples=count, bytes=size, sha256=digest)
+
+
+def shard_problem(shard_dir: str | Path, entry: dict, checksum: bool = True) -> str | None:
+    """How the shard a manifest (or ledger) entry describes differs from it, or None if it matches.
+
+    Checks that the file is there and has the recorded byte size, and with `checksum` also its
+    sha256 (which reads the whole file). An entry without a recorded size or checksum (format
+    t2t-targets/1) cannot be vouched for: that is a problem too, worded so. Callers name the shard.
+    """
+    path = Path(shard_dir) / entry["name"]
+    if not path.is_file():
+        return "missing"
+    if "bytes" not in entry or (checksum and "sha256" not in entry):
+        return "no size or checksum recorded (written by an older t2t)"
+    size = path.stat().st_size
+    if checksum:
+        size, digest = file_digest(path)
+    if size != entry["bytes"]:
+        return f"{size} bytes, the manifest records {entry['bytes']}"
+    if checksum and digest != entry["sha256"]:
+        return f"sha256 {digest[:16]}… differs from the recorded {entry['sha256'][:16]}…"
+    return None
 
 
 def write_json_atomic(path: str | Path, obj: dict) -> None:
@@ -176,7 +216,7 @@ def read_manifest(shard_dir: str | Path) -> dict:
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise ValueError(f"{path} is missing {', '.join(missing)}")
-    if manifest["format"] != MANIFEST_FORMAT:
+    if manifest["format"] != MANIFEST_FORMAT and manifest["format"] not in LEGACY_FORMATS:
         raise ValueError(f"{path}: format {manifest['format']!r} is not {MANIFEST_FORMAT!r}")
     return manifest
 

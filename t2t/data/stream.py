@@ -12,6 +12,13 @@ The stream is an endless sequence of epochs. Epoch e deals the shards, in an ord
 with WebDataset's tar reader, decodes them (`t2t.data.shards.decode_sample`), mixes them in a
 shuffle buffer seeded by (seed, e, unit) and yields fixed-size batches, tokenized and collated.
 
+Shard integrity: `open_stage_shards` compares every shard's byte size with the manifest before the
+first step (a stat each; tar pads files to 10 KiB records, so a small change can keep the size).
+As the reader streams a shard listed in a manifest next to it, it counts the samples and hashes
+the bytes (no extra read), and at the shard's end compares both with the manifest's record; a
+mismatch is a bad shard like a corrupt tar (`data.on_bad_shard`: error stops, skip warns; the
+samples read before the end have been used by then).
+
 Exact resume: each unit's position is (epoch, samples taken in that epoch). A resumed unit
 replays its current epoch up to that offset without tokenizing, which reproduces the shuffle
 buffer exactly. The DataLoader hands out batches from its workers round-robin, so batch n of
@@ -21,6 +28,7 @@ so that the first one plays the unit whose turn it is.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import random
@@ -34,11 +42,46 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from t2t.data.shards import check_manifest, decode_sample, read_manifest, shard_paths
+from t2t.data.shards import check_manifest, decode_sample, read_manifest, shard_paths, shard_problem
 
 log = logging.getLogger(__name__)
 
 BAD_SHARD_ERRORS = (OSError, EOFError, ValueError, tarfile.TarError)
+
+
+class _HashingReader:
+    """A read-only file wrapper that hashes every byte read through it (for tarfile's stream mode)."""
+
+    def __init__(self, f):
+        self.f, self.name = f, f.name
+        self.h = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+    def digest_to_end(self) -> str:
+        while self.read(1 << 20):  # the end-of-archive blocks and padding tarfile leaves unread
+            pass
+        return self.h.hexdigest()
+
+
+def recorded_shards(urls: list[str]) -> dict[str, dict]:
+    """url -> its manifest entry, for the shards listed in a manifest in their own directory."""
+    manifests: dict[Path, dict] = {}
+    out = {}
+    for url in urls:
+        parent = Path(url).parent
+        if parent not in manifests:
+            try:
+                manifests[parent] = {s["name"]: s for s in read_manifest(parent)["shards"]}
+            except (ValueError, OSError, KeyError, TypeError):
+                manifests[parent] = {}
+        entry = manifests[parent].get(Path(url).name)
+        if entry is not None:
+            out[url] = entry
+    return out
 
 
 def expand_shards(patterns: str | list[str]) -> list[str]:
@@ -56,6 +99,12 @@ def open_stage_shards(shard_dir: str | Path, model_cfg, tokenizer, on_bad_shard:
     """Check a stage's manifest against the model (before the first step) and list its shard files.
 
     Missing shard files are an error, or with `on_bad_shard=skip` a warning (the reader skips them).
+    Every shard's byte size is compared with the manifest's record (a stat, no read): a shard of
+    another size (truncated, even at a sample boundary; copied from another job) is an error naming
+    it, or with `on_bad_shard=skip` a warning, and it is left out. Altered content of the same size
+    (tar pads to 10 KiB records) is caught by `TargetReader`'s sha256 as it reads the shard, and by
+    a rerun of `t2t targets`. A manifest that records no sizes (format t2t-targets/1) is accepted
+    with a warning.
     """
     manifest = read_manifest(shard_dir)
     check_manifest(manifest, model_cfg, tokenizer, where=str(shard_dir))
@@ -66,7 +115,22 @@ def open_stage_shards(shard_dir: str | Path, model_cfg, tokenizer, on_bad_shard:
         if on_bad_shard == "error":
             raise ValueError(message + " (set data.on_bad_shard=skip to train on the rest)")
         log.warning("%s; they will be skipped", message)
-    return [str(p) for p in paths]
+    unrecorded = [s["name"] for s in manifest["shards"] if "bytes" not in s]
+    if unrecorded:
+        log.warning("%s: the manifest records no byte size for %d shard(s) (%s), so they are not verified; "
+                    "rerun `t2t targets` to check and record them", shard_dir, len(unrecorded),
+                    ", ".join(unrecorded[:3]) + (", ..." if len(unrecorded) > 3 else ""))
+    present = [s for s in manifest["shards"] if "bytes" in s and (Path(shard_dir) / s["name"]).is_file()]
+    differ = {s["name"]: problem for s in present if (problem := shard_problem(shard_dir, s, checksum=False))}
+    if differ:
+        listed = "; ".join(f"{name}: {problem}" for name, problem in list(differ.items())[:5])
+        message = (f"{shard_dir}: {len(differ)} shard(s) differ from the manifest ({listed}"
+                   f"{'; ...' if len(differ) > 5 else ''})")
+        if on_bad_shard == "error":
+            raise ValueError(message + "; rerun `t2t targets` to recompute them, or set data.on_bad_shard=skip "
+                             "to train on the rest")
+        log.warning("%s; they are left out", message)
+    return [str(p) for p in paths if p.name not in differ]
 
 
 @dataclass(frozen=True)
@@ -111,8 +175,9 @@ def collate(samples: list[tuple[str, str, np.ndarray, np.ndarray]], tokenizer, s
 class _UnitStream:
     """The endless sample stream of one reading unit (a rank's worker), from a position on."""
 
-    def __init__(self, layout: Layout, unit: int, on_bad_shard: str):
+    def __init__(self, layout: Layout, unit: int, on_bad_shard: str, recorded: dict[str, dict] | None = None):
         self.layout, self.unit, self.on_bad_shard = layout, unit, on_bad_shard
+        self.recorded = recorded or {}
         self.skipped: set[str] = set()
 
     def epoch_shards(self, epoch: int) -> list[str]:
@@ -123,8 +188,24 @@ class _UnitStream:
         import webdataset as wds
 
         try:
-            for raw in wds.tarfile_samples([dict(url=url)]):
-                yield decode_sample(raw)
+            entry = self.recorded.get(url)
+            if entry is None:
+                for raw in wds.tarfile_samples([dict(url=url)]):
+                    yield decode_sample(raw)
+                return
+            from webdataset.tariterators import group_by_keys, tar_file_expander
+
+            with open(url, "rb") as f:
+                stream = _HashingReader(f)
+                count = 0
+                for raw in group_by_keys(tar_file_expander([dict(url=url, stream=stream)])):
+                    yield decode_sample(raw)
+                    count += 1
+                digest = stream.digest_to_end()
+            if count != entry["samples"]:
+                raise ValueError(f"{count} samples, the manifest records {entry['samples']}")
+            if "sha256" in entry and digest != entry["sha256"]:
+                raise ValueError(f"sha256 {digest[:16]}… differs from the recorded {entry['sha256'][:16]}…")
         except BAD_SHARD_ERRORS as e:
             if self.on_bad_shard == "error":
                 raise ValueError(f"corrupt shard {url}: {e} (set data.on_bad_shard=skip to skip it)") from None
@@ -159,15 +240,17 @@ class _ShardDataset(IterableDataset):
     """Batches of one rank; inside a DataLoader each worker process plays one reading unit."""
 
     def __init__(self, layout: Layout, tokenizer, settings, on_bad_shard: str, positions: list[list[int]],
-                 first_unit_turn: int):
+                 first_unit_turn: int, recorded: dict[str, dict]):
         self.layout, self.tokenizer, self.settings = layout, tokenizer, settings
         self.on_bad_shard, self.positions, self.first_unit_turn = on_bad_shard, positions, first_unit_turn
+        self.recorded = recorded
 
     def __iter__(self):
         info = get_worker_info()
         physical = info.id if info is not None else 0
         worker = (physical + self.first_unit_turn) % self.layout.workers
-        unit_stream = _UnitStream(self.layout, self.layout.rank * self.layout.workers + worker, self.on_bad_shard)
+        unit_stream = _UnitStream(self.layout, self.layout.rank * self.layout.workers + worker, self.on_bad_shard,
+                                  self.recorded)
         epoch, offset = self.positions[worker]
         stream = unit_stream.samples(epoch, offset)
         while True:
@@ -207,7 +290,7 @@ class TargetReader:
         if state is not None:
             self._restore(state)
         dataset = _ShardDataset(self.layout, tokenizer, settings, on_bad_shard, self.positions,
-                                first_unit_turn=self.batches % logical_workers)
+                                first_unit_turn=self.batches % logical_workers, recorded=recorded_shards(urls))
         self.loader = DataLoader(dataset, batch_size=None, num_workers=workers,
                                  prefetch_factor=2 if workers else None, worker_init_fn=_ignore_stop_signals)
         self._iter: Iterator[dict] | None = None

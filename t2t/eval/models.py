@@ -29,6 +29,7 @@ from mteb.models import ModelMeta, SentenceTransformerEncoderWrapper
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 
+from t2t.data.files import hash_into
 from t2t.eval.tfidf import TFIDF_CONFIG, check_tfidf_dir, load_tfidf
 from t2t.model.io import T2T_CONFIG, check_model_dir, load
 
@@ -57,9 +58,7 @@ def content_hash(path: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f"{f.relative_to(path)}\0{f.stat().st_size}\0".encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        hash_into(h, f)
     return h.hexdigest()
 
 

@@ -15,7 +15,6 @@ plain model of the same architecture and saves safetensors, tokenizer and config
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -23,6 +22,8 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
+
+from t2t.data.files import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,6 @@ def require_packages() -> None:
     missing = [pin for name, pin in NEEDED.items() if importlib.util.find_spec(name) is None]
     if missing:
         raise GGUFError(f"loading GGUF files needs {', '.join(missing)}: pip install {' '.join(missing)}")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def inspect_gguf(path: Path) -> dict:
@@ -112,7 +105,7 @@ def convert(source: str | Path, out_dir: str | Path, overwrite: bool = False) ->
     """
     path = locate(source)
     out = Path(out_dir)
-    digest = sha256_file(path)
+    digest = file_digest(path)[1]
     record = provenance_of(out) if out.is_dir() else None
     if record is not None and record.get("sha256") == digest and (out / "config.json").is_file():
         return out

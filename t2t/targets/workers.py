@@ -1,9 +1,10 @@
 """What runs inside Ray workers for `t2t targets`: stage-1 tasks and the stage-2 model actor.
 
 Workers write their shards themselves (atomically, see `t2t.data.shards.write_shard`) and return
-the shard's ledger entry: index, samples, empty targets, texts truncated, the worker's CPU and
-wall seconds on it, and for stage 2 the dropped mass (max and sum) and texts cut by top_k. A
-retried chunk rewrites identical bytes.
+the shard's ledger entry: index, samples, the file's byte size and sha256 (hashed as written, for
+the manifest), empty targets, texts truncated, the worker's CPU and wall seconds on it, and for
+stage 2 the dropped mass (max and sum) and texts cut by top_k. A retried chunk rewrites identical
+bytes.
 
 Stage-1 tasks are stateless, but each worker process keeps its `Stage1Builder` (tokenizer and
 vocabulary mask) between tasks, since Ray reuses worker processes. A stage-2 actor loads the
@@ -22,7 +23,7 @@ import numpy as np
 import ray
 
 from t2t.config import ModelConfig, TargetsConfig
-from t2t.data.shards import shard_name, write_shard
+from t2t.data.shards import shard_name, write_shard_entry
 from t2t.targets.sparse import TargetBatch
 from t2t.targets.stage1 import Stage1Builder
 from t2t.targets.stage2 import Stage2Builder
@@ -62,10 +63,10 @@ def clocks() -> tuple[float, float]:
 def write_targets(out: str, index: int, keys: list[str], texts: list[str], batch: TargetBatch,
                   started: tuple[float, float], **counts) -> dict:
     """Write shard `index` of `out`; returns its ledger entry (`started`: `clocks()` when the chunk began)."""
-    samples = write_shard(Path(out) / shard_name(index), batch.samples(keys, texts))
+    shard = write_shard_entry(Path(out) / shard_name(index), batch.samples(keys, texts))
     cpu, wall = (now - then for now, then in zip(clocks(), started))
-    return dict(index=index, samples=samples, empty=batch.empty_count, cpu_s=round(cpu, 3), wall_s=round(wall, 3),
-                **counts)
+    return dict(index=index, samples=shard["samples"], bytes=shard["bytes"], sha256=shard["sha256"],
+                empty=batch.empty_count, cpu_s=round(cpu, 3), wall_s=round(wall, 3), **counts)
 
 
 @ray.remote

@@ -11,6 +11,12 @@ The client state holds the step, every rank's data-stream position and every ran
 states. DeepSpeed writes it into rank 0's model-states file, so the per-rank values are
 gathered into lists indexed by rank.
 
+Before any rank loads a checkpoint, every rank checks its files (DeepSpeed's per-rank
+`*_model_states.pt` and `*_optim_states.pt`, torch.save zip archives): one missing or cut short
+would fail on some ranks only, deep inside DeepSpeed, without the file's name. `--resume auto`
+then falls back to the previous checkpoint, saying which file it skipped; an explicit DIR and an
+export name the file.
+
 Export (`t2t export`, and the trainer at its end) consolidates the fp32 master weights of a
 checkpoint with DeepSpeed's `zero_to_fp32` reader (lazily, one tensor at a time), copies the trained
 ones into the fp32 start model, merges LoRA adapters if any, and writes the model directory.
@@ -23,6 +29,7 @@ import logging
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +40,9 @@ from t2t.config import Config
 log = logging.getLogger(__name__)
 
 TAG_RE = re.compile(r"^step(\d{8})$")
+RANK_FILE_RE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_(model|optim)_states\.pt$")
+"""DeepSpeed's per-rank files in a ZeRO-3 checkpoint (the optimizer's may carry a `bf16_` prefix)."""
+ZIP_MAGIC = b"PK\x03\x04"
 TRAIN_INFO = "t2t_train.json"
 
 
@@ -74,6 +84,16 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     return f.read_text().strip() if f.is_file() else None
 
 
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """The tags up to `latest`, oldest first (newer directories are unfinished saves); `latest` itself is
+    included even when its directory is gone, so that a resume reports it."""
+    newest = latest_tag(ckpt_dir)
+    if newest is None:
+        return []
+    tags = {p.name for p in ckpt_dir.iterdir() if p.is_dir() and TAG_RE.match(p.name)} | {newest}
+    return sorted((t for t in tags if step_of(t) <= step_of(newest)), key=step_of)
+
+
 def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
     """(checkpoints dir, tag) from a checkpoints dir (its newest) or from one tag directory."""
     p = Path(path)
@@ -113,7 +133,7 @@ def gather(obj) -> list:
 
 
 # Fields a resumed stage may change: how far it trains, how it checkpoints and logs, not what it trains.
-RESUMABLE = {"save_every", "keep_checkpoints", "log_every", "nproc"}
+RESUMABLE = {"save_every", "keep_checkpoints", "log_every", "nproc", "stop_after_zero_grad_steps"}
 
 
 def recipe_identity(cfg: Config, stage: int) -> dict:
@@ -163,32 +183,133 @@ def rotate(ckpt_dir: Path, keep: int) -> None:
             log.info("removed old checkpoint %s", ckpt_dir / t)
 
 
-def resume(engine, ckpt_dir: Path, mode: str, recipe: dict | None = None) -> dict | None:
-    """Load a checkpoint into the engine per `--resume` (auto|never|DIR); returns t2t's client state or None.
+class UnusableCheckpoint(ValueError):
+    """A checkpoint that cannot be loaded, found alike on every rank; the message names the file."""
 
-    With `auto`, a checkpoint written under another `recipe` (see `recipe_identity`) is refused, naming what
-    changed: resuming it would silently mix two runs. An explicit DIR is the user's choice (e.g. the last good
-    checkpoint with a lower lr after a divergence): the differences are logged."""
+
+def archive_problem(path: Path) -> str | None:
+    """Why `path` is not a complete torch.save file, or None.
+
+    torch.save writes a zip archive whose central directory comes last, so a file cut short (a full
+    disk, a killed copy) has none; zipfile finds that from the end of the file without reading tensors.
+    A file in torch's legacy (non-zip) format is left to torch.load."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+        if head == ZIP_MAGIC:
+            with zipfile.ZipFile(path):
+                pass
+    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+        return f"{path} is truncated or corrupt: not a complete torch.save archive ({e})"
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror or e})"
+    return None if head else f"{path} is empty"
+
+
+def checkpoint_problem(tag_dir: Path, world: int = 1) -> str | None:
+    """Why the checkpoint in `tag_dir` cannot load, found without loading it, or None.
+
+    It catches what would make only some ranks fail inside DeepSpeed (one rank's file missing or
+    truncated), so that all ranks can agree to skip the checkpoint. `world` ranks must find their files
+    (and every rank that wrote one). A missing or empty directory fails alike on every rank: DeepSpeed
+    reports it."""
+    files = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
+    if not files:
+        return None
+    found = {(int(m.group(1)), m.group(2)) for f in files if (m := RANK_FILE_RE.search(f.name))}
+    for rank in range(max(world, 1 + max((r for r, _ in found), default=-1))):
+        for kind in ("model", "optim"):
+            if (rank, kind) not in found:
+                return f"{tag_dir} has no {kind}-states file for rank {rank} (an incomplete save, or fewer ranks)"
+    return next((p for p in map(archive_problem, files) if p), None)
+
+
+def first_line(e: Exception) -> str:
+    """An exception as one line: its type and the first line of its message (torch's run on for paragraphs)."""
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def is_rank0() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def agreed(problem: str | None) -> str | None:
+    """The first rank's problem when any rank has one, on every rank: all then take the same branch."""
+    if not torch.distributed.is_initialized():
+        return problem
+    return next((p for p in gather(problem) if p), None)
+
+
+def load(engine, load_dir: Path, tag: str) -> dict:
+    """Load one checkpoint into the engine on every rank (collective); returns its t2t client state.
+
+    Raises UnusableCheckpoint on every rank alike when a file is missing or truncated (checked by every
+    rank before any loads) or DeepSpeed finds no checkpoint there. An error inside DeepSpeed's load becomes a
+    ValueError naming the checkpoint: the other ranks may be waiting in DeepSpeed's collectives by then, so
+    the ranks cannot agree on trying another one."""
+    problem = agreed(checkpoint_problem(load_dir / tag, world_size()))
+    if problem:
+        raise UnusableCheckpoint(problem)
+    try:
+        path, client = engine.load_checkpoint(str(load_dir), tag=tag)
+    except Exception as e:  # torch.load's and DeepSpeed's many error types: the user needs the file's name
+        raise ValueError(f"{load_dir / tag} could not be loaded ({first_line(e)})") from e
+    if path is None or not client or "t2t" not in client:
+        raise UnusableCheckpoint(f"{load_dir / tag}: not a loadable t2t checkpoint")
+    return client["t2t"]
+
+
+def load_newest(engine, ckpt_dir: Path) -> tuple[str, dict] | None:
+    """(tag, client state) of the newest checkpoint of `ckpt_dir` that loads, or None when there is none.
+
+    An unusable newest checkpoint is skipped with a warning naming its file, for the previous one: that is
+    what `train.keep_checkpoints` keeps them for. A ValueError naming every file when none loads."""
+    problems = []
+    for tag in reversed(complete_tags(ckpt_dir)):
+        try:
+            state = load(engine, ckpt_dir, tag)
+        except UnusableCheckpoint as e:
+            problems.append(str(e))
+            continue
+        if problems and is_rank0():
+            log.warning("%s; resuming from the previous checkpoint %s instead", "; ".join(problems), ckpt_dir / tag)
+        return tag, state
+    if problems:
+        raise ValueError(f"no checkpoint in {ckpt_dir} loads: {'; '.join(problems)}. Remove {ckpt_dir} to start "
+                         "the stage over")
+    return None
+
+
+def resume(engine, ckpt_dir: Path, mode: str, recipe: dict | None = None) -> dict | None:
+    """Load a checkpoint into the engine per `--resume` (auto|force|never|DIR); returns t2t's client state or None.
+
+    `auto` takes the newest checkpoint that loads (see `load_newest`); an explicit DIR that cannot be loaded is
+    an error naming the file. With `auto`, a checkpoint written under another `recipe` (see `recipe_identity`)
+    is refused, naming what changed: resuming it would silently mix two runs. `force` (the newest, like auto)
+    and an explicit DIR are the user's choice (e.g. the last good checkpoint with a lower lr after a
+    divergence): the differences are logged."""
     if mode == "never":
         if latest_tag(ckpt_dir) is not None:
             raise ValueError(f"{ckpt_dir} already holds checkpoints and --resume never was given: "
                              "remove them, or resume with --resume auto")
         return None
-    if mode == "auto":
-        if latest_tag(ckpt_dir) is None:
+    if mode in ("auto", "force"):
+        loaded = load_newest(engine, ckpt_dir)
+        if loaded is None:
             return None
-        load_dir, tag = ckpt_dir, latest_tag(ckpt_dir)
+        load_dir, (tag, state) = ckpt_dir, loaded
     else:
         load_dir, tag = resolve_checkpoint(mode)
-    path, client = engine.load_checkpoint(str(load_dir), tag=tag)
-    if path is None or not client or "t2t" not in client:
-        raise ValueError(f"{load_dir / tag}: not a loadable t2t checkpoint")
-    state = client["t2t"]
+        state = load(engine, load_dir, tag)
     changes = recipe_changes(state.get("recipe") or {}, recipe) if recipe is not None and state.get("recipe") else []
     if changes and mode == "auto":
         raise ValueError(f"{load_dir / tag} was written under a different recipe ({'; '.join(changes)}); resuming "
                          f"it would mix two runs. Restore those values to resume, or remove {load_dir} to start "
-                         f"the stage over (or name the checkpoint with --resume DIR to continue from it anyway)")
+                         f"the stage over (or continue from it anyway with --resume force, or --resume DIR for another checkpoint)")
     if changes:
         log.warning("resuming %s under a changed recipe: %s", load_dir / tag, "; ".join(changes))
     log.info("resumed from %s at step %d", load_dir / tag, state["step"])
@@ -207,9 +328,15 @@ def export_checkpoint(cfg: Config, stage: int, checkpoint: str | Path | None = N
     from t2t.train.engine import apply_trainable_policy, trainable_names
 
     load_dir, tag = resolve_checkpoint(checkpoint if checkpoint is not None else checkpoints_dir(cfg, stage))
+    problem = checkpoint_problem(load_dir / tag)
+    if problem:
+        raise ValueError(f"{problem}; export another checkpoint with --checkpoint DIR")
     out = Path(out) if out is not None else export_dir(cfg, stage)
     model_dir = resolve_model_dir(cfg.model)
-    lazy = get_fp32_state_dict_from_zero_checkpoint(str(load_dir), tag=tag, lazy_mode=True)
+    try:
+        lazy = get_fp32_state_dict_from_zero_checkpoint(str(load_dir), tag=tag, lazy_mode=True)
+    except Exception as e:  # torch.load's and zero_to_fp32's many error types: the user needs the checkpoint's name
+        raise ValueError(f"{load_dir / tag} could not be read ({first_line(e)})") from e
     # Exports are fp32. Only the weights that trained come from the checkpoint's fp32 master copy; the
     # frozen ones (LM head, embeddings, a LoRA base) come from the start model, untouched by any bf16 cast.
     lm = apply_trainable_policy(load_lm(model_dir, "float32"), cfg)

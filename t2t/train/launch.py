@@ -6,16 +6,39 @@
 runs `torchrun --standalone --nproc_per_node 2 -m t2t.cli train --config ... --stage 1 --resume auto`
 (torchrun picks a free port, so concurrent runs do not collide). Output of every rank goes to
 `log_file`. A rerun resumes from the newest checkpoint.
+
+Stopping: the first SIGTERM, SIGINT (Ctrl-C) or SIGHUP this process gets is passed on to torchrun once,
+as SIGTERM; torchrun sends it on to every rank, which finish their step and checkpoint, and waits for them
+(TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds, default here 120, before it kills them). Then `TrainingStopped`
+names the checkpoint a rerun resumes from. A second Ctrl-C kills torchrun and the ranks at once. torchrun
+runs in a session of its own, so a Ctrl-C in the terminal reaches it only through this process, once.
+The ranks also stop by themselves when this process exits, even by SIGKILL (t2t/train/signals.py).
+
+A failure says which rank died or failed, and how (from torchrun's summary in the log), with the ranks'
+own `t2t train: ...` lines first and where a rerun resumes from.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+SHUTDOWN_TIMEOUT = 120
+"""Seconds torchrun gives the ranks to checkpoint and exit after a stop signal before it kills them."""
+
+
+class TrainingStopped(RuntimeError):
+    """A stop signal ended the training run; the ranks checkpointed first (the message names the checkpoint)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def train_command(config_path: str | None, overrides: list[str], stage: int, resume: str = "auto") -> list[str]:
@@ -29,9 +52,13 @@ def train_command(config_path: str | None, overrides: list[str], stage: int, res
 
 
 def launch_local(config_path: str | None, overrides: list[str], stage: int, nproc: int, log_file: Path) -> None:
-    """Train `stage` with `nproc` ranks on this machine; raise a RuntimeError naming the stage and log on failure."""
+    """Train `stage` with `nproc` ranks on this machine.
+
+    Raises TrainingStopped after a stop signal (see the module docstring) and a RuntimeError naming the
+    stage, the failed rank and the log on failure."""
     from t2t.config import load_config
-    from t2t.train.checkpoint import stage_complete
+    from t2t.train.checkpoint import checkpoints_dir, stage_complete
+    from t2t.train.signals import LAUNCHER_PIDS, PassOnStop
 
     cfg = load_config(config_path, overrides)
     if nproc < 1:
@@ -40,33 +67,131 @@ def launch_local(config_path: str | None, overrides: list[str], stage: int, npro
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT))
+    env[LAUNCHER_PIDS] = ",".join(filter(None, [str(os.getpid()), os.environ.get(LAUNCHER_PIDS, "")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "t2t.cli", *train_command(config_path, overrides, stage)]
+    ckpt_dir = checkpoints_dir(cfg, stage)
     with log_file.open("a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            _follow(proc, Path(cfg.run_dir) / f"stage{stage}" / "metrics.jsonl", stage,
-                    getattr(cfg.train, f"stage{stage}").steps)
-        except KeyboardInterrupt:
-            proc.wait()  # torchrun forwards the signal: the ranks checkpoint, then exit
-            raise
+        start = log.tell()
+        # A session of its own: a Ctrl-C in the terminal reaches torchrun only through PassOnStop, once.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        with PassOnStop(proc) as stop:
+            try:
+                _follow(proc, Path(cfg.run_dir) / f"stage{stage}" / "metrics.jsonl", stage,
+                        getattr(cfg.train, f"stage{stage}").steps, stop)
+            except BaseException:
+                stop.stop()  # never leave the ranks behind, whatever went wrong here
+                _wait(proc)
+                raise
         code = proc.returncode
+    if stop.received is not None:
+        raise TrainingStopped(_stopped_message(stage, stop.received, ckpt_dir, stage_complete(cfg, stage),
+                                               log_file), stop.received)
     if code != 0:
-        raise RuntimeError(f"training stage {stage} failed (exit code {code}); see {log_file}:\n{_tail(log_file)}")
+        raise RuntimeError(failure_message(stage, code, _read_from(log_file, start), ckpt_dir, log_file))
     if not stage_complete(cfg, stage):
         raise RuntimeError(f"training stage {stage} stopped before its final export (interrupted?); "
-                           f"rerun to resume from the newest checkpoint; see {log_file}")
+                           f"{resume_hint(ckpt_dir)}; see {log_file}")
 
 
-def _follow(proc: subprocess.Popen, metrics: Path, stage: int, steps: int) -> None:
+def _wait(proc: subprocess.Popen) -> None:
+    """Wait for `proc`, also through a KeyboardInterrupt (which PassOnStop raises after killing it)."""
+    while True:
+        try:
+            proc.wait()
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def resume_hint(ckpt_dir: Path) -> str:
+    """`rerun to resume from stepN in DIR`, or that a rerun starts over."""
+    from t2t.train.checkpoint import latest_tag
+
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        return f"no checkpoint in {ckpt_dir} yet: a rerun starts the stage over"
+    return f"rerun to resume from {tag} in {ckpt_dir}"
+
+
+def _stopped_message(stage: int, signum: int, ckpt_dir: Path, complete: bool, log_file: Path) -> str:
+    from t2t.train.signals import signal_name
+
+    if complete:
+        return (f"training stage {stage} finished before {signal_name(signum)} stopped it; "
+                f"a rerun goes on after it (log: {log_file})")
+    return f"training stage {stage} stopped by {signal_name(signum)}; {resume_hint(ckpt_dir)} (log: {log_file})"
+
+
+# torchrun's failure summary (torch.distributed.elastic's ChildFailedError), per failed rank.
+_FAILURE = re.compile(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)", re.MULTILINE)
+_RANK_LINE = re.compile(r"^(?:\[(?:default)?rank\d+\]:\s*)?(t2t train: .*)$", re.MULTILINE)
+
+
+def failure_message(stage: int, code: int, log_text: str, ckpt_dir: Path, log_file: Path) -> str:
+    """What went wrong, from this run's part of the log: the rank that failed first and how (`rank 1 died
+    (signal 9, SIGKILL)`), where a rerun resumes from, then the ranks' own `t2t train: ...` lines; the log's
+    tail only when neither is there."""
+    cause, rank_code = _root_cause(log_text)
+    head = f"training stage {stage} failed: {cause or f'the launcher exited with code {code}'}; "
+    if rank_code not in (2, 3):  # a user error, a diverged loss: the rank's own line says what to do
+        head += f"{resume_hint(ckpt_dir)}; "
+    head += f"see {log_file}"
+    own = list(dict.fromkeys(m.group(1).rstrip() for m in _RANK_LINE.finditer(log_text)))
+    if own:
+        return "\n".join([head, *own[:8]])
+    if cause:
+        return head
+    return head + ":\n" + _tail(_before_launcher_traceback(log_text))
+
+
+def _root_cause(log_text: str) -> tuple[str | None, int | None]:
+    """(`rank R died (signal N, NAME)` or `rank R exited with code N`, its exit code), or (None, None).
+
+    torchrun's "Root Cause" is the earliest error file, but a rank killed by a signal writes none: its
+    survivors, which exit by themselves ("lost contact", code 4) or die of the SIGTERM torchrun then sends,
+    can come first. So a rank killed by any other signal is named first; then torchrun's root cause."""
+    root = log_text.split("Root Cause", 1)[-1] if "Root Cause" in log_text else log_text
+    failures = [(int(m.group(1)), int(m.group(2))) for text in (root, log_text) for m in _FAILURE.finditer(text)]
+    if not failures:
+        return None, None
+    rank, code = next(((r, c) for r, c in failures if c < 0 and -c != signal.SIGTERM), failures[0])
+    if code < 0:
+        from t2t.train.signals import signal_name
+
+        return f"rank {rank} died (signal {-code}, {signal_name(-code)})", code
+    return f"rank {rank} exited with code {code}", code
+
+
+def _before_launcher_traceback(log_text: str) -> str:
+    """The log without torchrun's own closing traceback (ChildFailedError), which says nothing of the cause."""
+    lines = log_text.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if "ChildFailedError" in lines[i]:
+            for j in range(i, -1, -1):
+                if lines[j].startswith("Traceback (most recent call last)"):
+                    return "\n".join(lines[:j])
+            break
+    return log_text
+
+
+def _follow(proc: subprocess.Popen, metrics: Path, stage: int, steps: int, stop=None) -> None:
     """Show a progress bar fed by rank 0's metrics.jsonl until the launcher exits."""
     from tqdm.auto import tqdm
 
+    from t2t.train.signals import signal_name
+
+    told = False
     with tqdm(total=steps, desc=f"train stage {stage}", unit="step") as bar:
         while proc.poll() is None:
             time.sleep(1.0)
+            if stop is not None and stop.received is not None and not told:
+                told = True
+                bar.write(f"{signal_name(stop.received)}: the ranks finish their step and checkpoint, then stop "
+                          f"(Ctrl-C again stops them at once)", file=sys.stderr)
             last = _last_record(metrics)
             if last is not None and last["step"] != bar.n:
                 bar.n = last["step"]
@@ -87,5 +212,14 @@ def _last_record(metrics: Path) -> dict | None:
     return None
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+def _read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+__all__ = ["launch_local", "train_command", "TrainingStopped", "failure_message", "SHUTDOWN_TIMEOUT"]

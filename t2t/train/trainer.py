@@ -13,7 +13,11 @@ stores and a resume restores, so a resumed run repeats the uninterrupted run's m
 
 Stopping: SIGTERM, SIGUSR1 (Slurm's pre-timeout signal) or a first Ctrl-C on any rank makes
 every rank finish the current step, checkpoint and return. A NaN/inf loss stops before the optimizer step, with
-the weights of the last good checkpoint left untouched on disk.
+the weights of the last good checkpoint left untouched on disk. The loss is that of the weights *before* the
+step's update, so before each checkpoint the updated weights get a no-grad forward of their own on the step's
+last micro-batch: if it is not finite the run stops without saving them, and every checkpoint on disk is one
+whose export embeds to finite vectors. A global gradient norm of exactly 0 for
+`train.stop_after_zero_grad_steps` steps in a row (a collapsed model, which trains no further) stops the run too.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,34 +36,17 @@ import torch
 from t2t.config import Config
 from t2t.train import checkpoint
 from t2t.train.loss import objective_for
+from t2t.train.signals import STOP_SIGNALS, StopSignals  # noqa: F401 - StopSignals lives there (re-exported)
 
 log = logging.getLogger(__name__)
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the run stopped without touching the last good checkpoint."""
 
 
-class StopSignals:
-    """Records SIGTERM/SIGUSR1/SIGINT instead of dying, so the loop can checkpoint and exit cleanly.
-
-    A second Ctrl-C (SIGINT) interrupts at once, without the checkpoint.
-    """
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signum
-        if signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+class TrainingCollapsed(TrainingDiverged):
+    """The global gradient norm was exactly 0 for `train.stop_after_zero_grad_steps` steps in a row."""
 
 
 class MetricsLog:
@@ -112,7 +98,7 @@ def train_step(engine, objective, micro_batches: list[dict], world_size: int, fl
     scale = world_size * gas / max(counted, 1.0)
     loss_sum, tokens = 0.0, 0
     for i, batch in enumerate(micro_batches):
-        batch = {k: v.to(engine.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = to_device(batch, engine.device)
         parts = objective.loss(engine, batch)
         engine.backward(parts.total * scale)
         loss_sum += parts.total.item()
@@ -131,10 +117,75 @@ def train_step(engine, objective, micro_batches: list[dict], world_size: int, fl
                       stop=bool(stops), flags=summed)
 
 
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def all_reduce_sum(values: list[float], device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return t.tolist()
+
+
+def outputs_are_finite(engine, objective, batch: dict) -> bool:
+    """Whether the weights as they are now give a finite loss and finite outputs on `batch`, on every rank.
+
+    `train_step` checks the loss of the weights before its update, so the update that blows up would
+    otherwise be checkpointed. No grad and eval mode (no dropout), the RNG fenced off: the training that
+    follows is bit-identical to a run without this check. Collective: under ZeRO-3 the forward gathers the
+    parameters from every rank."""
+    outputs = []
+
+    def model(*args):
+        out = engine(*args)
+        outputs.extend(out if isinstance(out, (tuple, list)) else [out])
+        return out
+
+    engine.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            parts = objective.loss(model, to_device(batch, engine.device))
+            bad = sum(not bool(torch.isfinite(t).all()) for t in (parts.total, *outputs) if t is not None)
+    finally:
+        engine.train()
+    (bad,) = all_reduce_sum([float(bad)], engine.device)
+    return bad == 0
+
+
+def grad_norm_is_zero(engine) -> bool:
+    """Whether the last optimizer step's global gradient norm was exactly 0, decided alike on every rank.
+
+    The norm is already global (DeepSpeed all-reduces it), but a rank that saw otherwise must not stop alone."""
+    norm = engine.get_global_grad_norm()
+    zero = norm is not None and float(norm) == 0.0
+    (zeros,) = all_reduce_sum([float(zero)], engine.device)
+    return zeros == torch.distributed.get_world_size()
+
+
+def apply_recipe_lr(engine, lr: float) -> None:
+    """Make the recipe's peak `lr` the one that trains on after a resume.
+
+    A checkpoint restores the optimizer's lr and the schedule's base lr with the rest of their state, so
+    `--resume DIR` with a lowered train.stageN.lr (the way on after a divergence) would train on with the
+    old one. The schedule's shape is the recipe's already (LambdaLR does not save its lambdas); with an
+    unchanged lr this recomputes the very values the schedule set."""
+    schedule = engine.lr_scheduler
+    schedule.base_lrs = [lr] * len(schedule.base_lrs)
+    for group, factor in zip(schedule.optimizer.param_groups, schedule.lr_lambdas):
+        group["lr"] = lr * factor(schedule.last_epoch)
+
+
+def continue_hint(stage: int, ckpt_dir: Path, good: str | None) -> str:
+    """Where to go on from after a stop: the good checkpoint `good`, or the start."""
+    if good is None:
+        return f"no good checkpoint is kept in {ckpt_dir}; lower train.stage{stage}.lr and start the stage over"
+    return (f"the newest good checkpoint is {good} in {ckpt_dir}; lower train.stage{stage}.lr and continue "
+            f"from it with --resume {ckpt_dir / good}")
+
+
+def newest_tag_before(ckpt_dir: Path, step: int) -> str | None:
+    """The newest complete checkpoint saved before `step`."""
+    return next((t for t in reversed(checkpoint.complete_tags(ckpt_dir)) if checkpoint.step_of(t) < step), None)
 
 
 def rank0_first(fn):
@@ -183,6 +234,7 @@ def _train(cfg: Config, stage: int, resume: str, total: int, objective, rank: in
     step = client["step"] if client else 0
     if client:
         checkpoint.set_rng_state(client["rng"][rank])
+        apply_recipe_lr(engine, getattr(cfg.train, f"stage{stage}").lr)
     reader = TargetReader(shards, tokenizer, settings, batch_size=cfg.train.micro_batch_size, seed=cfg.seed,
                           rank=rank, world_size=world, workers=cfg.data.loader_workers,
                           shuffle_buffer=cfg.data.shuffle_buffer, on_bad_shard=cfg.data.on_bad_shard,
@@ -192,6 +244,7 @@ def _train(cfg: Config, stage: int, resume: str, total: int, objective, rank: in
     global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * world
     bar = tqdm(total=total, initial=step, desc=f"stage {stage}", disable=None if rank == 0 else True)
     saved = step if client else -1
+    collapse_after, zero_grad_steps = cfg.train.stop_after_zero_grad_steps, 0
     try:
         while step < total:
             started = time.perf_counter()
@@ -205,9 +258,8 @@ def _train(cfg: Config, stage: int, resume: str, total: int, objective, rank: in
                                     stop_requested=stop.received is not None)
             except TrainingDiverged as e:
                 raise TrainingDiverged(
-                    f"stage {stage} step {step + 1}: {e}; stopped before the optimizer step. The last good "
-                    f"checkpoint is {checkpoint.latest_tag(ckpt_dir) or 'none'} in {ckpt_dir}; lower "
-                    f"train.stage{stage}.lr and continue from it with --resume DIR, or check the shards") from None
+                    f"stage {stage} step {step + 1}: {e}; stopped before the optimizer step: "
+                    f"{continue_hint(stage, ckpt_dir, checkpoint.latest_tag(ckpt_dir))}, or check the shards") from None
             step += 1
             elapsed = time.perf_counter() - started
             if rank == 0:
@@ -220,7 +272,20 @@ def _train(cfg: Config, stage: int, resume: str, total: int, objective, rank: in
                                        samples_per_s=global_batch / elapsed, tokens_per_s=result.tokens / elapsed,
                                        texts_counted=result.counted, texts_truncated=int(result.flags[1]),
                                        skipped_shards=int(result.flags[0])))
+            zero_grad_steps = zero_grad_steps + 1 if collapse_after and grad_norm_is_zero(engine) else 0
+            if collapse_after and zero_grad_steps >= collapse_after:
+                first = step - zero_grad_steps + 1  # its norm is that of the weights after step first - 1
+                cause = f"the update of step {first - 1} collapsed the model" if first > 1 else "nothing trains"
+                raise TrainingCollapsed(
+                    f"stage {stage} step {step}: the gradient norm was exactly 0 for {zero_grad_steps} steps in a "
+                    f"row (steps {first}-{step}): {cause}, so the run stopped without checkpointing it; "
+                    f"{continue_hint(stage, ckpt_dir, newest_tag_before(ckpt_dir, first - 1))}")
             if step % cfg.train.save_every == 0 or step == total or result.stop:
+                if not outputs_are_finite(engine, objective, micro[-1]):
+                    raise TrainingDiverged(
+                        f"stage {stage} step {step}: the weights after its optimizer step give a non-finite loss or "
+                        f"output, so step {step} was NOT checkpointed; "
+                        f"{continue_hint(stage, ckpt_dir, checkpoint.latest_tag(ckpt_dir))}, or check the shards")
                 checkpoint.save(engine, ckpt_dir, step, reader.state_dict(), cfg.train.keep_checkpoints, recipe)
                 saved = step
             if result.stop:
