@@ -118,6 +118,23 @@ def build_ds_config(cfg: Config) -> dict:
             log.info("%s: %s=%s replaced by the recipe's %s=%s", path, key, ds[key], RECIPE_OWNED[key], value)
         ds[key] = value
     ds.setdefault("steps_per_print", 10**9)  # t2t logs its own metrics
+    return fp32_where_bf16_is_emulated(ds, path)
+
+
+def fp32_where_bf16_is_emulated(ds: dict, path) -> dict:
+    """The DeepSpeed config with bf16 turned off on a machine that would only emulate it (no GPU, a CPU without
+    AVX512-BF16/AMX): DeepSpeed would cast the model to bf16 and every matmul would be emulated (the demo's
+    first stage-1 step took 253 s instead of seconds). Training then runs in fp32, as `model.dtype` does there."""
+    from t2t.model.io import usable_dtype
+
+    keys = [k for k in ("bf16", "bfloat16") if ds.get(k, {}).get("enabled") is True]
+    if not keys or usable_dtype("bfloat16") == "bfloat16":
+        return ds
+    for key in keys:
+        ds[key] = dict(ds[key], enabled=False)
+    if ds.get("communication_data_type") in ("bf16", "bfloat16"):
+        ds["communication_data_type"] = "fp32"
+    log.warning("%s: bf16 turned off, training in fp32: no GPU and this CPU has no native bf16", path)
     return ds
 
 
