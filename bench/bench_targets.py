@@ -52,7 +52,8 @@ def demo_config(*extra: str):
 
     return load_config(RECIPE, [f"model.path={WORK / 'demo-base'}", f"data.shards_dir={WORK / 'targets'}",
                                 f"run_dir={WORK / 'run'}", "model.max_length=64", "targets.batch_size=64",
-                                "targets.weighting=uniform", "targets.max_target_tokens=128", *extra])
+                                "stages.stage1.targets.weighting=uniform",
+                                "stages.stage1.targets.max_target_tokens=128", *extra])
 
 
 def corpus_texts(n: int) -> list[str]:
@@ -84,7 +85,7 @@ def bench_stage1(scratch: Path) -> dict:
     torch.set_num_threads(1)
     cfg = demo_config()
     tok = load_tokenizer(resolve_model_dir(cfg.model))
-    builder = Stage1Builder(tok, cfg.targets, len(tok))
+    builder = Stage1Builder(tok, cfg.stage("stage1").targets, len(tok))
     texts = corpus_texts(20_000)
     chunks = [texts[i:i + 2000] for i in range(0, len(texts), 2000)]
     keys = [f"k{i:06d}" for i in range(2000)]
@@ -119,14 +120,14 @@ def bench_scaling(scratch: Path) -> dict:
     import ray
 
     from t2t.model import resolve_model_dir
-    from t2t.precompute import run_targets
+    from t2t.ray_jobs.targets import run_targets
 
     resolve_model_dir(demo_config().model)
     load_before = os.getloadavg()[0]  # wall-clock scaling needs two idle cores: the record says if it had them
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         root = scratch / "scaling"
-        run_targets(demo_config("data.max_texts=4000", "targets.shard_size=1000"), 1, out=str(root / "warm"))
+        run_targets(demo_config("data.max_texts=4000", "targets.shard_size=1000"), "stage1", out=str(root / "warm"))
         seconds: dict[int, list[float]] = {1: [], 2: []}
         per_shard: dict[int, list[dict]] = {1: [], 2: []}  # the workers' own CPU and wall seconds per shard
         driver_cpu: dict[int, list[float]] = {1: [], 2: []}  # this process: reading, submitting, the ledger
@@ -135,7 +136,7 @@ def bench_scaling(scratch: Path) -> dict:
             for workers in (1, 2):
                 cfg = demo_config(f"targets.workers={workers}", "targets.shard_size=2000", "data.max_texts=0")
                 start, start_cpu = time.perf_counter(), time.process_time()
-                manifest = run_targets(cfg, 1, out=str(root / f"w{workers}-{round_}"))
+                manifest = run_targets(cfg, "stage1", out=str(root / f"w{workers}-{round_}"))
                 seconds[workers].append(time.perf_counter() - start)
                 driver_cpu[workers].append(time.process_time() - start_cpu)
                 samples = manifest["samples"]
@@ -171,7 +172,7 @@ def stage2_against_forward(cfg, n_texts: int, repeats: int) -> dict:
     from t2t.targets.stage2 import Stage2Builder
 
     embedder = from_config(cfg.model).eval()
-    builder = Stage2Builder(embedder, cfg.targets)
+    builder = Stage2Builder(embedder, cfg.stage("stage2").targets, cfg.targets.batch_size)
     texts = corpus_texts(n_texts)
     total, count, _ = builder.background_sum(texts)
     theta = total / count
@@ -219,12 +220,12 @@ def bench_bytes(scratch: Path, stage1_dir: str | None) -> dict:
 
     cfg = demo_config()
     if stage1_dir is None:
-        from t2t.precompute import run_targets
+        from t2t.ray_jobs.targets import run_targets
 
         stage1_dir = str(scratch / "bytes-stage1")
-        run_targets(demo_config("data.max_texts=10000"), 1, out=stage1_dir)
+        run_targets(demo_config("data.max_texts=10000"), "stage1", out=stage1_dir)
     torch.set_num_threads(1)
-    builder = Stage2Builder(from_config(cfg.model), cfg.targets)
+    builder = Stage2Builder(from_config(cfg.model), cfg.stage("stage2").targets, cfg.targets.batch_size)
     texts = corpus_texts(2000)
     total, count, _ = builder.background_sum(texts)
     batch, _ = builder.targets(texts, total / count)

@@ -52,7 +52,8 @@ def demo_config():
 
 def write_stage1_shards(model_dir: Path, targets_cfg, texts: list[str], out: Path, n_shards: int) -> None:
     """Real stage-1 targets of `texts` for the model's tokenizer, in `n_shards` equal shards with a manifest."""
-    from t2t.data.shards import MANIFEST_FORMAT, model_vocab_size, shard_name, write_manifest, write_shard_entry
+    from t2t.data.manifest import MANIFEST_FORMAT, model_vocab_size, write_manifest
+    from t2t.data.shards import shard_name, write_shard_entry
     from t2t.model import load_tokenizer, tokenizer_fingerprint
     from t2t.targets.stage1 import Stage1Builder
 
@@ -68,7 +69,7 @@ def write_stage1_shards(model_dir: Path, targets_cfg, texts: list[str], out: Pat
         samples = [{"__key__": f"b{s}x{i:05d}", "txt": t, "ids.npy": batch.ids[batch.offsets[i]:batch.offsets[i + 1]],
                     "w.npy": batch.w[batch.offsets[i]:batch.offsets[i + 1]]} for i, t in enumerate(chunk)]
         shards.append(write_shard_entry(out / shard_name(s), samples))
-    write_manifest(out, {"format": MANIFEST_FORMAT, "code_version": "bench", "complete": True, "stage": 1,
+    write_manifest(out, {"format": MANIFEST_FORMAT, "code_version": "bench", "complete": True, "stage": "stage1",
                          "params": {"vocab_size": vocab, "embedding": None,
                                     "tokenizer": {"fingerprint": tokenizer_fingerprint(tok), "vocab_size": len(tok)}},
                          "shards": shards, "samples": per_shard * n_shards})
@@ -78,13 +79,14 @@ def prepare() -> tuple[Path, list[str]]:
     """The demo model and 4 shards of real stage-1 targets (made once)."""
     from t2t.data.corpus import iter_texts
     from t2t.model import resolve_model_dir
+    from t2t.run_paths import corpus_of, shards_dir
 
     cfg = demo_config()
     model_dir = resolve_model_dir(cfg.model)
-    out = WORK / "shards" / "stage1"
+    out = shards_dir(cfg, "stage1")
     if not (out / "manifest.json").exists():
-        texts = [t.text for t in iter_texts(REPO / cfg.data.stage1_corpus, limit=8000)]
-        write_stage1_shards(model_dir, cfg.targets, texts, out, n_shards=4)
+        texts = [t.text for t in iter_texts(REPO / corpus_of(cfg, "stage1"), limit=8000)]
+        write_stage1_shards(model_dir, cfg.stage("stage1").targets, texts, out, n_shards=4)
     return model_dir, sorted(str(p) for p in out.glob("t2t-*.tar"))
 
 
@@ -94,20 +96,22 @@ def prepare() -> tuple[Path, list[str]]:
 def step_worker(out: str, steps: int, warmup: int) -> None:
     """One rank: alternate bare and t2t steps on one engine; rank 0 writes the timings."""
     from t2t.data.stream import TargetReader
-    from t2t.model import load_tokenizer, settings_from_config
+    from t2t.identity import EmbeddingIdentity
+    from t2t.model import load_tokenizer
+    from t2t.run_paths import shards_dir
     from t2t.train.engine import build_ds_config, build_engine, init_distributed
     from t2t.train.loss import objective_for, sparse_kl
     from t2t.train.trainer import train_step
 
     rank, world = init_distributed()
     cfg = demo_config()
-    model_dir, shards = Path(cfg.model.path), sorted(str(p) for p in (WORK / "shards" / "stage1").glob("t2t-*.tar"))
-    settings = settings_from_config(cfg.model)
+    model_dir, shards = Path(cfg.model.path), sorted(str(p) for p in shards_dir(cfg, "stage1").glob("t2t-*.tar"))
+    settings = EmbeddingIdentity.of(cfg.model)
     tok = load_tokenizer(model_dir, settings.padding_side)
     kw = dict(batch_size=cfg.train.micro_batch_size, rank=rank, world_size=world, shuffle_buffer=cfg.data.shuffle_buffer)
     bare_batches = [b for b, _ in zip(TargetReader(shards, tok, settings, seed=1, workers=0, **kw), range(steps + warmup))]
     reader = TargetReader(shards, tok, settings, seed=0, workers=cfg.data.loader_workers, **kw)
-    engine, _ = build_engine(cfg, cfg.train.stage1, model_dir, build_ds_config(cfg))
+    engine, _ = build_engine(cfg, cfg.stage("stage1"), model_dir, build_ds_config(cfg))
     objective = objective_for("t2t")
 
     def bare(batch) -> None:
@@ -213,12 +217,14 @@ def bench_loss(batch: int, vocab: int, k: int) -> list[dict]:
 
 def bench_loader(samples: int) -> dict:
     from t2t.data.stream import TargetReader
-    from t2t.model import load_tokenizer, settings_from_config
+    from t2t.identity import EmbeddingIdentity
+    from t2t.model import load_tokenizer
+    from t2t.run_paths import shards_dir
 
     cfg = demo_config()
-    settings = settings_from_config(cfg.model)
+    settings = EmbeddingIdentity.of(cfg.model)
     tok = load_tokenizer(cfg.model.path, settings.padding_side)
-    shards = sorted(str(p) for p in (WORK / "shards" / "stage1").glob("t2t-*.tar"))
+    shards = sorted(str(p) for p in shards_dir(cfg, "stage1").glob("t2t-*.tar"))
     reader = TargetReader(shards, tok, settings, batch_size=cfg.train.micro_batch_size, seed=0, rank=0,
                           world_size=1, workers=0, shuffle_buffer=cfg.data.shuffle_buffer)
     next(reader)  # fills the shuffle buffer

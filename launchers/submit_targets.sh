@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Submit `t2t targets` (target precomputation, t2t/precompute.py) to a running Ray cluster as a Ray job.
+# Submit `t2t targets` (target precomputation, t2t/ray_jobs/targets.py) to a running Ray cluster as a Ray job.
 #
 #   export RAY_ADDRESS=http://HEAD_NODE:8265                 # the cluster's dashboard (job API)
-#   launchers/submit_targets.sh recipes/mistral-7b.yaml 1
-#   launchers/submit_targets.sh recipes/mistral-7b.yaml 2 --set model.path=runs/mistral-7b/stage1/model
+#   launchers/submit_targets.sh recipes/mistral-7b.yaml stage1
+#   launchers/submit_targets.sh recipes/mistral-7b.yaml stage2     # with M1: stage2 starts from stage1's export
 #
+# STAGE is a stage name of the recipe's `stages` list (a number N also means the Nth stage). A stage whose
+# targets the model derives computes them with the model the stage starts from (stage2: `<run_dir>/stage1/model`).
 # Arguments after the stage go to `t2t targets` (--corpus, --out, --overwrite, --set k=v). The job
 # runs in this repository's directory with this shell's Python (T2T_PYTHON overrides it), so the
 # repository, the environment and the recipe's paths must be on a filesystem the head node shares,

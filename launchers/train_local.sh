@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Train one stage of a recipe on this machine with the DeepSpeed launcher (one process per rank).
 #
-#   launchers/train_local.sh recipes/demo.yaml 1                         # ranks: the recipe's train.nproc
-#   NPROC=8 launchers/train_local.sh recipes/mistral-7b.yaml 1 --set train.stage1.steps=100
-#   launchers/train_local.sh RECIPE 2 --set model.path=runs/x/stage1/model --set model.tiny=null --set model.gguf=
+#   launchers/train_local.sh recipes/demo.yaml stage1                    # ranks: the recipe's train.nproc
+#   NPROC=8 launchers/train_local.sh recipes/mistral-7b.yaml stage1 --set stages.stage1.steps=100
+#   launchers/train_local.sh recipes/demo.yaml stage2                    # from stage1's export, on its own
 #
+# STAGE is a stage of the recipe's `stages` by name (a number N: its Nth stage). A stage trains the model it
+# starts from: the recipe's backbone, or an earlier stage's export (<run_dir>/<start>/model), with no override.
 # Rerunning resumes from the newest checkpoint (--resume auto; or --resume force|never|DIR). Without a GPU DeepSpeed runs
 # on CPU with gloo (DS_ACCELERATOR=cpu is set for you). `t2t pipeline` uses the same per-rank entry
 # through torchrun (t2t.train.launch_local).
@@ -19,18 +21,18 @@
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-    echo "usage: $0 RECIPE STAGE [--resume auto|force|never|DIR] [--set key=value ...]" >&2
+    echo "usage: $0 RECIPE STAGE_NAME [--resume auto|force|never|DIR] [--set key=value ...]" >&2
     exit 2
 fi
 RECIPE=$1
 STAGE=$2
 shift 2
 RESUME=auto
-SETS=()
+OVERRIDES=()  # key=value items, given as --set KEY=VALUE or --set=KEY=VALUE
 while [[ $# -gt 0 ]]; do
     case $1 in
-        --set) SETS+=("--set=$2"); shift 2 ;;
-        --set=*) SETS+=("$1"); shift ;;
+        --set) OVERRIDES+=("$2"); shift 2 ;;
+        --set=*) OVERRIDES+=("${1#--set=}"); shift ;;
         --resume) RESUME=$2; shift 2 ;;
         --resume=*) RESUME=${1#--resume=}; shift ;;
         *) echo "unexpected argument $1 (only --resume and --set KEY=VALUE may follow RECIPE STAGE)" >&2; exit 2 ;;
@@ -41,10 +43,28 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
     export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 fi
 export TOKENIZERS_PARALLELISM=false
-CFG=$(t2t config --config "$RECIPE" "${SETS[@]}" |
-    python -c 'import sys, yaml; c = yaml.safe_load(sys.stdin); print(c["train"]["nproc"]); print(c["run_dir"])')
+SETS=()
+for item in "${OVERRIDES[@]}"; do SETS+=("--set=$item"); done
+# The recipe's ranks, the stage's name (STAGE may be a number) and its checkpoints directory: the last 3 lines.
+CFG=$(python -c 'import sys
+from t2t.commands import stage_name
+from t2t.config import load_config
+from t2t.errors import UserError
+from t2t.run_paths import checkpoints_dir
+from t2t.train.engine import build_ds_config
+try:
+    cfg = load_config(sys.argv[1], sys.argv[3:])
+    stage = stage_name(cfg, sys.argv[2])
+    build_ds_config(cfg)  # the DeepSpeed JSON exists and is usable: fail here, not in every rank
+except UserError as e:
+    print(f"train_local.sh: error: {e}", file=sys.stderr)
+    sys.exit(2)
+print(cfg.train.nproc); print(stage); print(checkpoints_dir(cfg, stage))' "$RECIPE" "$STAGE" "${OVERRIDES[@]}" |
+    tail -n 3)
 NPROC=${NPROC:-${CFG%%$'\n'*}}
-CKPT_DIR="${CFG#*$'\n'}/stage$STAGE/checkpoints"
+CFG=${CFG#*$'\n'}
+STAGE=${CFG%%$'\n'*}
+CKPT_DIR=${CFG#*$'\n'}
 MASTER_PORT=${MASTER_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 # The ranks stop by themselves when this script exits, however it dies.
 export T2T_LAUNCHER_PIDS=$$${T2T_LAUNCHER_PIDS:+,$T2T_LAUNCHER_PIDS}
@@ -116,8 +136,8 @@ if group_running "$LAUNCHER"; then
     kill -KILL -- "-$LAUNCHER" 2>/dev/null || true
 fi
 if [[ -n $STOPPED_BY ]]; then
-    echo "train_local.sh: stage $STAGE stopped by SIG$STOPPED_BY; $(resume_hint)" >&2
+    echo "train_local.sh: $STAGE: stopped by SIG$STOPPED_BY; $(resume_hint)" >&2
     case $STOPPED_BY in INT) exit 130 ;; HUP) exit 129 ;; *) exit 143 ;; esac
 fi
-echo "train_local.sh: stage $STAGE failed (the deepspeed launcher exited with code $rc); $(resume_hint)" >&2
+echo "train_local.sh: $STAGE: failed (the deepspeed launcher exited with code $rc); $(resume_hint)" >&2
 exit "$rc"

@@ -1,15 +1,15 @@
 """The `t2t` command line: one verb per job.
 
     t2t pipeline [--config R]                 the whole recipe end to end, resumable (default: recipes/demo.yaml)
-    t2t targets --config R --stage 1|2        precompute sparse targets into WebDataset shards (Ray)
-    t2t train --config R --stage 1            one rank of DeepSpeed ZeRO-3 training (under torchrun/deepspeed)
-    t2t export --config R --stage 1           consolidate the newest checkpoint into a model directory
+    t2t targets --config R --stage NAME       precompute a stage's sparse targets into WebDataset shards (Ray)
+    t2t train --config R --stage NAME         one rank of DeepSpeed ZeRO-3 training (under torchrun/deepspeed)
+    t2t export --config R --stage NAME        consolidate the newest checkpoint into a model directory
     t2t eval --model DIR [DIR...]             mteb tasks in parallel on Ray workers
     t2t tfidf --corpus C --out DIR            a TF-IDF baseline model directory for `t2t eval`
     t2t plan --config R --nodes N --gpus-per-node G   memory and time of a cluster run
     t2t inspect --model DIR "a text" ...      tokens an embedding points to
     t2t import FILE.gguf --out DIR            a pretrained GGUF backbone → a Hugging Face directory
-    t2t config --config recipes/demo.yaml     print the validated recipe
+    t2t config --config recipes/demo.yaml     print the validated recipe (--explain [SECTION]: what each field means)
 
 Each verb lives in its own module under `t2t.commands` and registers its parser there; heavy
 imports (torch, ray, deepspeed) happen only inside the verb that needs them.
@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 
-from t2t.config import ConfigError
+from t2t.errors import UserError
 
 VERBS = [
     "t2t.commands.config_cmd",
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return int(args.run(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        # User errors: one clear line, no traceback from deep inside.
+    except UserError as e:
+        # Bad input: one clear line, no traceback from deep inside. Any other exception is a bug: its traceback stays.
         print(f"t2t {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as e:

@@ -1,18 +1,18 @@
-"""`t2t pipeline`: the whole Text2Token recipe on one machine, resumable step by step.
+"""`t2t pipeline`: a whole recipe on one machine, resumable step by step.
 
     t2t pipeline                              # recipes/demo.yaml: CPU, minutes
-    t2t pipeline --config R --set train.stage1.steps=50
+    t2t pipeline --config R --set stages.stage1.steps=50
 
-Steps, in order (each skipped when its output is complete and was made from the same inputs):
-    base      build (tiny), convert (GGUF) or check the backbone, export it as the starting model M0
-    targets1  stage-1 data-driven targets (Ray)
-    train1    stage-1 training (DeepSpeed ZeRO-3, `train.nproc` ranks) → export M1
-    targets2  stage-2 model-derived targets computed with M1 (Ray)
-    train2    stage-2 training from M1 → export M2
-    eval      the local evaluation tasks for M0, M1 and M2 side by side (Ray)
-    report    <run_dir>/report.md with loss curves and per-task score bars (PNG)
+The steps follow from the recipe's stage list. For Text2Token's two stages:
+    base            build (tiny), convert (GGUF) or check the backbone, export it as the starting model M0
+    stage1:targets  the stage's targets (Ray; its target kind decides what they are)
+    stage1:train    the stage's training (DeepSpeed ZeRO-3, `train.nproc` ranks) → its export M1
+    stage2:targets  targets of stage 2, computed with the model it starts from (stage1's export)
+    stage2:train    stage-2 training from M1 → M2
+    eval            the local evaluation tasks for M0 and every stage's export side by side (Ray)
+    report          <run_dir>/report.md with loss curves and per-task score bars (PNG)
 
-Every step records a fingerprint of its inputs (its config sections and the fingerprints of the
+Every step records a fingerprint of its inputs (its config fields and the fingerprints of the
 steps it reads from) in `<run_dir>/pipeline.json`. A changed config re-runs exactly the steps whose
 inputs changed, and everything downstream of them; target shards are additionally checked
 against their manifests, so stale targets are never reused.
@@ -20,21 +20,29 @@ against their manifests, so stale targets are never reused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
-from t2t.config import Config, load_config, start_from, to_dict
+from t2t import run_paths
+from t2t.config import Config, load_config, to_dict
+from t2t.data.files import write_json_atomic
+from t2t.errors import UserError
 
 log = logging.getLogger(__name__)
 
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
-STEPS = ["base", "targets1", "train1", "targets2", "train2", "eval", "report"]
+
+
+def step_names(cfg: Config) -> list[str]:
+    """The pipeline's steps for this recipe, in order."""
+    per_stage = [f"{s.name}:{what}" for s in cfg.stages for what in ("targets", "train")]
+    return ["base", *per_stage, "eval", "report"]
 
 
 class StepFailed(RuntimeError):
@@ -51,45 +59,38 @@ class Pipeline:
         self.overrides = list(overrides)
         self.cfg: Config = load_config(self.config_path, self.overrides)
         from t2t.train.engine import build_ds_config
+        from t2t.train.loss import check_objectives
 
-        build_ds_config(self.cfg)  # a bad DeepSpeed JSON stops the run here, before any step touches old outputs
+        # A bad DeepSpeed JSON or objective stops the run here, before any step touches old outputs.
+        build_ds_config(self.cfg)
+        check_objectives(self.cfg)
         self.ray_address = ray_address
         self.run_dir = Path(self.cfg.run_dir)
         self.logs = self.run_dir / "logs"
         self.state_file = self.run_dir / "pipeline.json"
         self.state: dict = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        self.steps = step_names(self.cfg)
 
-    # ------------------------------------------------------------------ paths and configs
-
-    def model_dir(self, stage: int) -> Path:
-        """M0 (the start), M1, M2 as exported t2t model directories."""
-        return self.run_dir / "base_export" if stage == 0 else self.run_dir / f"stage{stage}" / "model"
-
-    def stage_overrides(self, stage: int) -> list[str]:
-        """Stage 2 trains and computes targets with the exported stage-1 model."""
-        if stage == 1:
-            return self.overrides
-        return self.overrides + start_from(self.model_dir(1))
-
-    def stage_cfg(self, stage: int) -> Config:
-        return load_config(self.config_path, self.stage_overrides(stage))
+    # ------------------------------------------------------------------ fingerprints
 
     def fingerprints(self) -> dict[str, str]:
         """Per step, a hash of exactly the config fields it reads and the fingerprints of the steps it reads from."""
         c = to_dict(self.cfg)
-        data, targets, train = c["data"], c["targets"], c["train"]
-        pick = lambda d, *keys: {k: d[k] for k in keys}  # noqa: E731
-        reading = pick(data, "shuffle_buffer", "on_bad_shard", "loader_workers")
-        optim = {k: v for k, v in train.items() if k not in ("stage1", "stage2", "save_every", "log_every")}
+        data, train = c["data"], c["train"]
+        reading = {k: data[k] for k in ("shuffle_buffer", "on_bad_shard", "loader_workers")}
+        optim = {k: v for k, v in train.items() if k not in ("save_every", "log_every")}
         fp = {"base": _hash([c["model"]])}
-        fp["targets1"] = _hash([fp["base"], pick(data, "stage1_corpus", "max_texts"),
-                                pick(targets, "stopwords", "max_target_tokens", "weighting", "shard_size")])
-        fp["train1"] = _hash([fp["targets1"], reading, optim, train["stage1"], c["seed"]])
-        fp["targets2"] = _hash([fp["train1"], pick(data, "stage1_corpus", "stage2_corpus", "max_texts", "stage2_max_texts"),
-                                pick(targets, "tau", "delta", "top_k", "shard_size")])
-        fp["train2"] = _hash([fp["targets2"], reading, optim, train["stage2"], c["seed"]])
-        fp["eval"] = _hash([fp["base"], fp["train1"], fp["train2"], c["eval"]["tasks"], c["eval"]["benchmark"],
-                            c["eval"]["dtype"]])
+        model_fp = {"base": fp["base"]}  # the fingerprint of each model a stage can start from
+        for stage in self.cfg.stages:
+            spec = dataclasses.asdict(stage.targets)
+            spec.update(corpus=run_paths.corpus_of(self.cfg, stage.name),
+                        max_texts=run_paths.texts_limit(self.cfg, stage.name))
+            targets = f"{stage.name}:targets"
+            fp[targets] = _hash([model_fp[stage.start], spec, c["targets"]["shard_size"]])
+            settings = {k: v for k, v in dataclasses.asdict(stage).items() if k != "targets"}
+            fp[f"{stage.name}:train"] = _hash([fp[targets], model_fp[stage.start], reading, optim, settings, c["seed"]])
+            model_fp[stage.name] = fp[f"{stage.name}:train"]
+        fp["eval"] = _hash([list(model_fp.values()), c["eval"]["tasks"], c["eval"]["benchmark"], c["eval"]["dtype"]])
         fp["report"] = _hash([fp["eval"]])
         return fp
 
@@ -98,11 +99,11 @@ class Pipeline:
     def run(self, only_until: str | None = None) -> Path:
         self.logs.mkdir(parents=True, exist_ok=True)
         fp = self.fingerprints()
-        actions: dict[str, Callable[[], None]] = {
-            "base": self.step_base, "targets1": lambda: self.step_targets(1), "train1": lambda: self.step_train(1),
-            "targets2": lambda: self.step_targets(2), "train2": lambda: self.step_train(2),
-            "eval": self.step_eval, "report": self.step_report,
-        }
+        actions: dict[str, Callable[[], None]] = {"base": self.step_base, "eval": self.step_eval,
+                                                  "report": self.step_report}
+        for stage in self.cfg.stage_names:
+            actions[f"{stage}:targets"] = lambda stage=stage: self.step_targets(stage)
+            actions[f"{stage}:train"] = lambda stage=stage: self.step_train(stage)
         try:
             self._run_steps(fp, actions, only_until)
         finally:
@@ -112,10 +113,11 @@ class Pipeline:
     def _run_steps(self, fp: dict, actions: dict, only_until: str | None) -> None:
         stale = False
         started = self.state.setdefault("started", {})  # the inputs each step last started from
-        for i, name in enumerate(STEPS, start=1):
+        n = len(self.steps)
+        for i, name in enumerate(self.steps, start=1):
             done = self.state.get(name) == fp[name] and not stale and self.outputs_present(name)
             if done:
-                print(f"[{i}/{len(STEPS)}] {name}: up to date, skipped", flush=True)
+                print(f"[{i}/{n}] {name}: up to date, skipped", flush=True)
             else:
                 stale = True  # everything downstream of a re-run step re-runs too
                 # Finished from other inputs, or interrupted while running from other inputs: never resumed.
@@ -123,13 +125,13 @@ class Pipeline:
                     self.invalidate(name)
                 started[name] = fp[name]
                 self.save_state()
-                print(f"[{i}/{len(STEPS)}] {name}: running", flush=True)
+                print(f"[{i}/{n}] {name}: running", flush=True)
                 t0 = time.time()
                 actions[name]()
                 self.state[name] = fp[name]
                 self.save_state()
                 self.drop_replaced(name)
-                print(f"[{i}/{len(STEPS)}] {name}: done in {time.time() - t0:.0f}s", flush=True)
+                print(f"[{i}/{n}] {name}: done in {time.time() - t0:.0f}s", flush=True)
             if name == only_until:
                 break
 
@@ -137,15 +139,10 @@ class Pipeline:
     _ray_started = False
 
     def ensure_ray(self) -> None:
-        import ray
+        from t2t.ray_jobs.session import start_or_join
 
-        if ray.is_initialized():
-            return
-        if self.ray_address or os.environ.get("RAY_ADDRESS"):
-            return  # the drivers join the named cluster themselves
         cpus = max(self.cfg.targets.workers, self.cfg.eval.workers)
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
-        self._ray_started = True
+        self._ray_started = start_or_join(self.ray_address, cpus) or self._ray_started
 
     def stop_ray(self) -> None:
         if self._ray_started:
@@ -155,20 +152,19 @@ class Pipeline:
             self._ray_started = False
 
     def save_state(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
-        os.replace(tmp, self.state_file)
+        write_json_atomic(self.state_file, self.state)
 
     def outputs_present(self, name: str) -> bool:
-        from t2t.precompute import is_complete
-        from t2t.train import stage_complete
+        from t2t.data.manifest import is_complete
+        from t2t.train.checkpoint import stage_complete
 
+        stage, _, what = name.partition(":")
+        if what == "targets":
+            return is_complete(self.cfg, stage)
+        if what == "train":
+            return stage_complete(self.cfg, stage)
         checks = {
-            "base": lambda: (self.model_dir(0) / "t2t_config.json").exists(),
-            "targets1": lambda: is_complete(self.cfg, 1),
-            "train1": lambda: stage_complete(self.cfg, 1),
-            "targets2": lambda: is_complete(self.stage_cfg(2), 2),
-            "train2": lambda: stage_complete(self.stage_cfg(2), 2),
+            "base": lambda: (run_paths.base_export_dir(self.cfg) / "t2t_config.json").exists(),
             "eval": lambda: (Path(self.cfg.eval.out_dir) / "results.json").exists(),
             "report": lambda: (self.run_dir / "report.md").exists(),
         }
@@ -177,28 +173,30 @@ class Pipeline:
     def invalidate(self, name: str) -> None:
         """Set aside a training step's outputs made from other inputs, so their checkpoints are not resumed.
 
-        A finished stage (its export written) is kept as `stage{N}.replaced` until the new one is complete:
+        A finished stage (its export written) is kept as `<stage>.replaced` until the new one is complete:
         a rerun that fails loses nothing finished. Unfinished checkpoints of other inputs are removed."""
         from t2t.train.checkpoint import TRAIN_INFO
 
         self.state.pop(name, None)
         self.save_state()
-        if name not in ("train1", "train2"):
+        stage, _, what = name.partition(":")
+        if what != "train":
             return
-        stage = self.run_dir / f"stage{name[-1]}"
-        if (stage / "model" / TRAIN_INFO).is_file():
-            aside = stage.with_name(stage.name + ".replaced")
+        stage_dir = run_paths.stage_dir(self.cfg, stage)
+        if (run_paths.export_dir(self.cfg, stage) / TRAIN_INFO).is_file():
+            aside = run_paths.replaced_dir(self.cfg, stage)
             shutil.rmtree(aside, ignore_errors=True)  # an older one: this stage finished again since
-            os.replace(stage, aside)
-            print(f"{stage} was made from other inputs: kept as {aside} until its replacement is complete",
+            stage_dir.replace(aside)
+            print(f"{stage_dir} was made from other inputs: kept as {aside} until its replacement is complete",
                   flush=True)
         else:
-            shutil.rmtree(stage, ignore_errors=True)
+            shutil.rmtree(stage_dir, ignore_errors=True)
 
     def drop_replaced(self, name: str) -> None:
         """The step finished again: the finished outputs it replaced can go."""
-        if name in ("train1", "train2"):
-            shutil.rmtree(self.run_dir / f"stage{name[-1]}.replaced", ignore_errors=True)
+        stage, _, what = name.partition(":")
+        if what == "train":
+            shutil.rmtree(run_paths.replaced_dir(self.cfg, stage), ignore_errors=True)
 
     def logged(self, name: str, fn: Callable[[], None]) -> None:
         """Run `fn`, turning any failure into a StepFailed naming the step and its log."""
@@ -224,38 +222,40 @@ class Pipeline:
         def run():
             from t2t.model import export, from_config
 
-            export(from_config(self.cfg.model, dtype="float32"), self.model_dir(0))
+            export(from_config(self.cfg.model, dtype="float32"), run_paths.base_export_dir(self.cfg))
 
         self.logged("base", run)
 
-    def step_targets(self, stage: int) -> None:
-        from t2t.precompute import run_targets
+    def step_targets(self, stage: str) -> None:
+        from t2t.ray_jobs.targets import run_targets
 
-        cfg = self.stage_cfg(stage)
         self.ensure_ray()
-        self.logged(f"targets{stage}", lambda: run_targets(cfg, stage, ray_address=self.ray_address, overwrite=True))
+        self.logged(f"{stage}-targets", lambda: run_targets(self.cfg, stage, ray_address=self.ray_address,
+                                                            overwrite=True))
 
-    def step_train(self, stage: int) -> None:
-        from t2t.train import launch_local
-        from t2t.train.launch import TrainingStopped
+    def step_train(self, stage: str) -> None:
+        from t2t.train.launch import TrainingStopped, launch_local
 
-        log_file = self.logs / f"train{stage}.log"
+        log_file = self.logs / f"{stage}-train.log"
         try:
             # SIGTERM, SIGINT, SIGHUP: the ranks checkpoint, then TrainingStopped names the checkpoint
-            launch_local(self.config_path, self.stage_overrides(stage), stage, self.cfg.train.nproc, log_file)
+            launch_local(self.config_path, self.overrides, stage, self.cfg.train.nproc, log_file)
         except TrainingStopped as e:
-            raise StepFailed(f"step train{stage}: {e}") from e
+            raise StepFailed(f"step {stage}:train: {e}") from e
         except Exception as e:  # noqa: BLE001
             where = "" if str(log_file) in str(e) else f" (log: {log_file})"
-            raise StepFailed(f"step train{stage} failed: {e}{where}") from e
+            raise StepFailed(f"step {stage}:train failed: {e}{where}") from e
 
     def step_eval(self) -> None:
         from t2t.eval import run_eval
 
         e = self.cfg.eval
-        dirs = [str(self.model_dir(s)) for s in (0, 1, 2)]
+        dirs = [str(run_paths.base_export_dir(self.cfg))]
+        names = [f"{self.cfg.name}-M0-start"]
+        for i, stage in enumerate(self.cfg.stage_names, start=1):
+            dirs.append(str(run_paths.export_dir(self.cfg, stage)))
+            names.append(f"{self.cfg.name}-M{i}-{stage}")
         self.ensure_ray()
-        names = [f"{self.cfg.name}-M0-start", f"{self.cfg.name}-M1-stage1", f"{self.cfg.name}-M2-stage2"]
         self.logged("eval", lambda: run_eval(dirs, tasks=e.tasks, benchmark=e.benchmark, workers=e.workers,
                                              out_dir=e.out_dir, batch_size=e.batch_size, dtype=e.dtype,
                                              ray_address=self.ray_address, names=names))
@@ -269,9 +269,10 @@ class Pipeline:
 def run_pipeline(config_path: str | None = None, overrides: list[str] = (), ray_address: str | None = None,
                  until: str | None = None) -> Path:
     """Run (or resume) the pipeline; returns the report path."""
-    if until is not None and until not in STEPS:
-        raise ValueError(f"--until must be one of {', '.join(STEPS)}; got {until!r}")
-    return Pipeline(config_path, list(overrides), ray_address).run(until)
+    pipeline = Pipeline(config_path, list(overrides), ray_address)
+    if until is not None and until not in pipeline.steps:
+        raise UserError(f"--until must be one of {', '.join(pipeline.steps)}; got {until!r}")
+    return pipeline.run(until)
 
 
-__all__ = ["run_pipeline", "Pipeline", "StepFailed", "STEPS", "DEMO_RECIPE"]
+__all__ = ["run_pipeline", "Pipeline", "StepFailed", "step_names", "DEMO_RECIPE"]

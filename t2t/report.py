@@ -6,7 +6,14 @@ import json
 import shutil
 from pathlib import Path
 
+from t2t import run_paths
 from t2t.config import Config
+from t2t.data.files import write_text_atomic
+
+LOSS_LABELS = {"t2t": "KL(target ‖ student)", "simcse": "InfoNCE (SimCSE)"}
+"""The y-axis label of an objective's loss curve; an objective not listed is labelled `<name> loss`."""
+START_MODEL = "{name}-M0-start"
+"""The name the pipeline evaluates the untrained backbone under (`t2t.pipeline.Pipeline.step_eval`)."""
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -40,22 +47,23 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
              f"Backbone: `{cfg.model.path}`" + _backbone_origin(cfg) +
              f", pooling `{cfg.model.pooling}`, attention `{cfg.model.attention}`, max length {cfg.model.max_length}.",
              ""]
-    lines += ["## Training", "", "| stage | steps | lr | first loss | last loss | samples/s |", "|---|---|---|---|---|---|"]
+    lines += ["## Training", "", "| stage | starts from | objective | targets | steps | lr | first loss | last loss "
+              "| samples/s |", "|---|---|---|---|---|---|---|---|---|"]
     plots = []
-    for stage in (1, 2):
-        rows = read_metrics(run_dir / f"stage{stage}" / "metrics.jsonl")
+    for stage in cfg.stages:
+        rows = read_metrics(run_paths.metrics_file(cfg, stage.name))
         if not rows:
             continue
-        sc = getattr(cfg.train, f"stage{stage}")
         head, tail = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10):]
         first = sum(r["loss"] for r in head) / len(head)
         last = sum(r["loss"] for r in tail) / len(tail)
         speed = sum(r.get("samples_per_s", 0.0) for r in rows) / len(rows)
-        lines.append(f"| {stage} | {rows[-1]['step']} | {sc.lr:g} | {first:.4f} | {last:.4f} | {speed:.1f} |")
-        png = run_dir / f"loss_stage{stage}.png"
-        ylabel = "KL(target ‖ student)" if cfg.train.objective == "t2t" else f"{cfg.train.objective} loss"
-        plot_loss(rows, f"stage {stage} training loss", png, ylabel)
-        plots.append(f"![stage {stage} loss]({png.name})")
+        lines.append(f"| {stage.name} | {stage.start} | {stage.objective} | {stage.targets.kind} | {rows[-1]['step']} "
+                     f"| {stage.lr:g} | {first:.4f} | {last:.4f} | {speed:.1f} |")
+        png = run_dir / f"loss_{stage.name}.png"
+        ylabel = LOSS_LABELS.get(stage.objective, f"{stage.objective} loss")
+        plot_loss(rows, f"{stage.name} training loss", png, ylabel)
+        plots.append(f"![{stage.name} loss]({png.name})")
     lines += ["", "First/last loss are means over the first/last tenth of the logged steps.", ""] + plots + [""]
 
     results_dir = Path(cfg.eval.out_dir)
@@ -67,9 +75,9 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
         if chart.exists():
             shutil.copyfile(chart, run_dir / "scores.png")
             lines += ["![per-task scores](scores.png)", ""]
-        lines += verdict(results_dir / "results.json")
+        lines += verdict(results_dir / "results.json", START_MODEL.format(name=cfg.name))
     out = run_dir / "report.md"
-    out.write_text("\n".join(lines) + "\n")
+    write_text_atomic(out, "\n".join(lines) + "\n")
     print(f"report: {out}")
     return out
 
@@ -82,23 +90,22 @@ def _backbone_origin(cfg: Config) -> str:
     return ""
 
 
-def verdict(results_json: Path) -> list[str]:
-    """What each trained model gained or lost against the start (the first model: M0, the backbone before
-    training), per task and on the mean of the tasks, in plain words."""
+def verdict(results_json: Path, start: str) -> list[str]:
+    """What each other model gained or lost against the model named `start` (the backbone before training), per
+    task and on the mean of the tasks, in plain words; nothing when `start` was not evaluated."""
     if not results_json.exists():
         return []
     table = json.loads(results_json.read_text())
     names = [m["name"] for m in table["models"]]
     tasks = [t["name"] for t in table["tasks"]]
     scores = table["scores"]
-    start = names[0]
-    if len(names) < 2 or any(scores[start].get(t) is None for t in tasks):
+    if start not in names or len(names) < 2 or any(scores[start].get(t) is None for t in tasks):
         return []
     lines = ["### Against the start", "",
              f"Points gained (+) or lost (−) against `{start}`, the backbone before any training:", "",
              "| model | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) + 2) + "|"]
     sentences = []
-    for name in names[1:]:
+    for name in (n for n in names if n != start):
         deltas = {t: scores[name][t] - scores[start][t] for t in tasks if scores[name].get(t) is not None}
         if len(deltas) < len(tasks):
             continue

@@ -29,7 +29,8 @@ def one_step(recipe: str, objective_name: str, samples: list, rank: int, world: 
 
     from t2t.config import load_config
     from t2t.data.stream import collate
-    from t2t.model import load_tokenizer, settings_from_config
+    from t2t.identity import EmbeddingIdentity
+    from t2t.model import load_tokenizer
     from t2t.train.engine import build_ds_config, build_engine
     from t2t.train.loss import objective_for
     from t2t.train.trainer import train_step
@@ -37,15 +38,16 @@ def one_step(recipe: str, objective_name: str, samples: list, rank: int, world: 
     micro_steps = MICRO_STEPS[objective_name] if world > 1 else 1
     per_micro = GLOBAL_BATCH // (world * micro_steps)
     cfg = load_config(recipe, [f"train.micro_batch_size={per_micro}", f"train.grad_accum_steps={micro_steps}",
-                               f"train.objective={objective_name}", "train.simcse_dropout=0"])
-    settings = settings_from_config(cfg.model)
+                               f"stages.stage1.objective={objective_name}", "train.simcse_dropout=0"])
+    stage = cfg.stage("stage1")
+    settings = EmbeddingIdentity.of(cfg.model)
     tokenizer = load_tokenizer(cfg.model.path, settings.padding_side)
     micro = [collate(samples[(m * world + rank) * per_micro:(m * world + rank + 1) * per_micro], tokenizer, settings)
              for m in range(micro_steps)]
 
     torch.manual_seed(0)
-    engine, embedder = build_engine(cfg, cfg.train.stage1, Path(cfg.model.path), build_ds_config(cfg))
-    objective = objective_for(cfg.train.objective, cfg.train)
+    engine, embedder = build_engine(cfg, stage, Path(cfg.model.path), build_ds_config(cfg))
+    objective = objective_for(stage.objective, cfg.train, stage.name)
     objective.prepare(engine.module)
     engine.train()
     grads = {}
@@ -65,7 +67,9 @@ def main(recipe: str, out: str) -> None:
     from t2t.train.engine import init_distributed
 
     rank, world = init_distributed()
-    shard = Path(load_config(recipe).data.shards_dir) / "stage1" / "t2t-000000.tar"
+    from t2t.run_paths import shards_dir
+
+    shard = shards_dir(load_config(recipe), "stage1") / "t2t-000000.tar"
     samples = [decode_sample(s) for s in wds.tarfile_samples([dict(url=str(shard))])][:GLOBAL_BATCH]
     assert any(len(s[2]) == 0 for s in samples), "the global batch should hold an empty target"
     results = {name: one_step(recipe, name, samples, rank, world) for name in MICRO_STEPS}

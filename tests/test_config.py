@@ -1,29 +1,102 @@
-"""Recipes load into typed configs; bad keys, types and combinations are rejected with the key named."""
+"""Recipes load into typed configs; bad keys, types and combinations are rejected with the key named.
+
+A recipe is a list of stages (`stages:`), each addressed by its name in overrides; recipes and overrides of the
+layout before (`train.stage1`, `data.stage2_corpus`, `targets.tau`, ...) are translated with a warning.
+`t2t config --explain [SECTION]` prints every field's type, default and docstring.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 
 from t2t import config as C
-from t2t.config import ConfigError, load_config
+from t2t.config import ConfigError, load_config, to_dict
+from t2t.config import legacy
+from t2t.targets.kinds import TARGET_KINDS, DataDrivenTargets, ModelDerivedTargets, TargetsSpec
 
 
-def write(tmp_path, text: str):
-    p = tmp_path / "r.yaml"
+def write(tmp_path, text: str, name: str = "r.yaml"):
+    p = tmp_path / name
     p.write_text(text)
     return p
 
 
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """Legacy warnings are logged once per process and key; each test that looks for one starts afresh."""
+    monkeypatch.setattr(legacy, "_warned", set())
+
+
+TWO_STAGES = """\
+stages:
+  - name: stage1
+    targets: {kind: data-driven}
+    lr: 1e-4
+  - name: stage2
+    start: stage1
+    targets: {kind: model-derived}
+    steps: 50
+"""
+
+
+# --------------------------------------------------------------------------- defaults and overrides
+
+
+def test_defaults_are_text2tokens_two_stages():
+    cfg = C.Config()
+    assert cfg.stage_names == ["stage1", "stage2"]
+    s1, s2 = cfg.stages
+    assert (s1.start, s1.objective, type(s1.targets)) == ("base", "t2t", DataDrivenTargets)
+    assert (s2.start, s2.objective, type(s2.targets)) == ("stage1", "t2t", ModelDerivedTargets)
+    assert (s1.steps, s2.steps) == (100, 50)
+    assert cfg.stage("stage2") is s2
+    with pytest.raises(ConfigError, match=r"no stage 'stage3' in this recipe \(stages: stage1, stage2\)"):
+        cfg.stage("stage3")
+    # A recipe that lists no stages trains the same two.
+    assert to_dict(load_config(None, ["model.path=m"]))["stages"] == to_dict(C.Config())["stages"]
+
+
 def test_defaults_and_overrides(tmp_path):
-    p = write(tmp_path, "model: {path: m, pooling: mean}\ntrain: {stage1: {lr: 1e-4}}\n")
-    cfg = load_config(p, ["model.attention=bidirectional", "train.stage2.steps=7", "targets.tau=1e-6"])
+    p = write(tmp_path, "model: {path: m, pooling: mean}\n" + TWO_STAGES)
+    cfg = load_config(p, ["model.attention=bidirectional", "stages.stage2.steps=7", "stages.stage2.targets.tau=1e-6",
+                          "stages.stage1.targets.weighting=idf"])
     assert cfg.model.attention == "bidirectional"
-    assert cfg.train.stage1.lr == 1e-4  # YAML reads 1e-4 as a string; it is coerced to float
-    assert cfg.train.stage2.steps == 7
-    assert cfg.targets.tau == 1e-6
+    assert cfg.stage("stage1").lr == 1e-4  # YAML reads 1e-4 as a string; it is coerced to float
+    assert cfg.stage("stage2").steps == 7
+    assert cfg.stage("stage2").targets.tau == 1e-6
+    assert cfg.stage("stage1").targets.weighting == "idf"
+    assert cfg.stage("stage2").lr == 5e-5  # untouched fields keep their defaults
     assert cfg.model.template == "{text}"
+
+
+def test_overrides_address_a_stage_by_name(tmp_path):
+    p = write(tmp_path, """\
+model: {path: m}
+stages:
+  - {name: warm, targets: {kind: data-driven}}
+  - {name: sharpen, start: warm}
+""")
+    cfg = load_config(p, ["stages.warm.lr=2e-5", "stages.sharpen.targets.weighting=idf",
+                          "stages.sharpen.steps=3"])
+    assert (cfg.stage("warm").lr, cfg.stage("sharpen").steps) == (2e-5, 3)
+    # A stage that writes no `targets:` has the default kind's, and its parameters can be overridden.
+    assert cfg.stage("sharpen").targets == DataDrivenTargets(weighting="idf")
+    cfg = load_config(p, ["stages.sharpen.targets.kind=model-derived", "stages.sharpen.targets.top_k=8"])
+    assert cfg.stage("sharpen").targets == ModelDerivedTargets(top_k=8)
+    # Without a stage list in the recipe, overrides address the default stages.
+    cfg = load_config(None, ["model.path=m", "stages.stage1.lr=1e-3", "stages.stage2.targets.tau=1e-4"])
+    assert (cfg.stage("stage1").lr, cfg.stage("stage2").targets.tau) == (1e-3, 1e-4)
+
+
+def test_an_override_of_an_unknown_stage_lists_the_stages(tmp_path):
+    p = write(tmp_path, "model: {path: m}\n" + TWO_STAGES)
+    with pytest.raises(ConfigError, match=r"no stage named 'stage3' \(stages: stage1, stage2\)"):
+        load_config(p, ["stages.stage3.lr=1e-5"])
+    with pytest.raises(ConfigError, match=r"no stage named 'stage3' \(stages: stage1, stage2\)"):
+        load_config(None, ["model.path=m", "stages.stage3.steps=1"])
 
 
 def test_last_pooling_defaults_to_prompteol(tmp_path):
@@ -36,6 +109,11 @@ def test_unknown_key_suggests_nearest(tmp_path):
         load_config(write(tmp_path, "model: {path: m, poolng: mean}\n"))
     with pytest.raises(ConfigError, match=r"unknown key trian; did you mean train\?"):
         load_config(write(tmp_path, "model: {path: m}\ntrian: {}\n"))
+    with pytest.raises(ConfigError, match=r"unknown key stages\.stage1\.lrr; did you mean stages\.stage1\.lr\?"):
+        load_config(write(tmp_path, "model: {path: m}\n" + TWO_STAGES), ["stages.stage1.lrr=1"])
+    # A kind's parameters belong to that kind: tau is not a data-driven parameter.
+    with pytest.raises(ConfigError, match=r"unknown key stages\.stage1\.targets\.tau"):
+        load_config(write(tmp_path, "model: {path: m}\n" + TWO_STAGES), ["stages.stage1.targets.tau=1e-5"])
 
 
 def test_wrong_type_names_key(tmp_path):
@@ -43,47 +121,124 @@ def test_wrong_type_names_key(tmp_path):
         load_config(write(tmp_path, "model: {path: m}\ntrain: {micro_batch_size: big}\n"))
     with pytest.raises(ConfigError, match=r"model\.pooling must be one of mean, last, eos"):
         load_config(write(tmp_path, "model: {path: m, pooling: max}\n"))
+    with pytest.raises(ConfigError, match=r"stages\.stage2\.steps must be an integer"):
+        load_config(write(tmp_path, "model: {path: m}\n" + TWO_STAGES), ["stages.stage2.steps=many"])
+    with pytest.raises(ConfigError, match=r"stages\.stage1\.targets\.weighting must be one of uniform, idf"):
+        load_config(write(tmp_path, "model: {path: m}\n" + TWO_STAGES), ["stages.stage1.targets.weighting=tfidf"])
+    with pytest.raises(ConfigError, match=r"stages must be a list"):
+        load_config(write(tmp_path, "model: {path: m}\nstages: {stage1: {lr: 1}}\n"))
 
 
 def test_inconsistent_combination(tmp_path):
-    with pytest.raises(ConfigError, match=r"model\.pooling=last needs model\.padding_side=left"):
-        load_config(write(tmp_path, "model: {path: m, pooling: last, padding_side: right}\n"))
+    with pytest.raises(ConfigError, match=r"model\.tiny and model\.gguf are both set"):
+        load_config(write(tmp_path, "model: {path: m, gguf: a.gguf, tiny: {tokenizer_corpus: c}}\n"))
     with pytest.raises(ConfigError, match=r"model\.prompt must contain \{text\}"):
         load_config(write(tmp_path, "model: {path: m, prompt: 'no placeholder'}\n"))
+    with pytest.raises(ConfigError, match=r"train\.train_embeddings applies to full-parameter training"):
+        load_config(write(tmp_path, "model: {path: m}\ntrain: {lora: {}, train_embeddings: true}\n"))
 
 
 def test_config_error_is_value_error_and_names_file(tmp_path):
     with pytest.raises(ValueError, match=r"r\.yaml"):
-        load_config(write(tmp_path, "model: {path: m}\ntargets: {tau: 2}\n"))
+        load_config(write(tmp_path, "model: {path: m}\n" + TWO_STAGES), ["stages.stage2.targets.tau=2"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(write(tmp_path, "model: {path: m}\n"), ["nonsense"])
 
 
-def test_every_field_has_a_docstring():
-    classes = [c for c in vars(C).values() if dataclasses.is_dataclass(c) and c.__module__ == C.__name__]
-    assert len(classes) >= 8
-    for cls in classes:
-        docs = C.field_docs(cls)
-        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
-        assert not missing, f"{cls.__name__} fields without docstring: {missing}"
+def test_a_stage_reads_its_own_corpus_and_text_cap_or_the_shared_ones(tmp_path):
+    from t2t.run_paths import corpus_of, texts_limit
+
+    p = write(tmp_path, "model: {path: m}\ndata: {corpus: all.txt, max_texts: 10}\n" + TWO_STAGES)
+    cfg = load_config(p)
+    assert (texts_limit(cfg, "stage1"), texts_limit(cfg, "stage2")) == (10, 10)
+    assert (corpus_of(cfg, "stage1"), corpus_of(cfg, "stage2")) == ("all.txt", "all.txt")
+    cfg = load_config(p, ["stages.stage2.targets.max_texts=4", "stages.stage2.targets.corpus=s2.txt"])
+    assert (texts_limit(cfg, "stage1"), texts_limit(cfg, "stage2")) == (10, 4)
+    assert (corpus_of(cfg, "stage1"), corpus_of(cfg, "stage2")) == ("all.txt", "s2.txt")
+    cfg = load_config(p, ["data.max_texts=0", "stages.stage2.targets.max_texts=4"])
+    assert texts_limit(cfg, "stage1") == 0  # 0: the whole corpus
 
 
-def test_stage2_reads_its_own_text_cap_or_the_shared_one():
-    from t2t.config import DataConfig
+# --------------------------------------------------------------------------- stage-list validation
 
-    assert DataConfig(max_texts=10).texts_limit(1) == DataConfig(max_texts=10).texts_limit(2) == 10
-    capped = DataConfig(max_texts=10, stage2_max_texts=4)
-    assert (capped.texts_limit(1), capped.texts_limit(2)) == (10, 4)
-    assert DataConfig(stage2_max_texts=4).texts_limit(1) == 0  # 0: the whole stage-1 corpus
+
+@pytest.mark.parametrize("stages, message", [
+    ("[]", r"stages is empty"),
+    ("[{name: a}, {name: a}]", r"two stages are named 'a'"),
+    ("[{name: base}]", r"stages\.base\.name must be a name of letters, digits, - and _ \(not 'base'\)"),
+    ("[{name: 'my stage'}]", r"stages\.my stage\.name must be a name of letters"),
+    ("[{name: ../up}]", r"name must be a name of letters"),
+    ("[{name: ''}]", r"stages\.\?\.name must be a name of letters"),
+    ("[{name: a, start: b}, {name: b}]", r"stages\.a\.start is 'b', a later stage; a stage starts from base or an "
+                                         r"earlier stage \(base\)"),
+    ("[{name: a}, {name: b, start: c}]", r"stages\.b\.start is 'c', no stage; .*\(base, a\)"),
+    ("[{name: a, targets: {kind: oracle}}]", r"stages\.a\.targets\.kind must be one of data-driven, model-derived; "
+                                             r"got 'oracle'"),
+    ("[{name: a, targets: {corpus: c.txt}}]", r"stages\.a\.targets\.kind must be one of data-driven, model-derived"),
+    ("[{name: a, targets: {kind: model-derived, tau: 2}}]", r"stages\.a\.targets\.tau must be in \(0, 1\), got 2"),
+    ("[{name: a, targets: {kind: model-derived, top_k: 0}}]", r"stages\.a\.targets\.top_k must be at least 1"),
+    ("[{name: a, targets: {kind: data-driven, max_target_tokens: 0}}]",
+     r"stages\.a\.targets\.max_target_tokens must be at least 1"),
+    ("[{name: a, targets: {kind: data-driven, max_texts: -1}}]", r"stages\.a\.targets\.max_texts must be >= 0"),
+    ("[{name: a, warmup_steps: 5}]", r"stages\.a\.warmup_steps is set but stages\.a\.schedule is constant"),
+    ("[{name: a, steps: -1}]", r"stages\.a: steps and warmup_steps must be >= 0"),
+    ("[{name: a, nme: b}]", r"unknown key stages\.a\.nme; did you mean stages\.a\.name\?"),
+])
+def test_a_bad_stage_list_is_refused_naming_the_key(tmp_path, stages, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, f"model: {{path: m}}\nstages: {stages}\n"))
+
+
+def test_a_kind_parameter_out_of_range_names_its_stage(tmp_path):
+    p = write(tmp_path, "model: {path: m}\n" + TWO_STAGES)
+    with pytest.raises(ConfigError, match=r"stages\.stage2\.targets\.tau must be in \(0, 1\), got 2"):
+        load_config(p, ["stages.stage2.targets.tau=2"])
+    with pytest.raises(ConfigError, match=r"stages\.stage2\.targets\.delta must be in \(0, 1\)"):
+        load_config(p, ["stages.stage2.targets.delta=.nan"])
+
+
+def test_unknown_objective_and_kind_name_the_registered_ones(tmp_path, capsys):
+    """A kind is checked at load; an objective where its registry is (torch): by the verbs that train or plan, and
+    by `t2t config`."""
+    from t2t.cli import main
+    from t2t.errors import UserError
+    from t2t.train.loss import OBJECTIVES, check_objectives
+
+    p = write(tmp_path, "model: {path: m}\n" + TWO_STAGES)
+    with pytest.raises(ConfigError, match=f"stages\\.stage2\\.targets\\.kind must be one of {', '.join(TARGET_KINDS)}"):
+        load_config(p, ["stages.stage2.targets.kind=oracle"])
+    cfg = load_config(p, ["stages.stage1.objective=contrastive"])
+    message = f"stages\\.stage1\\.objective='contrastive' is not implemented .*\\(available: {', '.join(OBJECTIVES)}\\)"
+    with pytest.raises(UserError, match=message):
+        check_objectives(cfg)
+    assert main(["config", "--config", str(p), "--set", "stages.stage1.objective=contrastive"]) == 2
+    err = capsys.readouterr().err
+    assert "stages.stage1.objective='contrastive'" in err and err.count("\n") == 1
+
+
+def test_simcse_needs_mean_pooling(tmp_path, capsys):
+    from t2t.cli import main
+    from t2t.errors import UserError
+    from t2t.train.loss import check_objectives
+
+    p = write(tmp_path, "model: {path: m, pooling: last}\n" + TWO_STAGES)
+    with pytest.raises(UserError, match=r"stages\.stage1\.objective=simcse uses mean pooling; set model\.pooling=mean"):
+        check_objectives(load_config(p, ["stages.stage1.objective=simcse"]))
+    assert main(["config", "--config", str(p), "--set", "stages.stage1.objective=simcse"]) == 2
+    assert "set model.pooling=mean" in capsys.readouterr().err
+    cfg = load_config(p, ["stages.stage1.objective=simcse", "model.pooling=mean"])
+    check_objectives(cfg)
+    assert [s.objective for s in cfg.stages] == ["simcse", "t2t"]
 
 
 @pytest.mark.parametrize("override, message", [
     ("data.max_texts=-1", r"data\.max_texts must be >= 0"),
-    ("data.stage2_max_texts=-5", r"data\.stage2_max_texts must be >= 0"),
-    ("train.stage1.lr=.nan", r"train\.stage1: .*lr a finite number > 0"),
-    ("train.stage2.lr=.inf", r"train\.stage2: .*lr a finite number > 0"),
+    ("stages.stage2.targets.max_texts=-5", r"stages\.stage2\.targets\.max_texts must be >= 0"),
+    ("stages.stage1.lr=.nan", r"stages\.stage1: .*lr a finite number > 0"),
+    ("stages.stage2.lr=.inf", r"stages\.stage2: .*lr a finite number > 0"),
+    ("stages.stage2.lr=0", r"stages\.stage2: .*lr a finite number > 0"),
     ("train.grad_clip=.nan", r"train\.grad_clip must be a finite number >= 0"),
     ("train.grad_clip=-1", r"train\.grad_clip must be a finite number >= 0"),
     ("train.weight_decay=.inf", r"train\.weight_decay must be a finite number >= 0"),
@@ -92,6 +247,236 @@ def test_stage2_reads_its_own_text_cap_or_the_shared_one():
 def test_nonsense_numbers_are_refused(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, "model: {path: m}\n"), [override])
+
+
+# --------------------------------------------------------------------------- the layout before stages were a list
+
+OLD_RECIPE = """\
+model: {path: m, pooling: mean}
+data:
+  stage1_corpus: wiki.txt.gz
+  stage2_corpus: sentences.txt
+  max_texts: 4000
+  stage2_max_texts: 1024
+  shards_dir: shards/x
+targets:
+  stopwords: none
+  max_target_tokens: 64
+  weighting: idf
+  tau: 1.0e-4
+  delta: 1.0e-5
+  top_k: 32
+  shard_size: 256
+train:
+  objective: simcse
+  micro_batch_size: 8
+  stage1: {steps: 40, lr: 1.0e-5, schedule: warmup, warmup_steps: 5}
+  stage2: {steps: 24, lr: 2.0e-5}
+"""
+
+NEW_RECIPE = """\
+model: {path: m, pooling: mean}
+data:
+  corpus: wiki.txt.gz
+  max_texts: 4000
+  shards_dir: shards/x
+targets:
+  shard_size: 256
+train:
+  micro_batch_size: 8
+stages:
+  - name: stage1
+    start: base
+    objective: simcse
+    targets: {kind: data-driven, stopwords: none, max_target_tokens: 64, weighting: idf}
+    steps: 40
+    lr: 1.0e-5
+    schedule: warmup
+    warmup_steps: 5
+  - name: stage2
+    start: stage1
+    objective: simcse
+    targets: {kind: model-derived, corpus: sentences.txt, max_texts: 1024, tau: 1.0e-4, delta: 1.0e-5, top_k: 32}
+    steps: 24
+    lr: 2.0e-5
+"""
+
+
+def test_an_old_layout_recipe_is_its_stage_list_equivalent(tmp_path, caplog, fresh_warnings):
+    old = write(tmp_path, OLD_RECIPE, "old.yaml")
+    new = write(tmp_path, NEW_RECIPE, "new.yaml")
+    with caplog.at_level(logging.WARNING, logger="t2t.config.legacy"):
+        translated = load_config(old)
+    assert to_dict(translated) == to_dict(load_config(new))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "t2t.config.legacy"]
+    assert len(warnings) == 1, warnings
+    assert "old.yaml uses the layout before stages were a list" in warnings[0]
+    for key in ("train.stage1", "train.stage2", "train.objective", "data.stage1_corpus", "data.stage2_corpus",
+                "data.stage2_max_texts", "targets.tau", "targets.weighting"):
+        assert key in warnings[0]
+    # The defaults of the old layout are the default stage list (stage 2 trained 50 steps there too).
+    assert to_dict(load_config(write(tmp_path, "model: {path: m}\ntrain: {objective: t2t}\n", "bare.yaml"))) == \
+        to_dict(load_config(None, ["model.path=m"]))
+
+
+@pytest.mark.parametrize("override, where, value", [
+    ("train.stage2.steps=7", lambda c: c.stage("stage2").steps, 7),
+    ("train.stage1.lr=1e-3", lambda c: c.stage("stage1").lr, 1e-3),
+    ("targets.tau=1e-6", lambda c: c.stage("stage2").targets.tau, 1e-6),
+    ("targets.weighting=idf", lambda c: c.stage("stage1").targets.weighting, "idf"),
+    ("train.objective=simcse", lambda c: [s.objective for s in c.stages], ["simcse", "simcse"]),
+    ("data.stage2_max_texts=5", lambda c: c.stage("stage2").targets.max_texts, 5),
+    ("data.stage2_corpus=s2.txt", lambda c: c.stage("stage2").targets.corpus, "s2.txt"),
+    ("data.stage1_corpus=s1.txt", lambda c: c.data.corpus, "s1.txt"),
+])
+def test_old_overrides_land_in_their_stage(tmp_path, caplog, fresh_warnings, override, where, value):
+    p = write(tmp_path, "model: {path: m, pooling: mean}\n" + TWO_STAGES)
+    with caplog.at_level(logging.WARNING, logger="t2t.config.legacy"):
+        cfg = load_config(p, [override])
+    assert where(cfg) == value
+    old_key = override.split("=")[0]
+    assert any(r.getMessage().startswith(f"{old_key} is the layout before stages were a list; read as ")
+               for r in caplog.records if r.name == "t2t.config.legacy"), caplog.text
+    # The rest of the recipe is untouched.
+    untouched = load_config(p)
+    assert to_dict(cfg)["model"] == to_dict(untouched)["model"]
+    assert cfg.stage_names == untouched.stage_names
+
+
+def test_an_old_kind_parameter_with_no_stage_of_its_kind_is_refused(tmp_path):
+    p = write(tmp_path, "model: {path: m}\nstages: [{name: only, targets: {kind: data-driven}}]\n")
+    with pytest.raises(ConfigError, match=r"targets\.tau .* no stage has targets it applies to \(stages: only\)"):
+        load_config(p, ["targets.tau=1e-6"])
+    # A stage that writes no `targets:` is data-driven, so stage-1 parameters reach it.
+    p = write(tmp_path, "model: {path: m}\nstages: [{name: only}]\n")
+    assert load_config(p, ["targets.weighting=idf"]).stage("only").targets.weighting == "idf"
+
+
+def test_mixing_both_layouts_is_refused(tmp_path):
+    p = write(tmp_path, "model: {path: m}\ntrain: {stage1: {lr: 1e-4}}\n" + TWO_STAGES)
+    with pytest.raises(ConfigError, match=r"train\.stage1 belongs to the layout before stages were a list, and this "
+                                          r"recipe lists stages"):
+        load_config(p)
+    p = write(tmp_path, "model: {path: m}\ndata: {stage2_corpus: x.txt}\n" + TWO_STAGES)
+    with pytest.raises(ConfigError, match=r"data\.stage2_corpus belongs to the layout before"):
+        load_config(p)
+
+
+def test_new_layout_logs_no_legacy_warning(tmp_path, caplog, fresh_warnings):
+    with caplog.at_level(logging.WARNING, logger="t2t.config.legacy"):
+        load_config(write(tmp_path, NEW_RECIPE), ["stages.stage2.steps=3"])
+    assert not [r for r in caplog.records if r.name == "t2t.config.legacy"]
+
+
+# --------------------------------------------------------------------------- docstrings and --explain
+
+
+def _own_fields(cls: type) -> list[str]:
+    """The fields `cls` declares itself (inherited ones are documented where they are declared)."""
+    own = cls.__dict__.get("__annotations__", {})
+    return [f.name for f in dataclasses.fields(cls) if f.name in own]
+
+
+def _documented_classes() -> list[type]:
+    from t2t.config import schema
+
+    classes = [c for c in vars(schema).values() if dataclasses.is_dataclass(c) and c.__module__ == schema.__name__]
+    return classes + [TargetsSpec] + [kind.spec for kind in TARGET_KINDS.values()]
+
+
+def test_every_field_has_a_docstring():
+    classes = _documented_classes()
+    assert len(classes) >= 11 and C.StageConfig in classes and ModelDerivedTargets in classes
+    for cls in classes:
+        docs = C.field_docs(cls)
+        missing = [name for name in _own_fields(cls) if not docs.get(name)]
+        assert not missing, f"{cls.__name__} fields without docstring: {missing}"
+
+
+def _explain(capsys, *section: str) -> tuple[int, str, str]:
+    from t2t.cli import main
+
+    rc = main(["config", "--explain", *section])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_explain_prints_every_field_of_every_section(capsys):
+    rc, out, err = _explain(capsys)
+    assert rc == 0 and not err
+    flat = _flat(out)
+    expected = [("", C.Config), ("model.", C.ModelConfig), ("model.tiny.", C.TinyModelConfig),
+                ("data.", C.DataConfig), ("targets.", C.TargetsConfig), ("train.", C.TrainConfig),
+                ("train.lora.", C.LoraConfig), ("eval.", C.EvalConfig), ("stages[].", C.StageConfig),
+                ("stages[].targets.", TargetsSpec)]
+    expected += [("stages[].targets.", kind.spec) for kind in TARGET_KINDS.values()]
+    for prefix, cls in expected:
+        docs = C.field_docs(cls)
+        for name in _own_fields(cls):
+            if cls is C.Config and name in ("model", "data", "targets", "train", "eval"):
+                assert f"== {name} ==" in out  # a section of its own, headed by its class docstring
+                continue
+            assert f"\n{prefix}{name}: " in out, f"{prefix}{name} missing"
+            assert _flat(docs[name]) in flat, f"docstring of {prefix}{name} missing"
+    for kind in TARGET_KINDS:
+        assert f"== stages.targets with kind: {kind} ==" in out
+    # Type and default, the way a recipe writes them.
+    assert '\nmodel.pooling: mean | last | eos = "mean"\n' in out
+    assert "\nstages[].lr: float = 5e-05\n" in out
+    assert "\nmodel.tiny: section (below) | null = null\n" in out
+    assert "\nstages: list of stages = [stage1 (data-driven, from base), stage2 (model-derived, from stage1)]\n" in out
+
+
+def test_explain_a_section(capsys):
+    rc, out, _ = _explain(capsys, "model")
+    assert rc == 0
+    assert "\nmodel.pooling: " in out and "\nmodel.tiny.vocab_size: " in out  # nested sections come along
+    assert "train." not in out and "stages[]" not in out and "\nname: " not in out
+    rc, out, _ = _explain(capsys, "train.lora")
+    assert rc == 0 and "\ntrain.lora.r: int = 16\n" in out and "train.micro_batch_size" not in out
+    rc, out, _ = _explain(capsys, "stages")
+    assert rc == 0 and "\nstages[].start: " in out and "\nstages[].targets.tau: " in out and "model." not in out
+    rc, out, _ = _explain(capsys, "stages.targets")
+    assert rc == 0 and "\nstages[].targets.corpus: " in out and "\nstages[].targets.weighting: " in out
+    assert "\nstages[].lr" not in out
+    rc, out, _ = _explain(capsys, "model.pooling")  # one field
+    assert rc == 0 and "\nmodel.pooling: " in out and "model.path" not in out
+
+
+def test_explain_a_kind(capsys):
+    rc, out, _ = _explain(capsys, "model-derived")
+    assert rc == 0
+    for name in ("tau", "delta", "top_k"):
+        assert f"\nstages[].targets.{name}: " in out
+    assert "weighting" not in out and "stages[].lr" not in out
+    rc, out, _ = _explain(capsys, "data-driven")
+    assert rc == 0 and "\nstages[].targets.weighting: uniform | idf = \"uniform\"\n" in out and "tau" not in out
+
+
+def test_explain_an_unknown_section_is_one_line(capsys):
+    rc, out, err = _explain(capsys, "modle")
+    assert rc == 2 and not out
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "--explain modle: no such section; did you mean model?" in err
+    for key in ("model", "train.lora", "stages", "stages.targets", *TARGET_KINDS):
+        assert key in err
+
+
+def test_config_without_explain_prints_the_recipe_and_needs_one(tmp_path, capsys):
+    from t2t.cli import main
+
+    import yaml
+
+    recipe = write(tmp_path, "model: {path: m}\n" + TWO_STAGES)
+    assert main(["config", "--config", str(recipe), "--set", "stages.stage2.steps=3"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert [s["name"] for s in printed["stages"]] == ["stage1", "stage2"] and printed["stages"][1]["steps"] == 3
+    assert main(["config"]) == 2
+    assert "--config R is required" in capsys.readouterr().err
 
 
 def test_a_directory_as_recipe_and_a_missing_ds_config_are_named(tmp_path, capsys):

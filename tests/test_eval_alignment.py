@@ -1,4 +1,5 @@
-"""Token alignment (hit@k, precision@k): batching is exact, and the score tells aligned heads from random ones."""
+"""Token alignment (hit@k, precision@k): an embedding's top LM-head tokens are its most probable ones whatever
+the batching, and the score tells aligned heads from random ones."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 import torch
 
 from conftest import CORPUS
-from t2t.eval.alignment import token_alignment, top_token_ids
+from t2t.eval.alignment import token_alignment
+from t2t.identity import EmbeddingIdentity
 from t2t.model import Embedder, load_lm, load_tokenizer
-from t2t.model.embedder import EmbedSettings
 
 
 def _texts(n: int) -> list[str]:
@@ -21,16 +22,37 @@ def _texts(n: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def embedder(tiny_model_dir):
-    settings = EmbedSettings(pooling="mean")
+    settings = EmbeddingIdentity(pooling="mean")
     return Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir, settings.padding_side), settings)
 
 
-def test_batched_top_tokens_match_one_text_at_a_time(embedder):
+def test_top_k_are_the_most_probable_head_tokens_whatever_the_batching(embedder):
     texts = _texts(7)  # different lengths: padding must not change any text's top tokens
-    batched = top_token_ids(embedder, texts, k=5, batch_size=4)
-    single = [[embedder.tokenizer.convert_tokens_to_ids(tok) for tok, _ in row]
-              for row in embedder.top_tokens(texts, k=5)]
-    assert batched == single
+    batched = embedder.top_k(texts, k=5, batch_size=4)
+    for text, row in zip(texts, batched):
+        batch = embedder.tokenize([text])
+        with torch.no_grad():
+            _, z = embedder(**batch)
+        p = torch.softmax(z[0].double(), dim=-1)
+        ids = [i for i, _ in row]
+        probs = [q for _, q in row]
+        assert len(row) == 5 and len(set(ids)) == 5
+        assert probs == sorted(probs, reverse=True) and all(0 < q < 1 for q in probs)
+        # no token outside the top k is more probable than the k-th, and the probabilities are softmax(z)
+        assert p.topk(6).values[5] <= p[ids[-1]] + 1e-6
+        torch.testing.assert_close(torch.tensor(probs, dtype=torch.float64), p[ids], rtol=1e-4, atol=1e-7)
+    assert [[i for i, _ in row] for row in embedder.top_k(texts, k=5, batch_size=1)] == \
+        [[i for i, _ in row] for row in batched]
+    # what `t2t inspect` prints: the same tokens, as strings
+    shown = embedder.top_tokens(texts[:2], k=5)
+    assert [[embedder.tokenizer.convert_tokens_to_ids(tok) for tok, _ in row] for row in shown] == \
+        [[i for i, _ in row] for row in batched[:2]]
+    was_training = embedder.training
+    for mode in (True, False):  # top_k embeds in eval mode and leaves the module's mode as it found it
+        embedder.train(mode)
+        embedder.top_k(texts[:1], k=1)
+        assert embedder.training is mode
+    embedder.train(was_training)
 
 
 def test_head_reading_the_input_embeddings_aligns_and_a_random_head_does_not(embedder):

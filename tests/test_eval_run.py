@@ -91,6 +91,35 @@ def test_two_ray_workers_give_the_same_scores_as_one(one_worker_run, tiny_export
         assert two["scores"][name][task] == pytest.approx(score, abs=1e-3), task
 
 
+@pytest.mark.slow
+def test_a_dead_ray_worker_fails_only_its_pair(monkeypatch):
+    import os
+
+    from t2t.eval import runner
+    from t2t.eval.models import ModelSpec
+
+    class Crashing(runner.EvalWorker):  # defined here, so Ray ships it to the workers by value
+        def __init__(self, *args, **kwargs):
+            pass  # no torch to import
+
+        def run(self, model, task):
+            if task.name.startswith("crash"):
+                os._exit(1)  # the worker process dies (twice: Ray restarts the actor and retries once)
+            return runner._outcome(model, task, result=task.name)
+
+    monkeypatch.setattr(runner, "EvalWorker", Crashing)
+    model = ModelSpec(path="/nowhere", name="m", kind="t2t", revision="0")
+    tasks = ["crash1", "a", "b", "c", "crash2", "d", "e"]
+    todo = [(model, runner.TaskSpec(t, "local")) for t in tasks]
+    outcomes = {o["task"]: o for o in runner._with_ray(todo, 2, 1, None, 0.0, 1)}
+    assert sorted(outcomes) == sorted(tasks)
+    # one worker dies on crash1 and the other runs a, b, c in the meantime; then it dies on crash2 and
+    # no worker is left for d and e: they fail at once instead of waiting forever
+    assert all(outcomes[t]["error"].startswith("Ray worker failed: ActorDiedError") for t in ("crash1", "crash2"))
+    assert all(outcomes[t]["error"] is None and outcomes[t]["result"] == t for t in "abc")
+    assert all(outcomes[t]["error"] == "no Ray worker left alive to run this task" for t in "de")
+
+
 def test_failed_task_leaves_the_rest_and_rerun_runs_only_it(tiny_export, tmp_path):
     data = tmp_path / "data"
     for sub in ("sts", "classification"):

@@ -7,6 +7,7 @@ import shutil
 import mteb
 import pytest
 
+from t2t.errors import UserError
 from t2t.eval.tasks import DEFAULT_DATA_DIR, LOCAL_TASKS, local_task, read_tsv
 
 
@@ -58,7 +59,7 @@ def test_changed_or_missing_data_file_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"biosses_test\.tsv has changed"):
         task.load_data()
     (tmp_path / "sts" / "biosses_test.tsv").unlink()
-    with pytest.raises(FileNotFoundError, match=r"biosses_test\.tsv not found"):
+    with pytest.raises(UserError, match=r"biosses_test\.tsv not found"):
         local_task("BIOSSES", data_dir=tmp_path).load_data()
 
 

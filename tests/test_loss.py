@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from t2t.config import TrainConfig
+from t2t.errors import UserError
 from t2t.train.loss import LossParts, _SparseKL, objective_for, simcse_loss, sparse_kl, text2token_loss
 
 
@@ -155,5 +156,18 @@ def test_simcse_counts_every_text_and_identical_views_still_have_negatives():
 
 
 def test_unknown_objective_is_a_clear_error():
-    with pytest.raises(ValueError, match="train.objective='mlm'.*available: t2t, simcse"):
-        objective_for("mlm")
+    with pytest.raises(UserError, match=r"stages\.s1\.objective='mlm'.*available: t2t, simcse"):
+        objective_for("mlm", stage="s1")
+
+
+def test_check_objectives_names_the_stage(tmp_path):
+    from t2t.config import load_config
+    from t2t.train.loss import check_objectives
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {path: m, pooling: last}\n")
+    check_objectives(load_config(recipe))  # Text2Token's two stages
+    with pytest.raises(UserError, match=r"stages\.stage2\.objective=simcse uses mean pooling; set model.pooling=mean"):
+        check_objectives(load_config(recipe, ["stages.stage2.objective=simcse"]))
+    with pytest.raises(UserError, match=r"stages\.stage1\.objective='mntp' is not implemented"):
+        check_objectives(load_config(recipe, ["stages.stage1.objective=mntp"]))

@@ -30,12 +30,13 @@ def short_demo(tmp: Path) -> Path:
     recipe["model"]["path"] = "runs/short/base"
     recipe["model"]["tiny"].update(tokenizer_corpus=str(CORPUS), vocab_size=1000, tokenizer_train_texts=3000,
                                    hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
-    recipe["data"].update(stage1_corpus=str(CORPUS), stage2_corpus=str(CORPUS), max_texts=1200,
-                          stage2_max_texts=800, shards_dir="shards/short", loader_workers=0)
+    recipe["data"].update(corpus=str(CORPUS), max_texts=1200, shards_dir="shards/short", loader_workers=0)
     recipe["targets"].update(shard_size=300)
     recipe["train"].update(micro_batch_size=8, save_every=3)
-    recipe["train"]["stage1"] = {"steps": 24, "lr": 1.0e-3, "schedule": "constant"}
-    recipe["train"]["stage2"] = {"steps": 4, "lr": 1.0e-4, "schedule": "constant"}
+    stage1, stage2 = recipe["stages"]
+    stage1.update(steps=24, lr=1.0e-3, schedule="constant", warmup_steps=0)
+    stage2.update(steps=4, lr=1.0e-4, schedule="constant")
+    stage2["targets"]["max_texts"] = 800
     recipe["eval"].update(tasks=["STSBenchmark"], workers=1, out_dir="runs/short/eval")
     path = tmp / "short.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -63,7 +64,7 @@ def test_pipeline_interrupt_resume_and_up_to_date(tmp_path):
     os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     out1, _ = first.communicate(timeout=300)
     assert first.returncode != 0, out1
-    assert "targets1: done" in out1 and "train2" not in out1
+    assert "stage1:targets: done" in out1 and "stage2:train" not in out1
     targets = sorted((tmp_path / "shards" / "short" / "stage1").glob("t2t-*.tar"))
     stamps = {p: p.stat().st_mtime_ns for p in targets}
     assert targets and not (run / "stage1" / "model").exists()
@@ -72,9 +73,9 @@ def test_pipeline_interrupt_resume_and_up_to_date(tmp_path):
     second = pipeline(tmp_path, recipe)
     out2, _ = second.communicate(timeout=900)
     assert second.returncode == 0, out2
-    assert "[2/7] targets1: up to date, skipped" in out2
+    assert "[2/7] stage1:targets: up to date, skipped" in out2
     assert {p: p.stat().st_mtime_ns for p in targets} == stamps  # not rewritten
-    train_log = (run / "logs" / "train1.log").read_text()
+    train_log = (run / "logs" / "stage1-train.log").read_text()
     assert "resum" in train_log.lower(), train_log[-2000:]
     steps = [json.loads(line)["step"] for line in (run / "stage1" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 25))  # one line per step, none lost or repeated across the interruption
@@ -87,7 +88,7 @@ def test_pipeline_interrupt_resume_and_up_to_date(tmp_path):
     assert all(table["scores"][m["name"]]["STSBenchmark"] is not None for m in table["models"])
     samples = {stage: json.loads((tmp_path / "shards" / "short" / stage / "manifest.json").read_text())["samples"]
                for stage in ("stage1", "stage2")}
-    assert samples == {"stage1": 1200, "stage2": 800}  # data.stage2_max_texts caps stage 2 alone
+    assert samples == {"stage1": 1200, "stage2": 800}  # stages.stage2.targets.max_texts caps stage 2 alone
 
     # 3. Nothing left to do.
     third = pipeline(tmp_path, recipe)
@@ -119,11 +120,14 @@ def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):
     recipe = short_demo(tmp_path)
     base = Pipeline(str(recipe), []).fingerprints()
     changed = {
-        "train.stage2.steps=9": {"train2", "eval", "report"},
-        "train.stage1.lr=0.01": {"train1", "targets2", "train2", "eval", "report"},
-        "targets.tau=1e-4": {"targets2", "train2", "eval", "report"},
-        "data.stage2_max_texts=400": {"targets2", "train2", "eval", "report"},
-        "targets.weighting=idf": {"targets1", "train1", "targets2", "train2", "eval", "report"},
+        "stages.stage2.steps=9": {"stage2:train", "eval", "report"},
+        "stages.stage1.lr=0.01": {"stage1:train", "stage2:targets", "stage2:train", "eval", "report"},
+        "stages.stage2.targets.tau=1e-4": {"stage2:targets", "stage2:train", "eval", "report"},
+        "stages.stage2.targets.max_texts=400": {"stage2:targets", "stage2:train", "eval", "report"},
+        "stages.stage1.targets.weighting=idf": {"stage1:targets", "stage1:train", "stage2:targets", "stage2:train",
+                                                "eval", "report"},
+        "train.stage2.steps=9": {"stage2:train", "eval", "report"},  # the old layout's key, translated
+        "stages.stage2.objective=simcse": {"stage2:train", "eval", "report"},
         "targets.workers=1": set(),
         "eval.tasks=[BIOSSES]": {"eval", "report"},
         "eval.dtype=bfloat16": {"eval", "report"},
@@ -135,7 +139,7 @@ def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):
 
 
 def test_reruns_never_resume_other_inputs_nor_lose_finished_stages(tmp_path, monkeypatch):
-    from t2t.pipeline import Pipeline, STEPS
+    from t2t.pipeline import Pipeline
 
     monkeypatch.chdir(tmp_path)
     recipe = short_demo(tmp_path)
@@ -152,9 +156,9 @@ def test_reruns_never_resume_other_inputs_nor_lose_finished_stages(tmp_path, mon
         (stage1 / "model" / "t2t_train.json").write_text("{}")
 
     def run(fp_train1: str, fail=False):
-        fp = {name: "same" for name in STEPS} | {"train1": fp_train1}
-        actions = {name: (lambda: None) for name in STEPS} | {"train1": lambda: train1(fail)}
-        p._run_steps(fp, actions, only_until="train1")
+        fp = {name: "same" for name in p.steps} | {"stage1:train": fp_train1}
+        actions = {name: (lambda: None) for name in p.steps} | {"stage1:train": lambda: train1(fail)}
+        p._run_steps(fp, actions, only_until="stage1:train")
 
     p.logs.mkdir(parents=True)
     run("A")  # stage 1 finished from inputs A

@@ -17,8 +17,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from t2t.cli import main
-from t2t.config import ModelConfig, load_config
-from t2t.plan import Arch, Cluster, activation_bytes, load_arch, make_plan, read_ds_config, state_items
+from t2t.config import LoraConfig, ModelConfig, load_config
+from t2t.errors import UserError
+from t2t.plan import Arch, Cluster, activation_bytes, forward_time, load_arch, make_plan, read_ds_config, state_items
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("zero3_probe.py")
@@ -145,18 +146,31 @@ def test_plan_cli_table_and_json(capsys):
     # plus padding of each tensor to 16 shards.
     states = sum(mem["items"][k] for k in ("params_shard", "grads_shard", "fp32_master", "adam_m_v"))
     assert (2 * n + 14 * trainable) / 16 <= states <= (2 * n + 14 * trainable) / 16 * 1.0001
-    assert time["stage1"]["steps"] == 10_000 and time["stage2"]["steps"] == 1_000
-    assert time["stage1"]["seconds"] > time["stage2"]["seconds"] > 0
+    stages = time["stages"]
+    assert [(s["name"], s["start"], s["objective"], s["kind"]) for s in stages] == [
+        ("stage1", "base", "t2t", "data-driven"), ("stage2", "stage1", "t2t", "model-derived")]
+    stage1, stage2 = stages
+    assert stage1["train"]["steps"] == 10_000 and stage2["train"]["steps"] == 1_000
+    assert stage1["train"]["seconds"] > stage2["train"]["seconds"] > 0
+    # Data-driven targets: CPU tokenization of what training reads; model-derived: background θ + targets passes.
+    assert stage1["targets"]["runs_model"] is False and stage1["targets"]["seconds"] is None
+    assert stage1["targets"]["texts"] == 10_000 * 256
+    assert stage2["targets"]["runs_model"] and stage2["targets"]["passes"] == 2 and stage2["targets"]["seconds"] > 0
     ev = time["eval"]
     assert ev["benchmark"] == "MTEB(eng, v2)" and ev["tasks"] == 41 and not ev["not_counted"]
     assert 3e6 < ev["texts"] < 6e6 and ev["seconds"] > 0
+    assert time["total"] == pytest.approx(stage1["train"]["seconds"] + stage2["train"]["seconds"]
+                                          + stage2["targets"]["seconds"] + ev["seconds"])
 
-    assert main(["plan", "--config", recipe, "--nodes", "1", "--gpus-per-node", "1", "--gpu-mem", "24",
-                 "--stage2-texts", "1000000", "--no-eval"]) == 0
+    single = ["plan", "--config", recipe, "--nodes", "1", "--gpus-per-node", "1", "--gpu-mem", "24", "--no-eval"]
+    assert main(single + ["--stage2-texts", "1000000"]) == 0  # the alias of --stage-texts stage2=N
     table = capsys.readouterr().out
-    assert "memory per GPU" in table and "1.00M texts (--stage2-texts)" in table
+    assert "memory per GPU" in table and "1.00M texts (--stage-texts) x 2 forward passes" in table
     assert "7.24B (6.98B trainable, 262.14M frozen: input embeddings, LM head)" in table
     assert "NO" in table  # 7B with no offload on one 24 GiB GPU cannot fit
+    assert table.index("stage1  starts from base") < table.index("stage2  starts from stage1")
+    assert main(single + ["--stage-texts", "stage2=1000000"]) == 0
+    assert capsys.readouterr().out == table
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
@@ -182,7 +196,7 @@ def test_frozen_embeddings_hold_no_gradient_or_optimizer_state(tmp_path, tied):
     assert plans[True]["params"]["frozen"] == 0 < plans[False]["params"]["frozen"]
     assert plans[True]["memory"]["no_offload"]["gpu_peak"] > plans[False]["memory"]["no_offload"]["gpu_peak"]
     # Frozen gradients are not reduce-scattered; the FLOPs model does not change.
-    s_frozen, s_trained = plans[False]["time"]["stage1"], plans[True]["time"]["stage1"]
+    s_frozen, s_trained = (plans[x]["time"]["stages"][0]["train"] for x in (False, True))
     assert s_trained["step_comm_s"] > s_frozen["step_comm_s"]
     assert s_trained["step_compute_s"] == s_frozen["step_compute_s"]
 
@@ -194,27 +208,108 @@ def test_more_gpus_shrink_shards_and_steps():
     ratio = small["memory"]["items"]["adam_m_v"] / big["memory"]["items"]["adam_m_v"]
     assert 3.99 < ratio < 4.01
     # Same micro-batch per rank: 4x the texts per step, same compute time per step.
-    assert big["time"]["stage1"]["global_batch"] == 4 * small["time"]["stage1"]["global_batch"]
-    assert big["time"]["stage1"]["step_compute_s"] == pytest.approx(small["time"]["stage1"]["step_compute_s"])
+    for s_small, s_big in zip(small["time"]["stages"], big["time"]["stages"], strict=True):
+        assert s_big["train"]["global_batch"] == 4 * s_small["train"]["global_batch"]
+        assert s_big["train"]["step_compute_s"] == pytest.approx(s_small["train"]["step_compute_s"])
 
 
 def test_bad_inputs_name_the_problem(tmp_path, capsys):
-    with pytest.raises(ValueError, match="model.arch_config .*missing.json does not exist"):
+    with pytest.raises(UserError, match="model.arch_config .*missing.json does not exist"):
         load_arch(ModelConfig(path=str(tmp_path), arch_config=str(tmp_path / "missing.json")))
-    with pytest.raises(ValueError, match="has no config.json and model.arch_config is not set"):
+    with pytest.raises(UserError, match="has no config.json and model.arch_config is not set"):
         load_arch(ModelConfig(path=str(tmp_path)))
     (tmp_path / "config.json").write_text(json.dumps(dict(PROBE_ARCH, model_type="gpt2")))
-    with pytest.raises(ValueError, match="config.json: model_type 'gpt2' is not supported"):
+    with pytest.raises(UserError, match="config.json: model_type 'gpt2' is not supported"):
         load_arch(ModelConfig(path=str(tmp_path)))
     (tmp_path / "config.json").write_text(json.dumps(dict(PROBE_ARCH, hidden_size="big")))
-    with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
+    with pytest.raises(UserError, match="hidden_size must be a positive integer"):
         load_arch(ModelConfig(path=str(tmp_path)))
     stage2 = tmp_path / "z2.json"
     stage2.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
-    with pytest.raises(ValueError, match="z2.json: zero_optimization.stage is 2"):
+    with pytest.raises(UserError, match="z2.json: zero_optimization.stage is 2"):
         read_ds_config(stage2)
-    with pytest.raises(ValueError, match="--mfu must be in"):
+    with pytest.raises(UserError, match="--mfu must be in"):
         Cluster(1, 8, mfu=0)
     recipe = str(REPO / "recipes" / "mistral-7b.yaml")
-    assert main(["plan", "--config", recipe, "--nodes", "0", "--gpus-per-node", "8", "--no-eval"]) == 2
-    assert "--nodes must be a positive integer" in capsys.readouterr().err
+    plan = ["plan", "--config", recipe, "--nodes", "1", "--gpus-per-node", "8", "--no-eval"]
+    for extra, message in [
+        (["--nodes", "0"], "--nodes must be a positive integer"),
+        (["--tokens-per-text", "0"], "--tokens-per-text must be at least 1"),
+        (["--stage-texts", "stage2"], "must look like NAME=N"),
+        (["--stage-texts", "stage2=many"], "N must be an integer"),
+        (["--stage-texts", "stage2=-1"], "N must be >= 0"),
+        (["--stage2-texts", "-1"], "--stage2-texts must be >= 0"),
+        (["--stage-texts", "stage9=10"], "no stage 'stage9' in this recipe (stages: stage1, stage2)"),
+        (["--stage-texts", "stage1=10"], "stage stage1's targets (data-driven) do not run the model"),
+        (["--stage-texts", "stage2=10", "--stage2-texts", "20"], "disagree"),
+    ]:
+        assert main(plan + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (extra, err)
+
+
+def test_simcse_and_lora_are_refused_naming_the_stage(capsys):
+    """t2t plan models full-parameter training with the t2t objective: any stage on another objective, or LoRA,
+    is refused as bad input naming what to change."""
+    recipe = str(REPO / "recipes" / "mistral-7b.yaml")
+    assert main(["plan", "--config", recipe, "--nodes", "1", "--gpus-per-node", "8", "--no-eval",
+                 "--set", "stages.stage2.objective=simcse"]) == 2
+    err = capsys.readouterr().err
+    assert "stages.stage2.objective=simcse" in err and "stage1" not in err
+    cfg = load_config(recipe, ["stages.stage1.objective=simcse"])
+    with pytest.raises(UserError, match=r"stages\.stage1\.objective=simcse"):
+        make_plan(cfg, Cluster(1, 8), with_eval=False)
+    cfg = load_config(recipe)
+    cfg.train.lora = LoraConfig()
+    with pytest.raises(UserError, match="train.lora"):
+        make_plan(cfg, Cluster(1, 8), with_eval=False)
+
+
+def test_three_stages_are_each_timed(tmp_path, capsys):
+    """Not only Text2Token's two stages: every stage of the list is timed, its targets by their kind, and the
+    texts of model-run targets come from --stage-texts, else the counted corpus, else the cap, else training."""
+    corpus = tmp_path / "sentences.txt"
+    corpus.write_text("".join(f"sentence number {i} about something.\n" for i in range(300)))
+    recipe = tmp_path / "three.yaml"
+    recipe.write_text(json.dumps({  # JSON is YAML
+        "name": "three", "run_dir": str(tmp_path / "run"),
+        "model": {"path": str(tmp_path / "no-weights"), "max_length": 64,
+                  "arch_config": str(REPO / "recipes" / "arch" / "mistral-7b-instruct-v0.2.json")},
+        "data": {"corpus": str(tmp_path / "absent.jsonl")},
+        "train": {"ds_config": str(REPO / "ds_configs" / "zero3_bf16.json"), "micro_batch_size": 4},
+        "stages": [
+            {"name": "words", "start": "base", "targets": {"kind": "data-driven", "weighting": "idf"}, "steps": 300},
+            {"name": "derived", "start": "words", "steps": 100,
+             "targets": {"kind": "model-derived", "max_texts": 5000}},
+            {"name": "again", "start": "derived", "steps": 40,
+             "targets": {"kind": "model-derived", "corpus": str(corpus), "max_texts": 200}},
+        ],
+    }))
+    args = ["plan", "--config", str(recipe), "--nodes", "1", "--gpus-per-node", "8", "--no-eval"]
+    assert main(args + ["--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    stages, global_batch = plan["time"]["stages"], 4 * 8
+    assert [(s["name"], s["start"], s["kind"]) for s in stages] == [
+        ("words", "base", "data-driven"), ("derived", "words", "model-derived"), ("again", "derived", "model-derived")]
+    assert [s["train"]["steps"] for s in stages] == [300, 100, 40]
+    assert all(s["train"]["seconds"] > 0 and s["train"]["global_batch"] == global_batch for s in stages)
+    words, derived, again = (s["targets"] for s in stages)
+    # IDF is a corpus pass of a kind that does not run the model: still CPU tokenization, not timed.
+    assert not words["runs_model"] and words["seconds"] is None and words["texts"] == 300 * global_batch
+    assert words["pass_names"] == ["idf"]
+    assert derived["texts"] == 5000 and "stages.derived.targets.max_texts" in derived["texts_source"]
+    assert again["texts"] == 200 and again["texts_source"] == f"counted in {corpus}"  # capped by max_texts
+    arch, cluster = load_arch(load_config(recipe).model), Cluster(1, 8)
+    for t, n in ((derived, 5000), (again, 200)):
+        assert t["runs_model"] and t["passes"] == 2 and t["pass_names"] == ["background", "targets"]
+        assert t["seconds"] == pytest.approx(forward_time(arch, cluster, [(2 * n, 64)], with_head=True))
+    assert plan["time"]["total"] == pytest.approx(sum(s["train"]["seconds"] for s in stages)
+                                                  + derived["seconds"] + again["seconds"])
+
+    assert main(args + ["--stage-texts", "again=7000", "--stage-texts", "derived=0"]) == 0
+    table = capsys.readouterr().out
+    lines = [table.index(f"{name}  starts from {start}") for name, start in
+             (("words", "base"), ("derived", "words"), ("again", "derived"))]
+    assert lines == sorted(lines)
+    assert "7.00k texts (--stage-texts) x 2 forward passes" in table and "0 texts (--stage-texts)" in table
+    assert "training of words, derived, again; targets of derived, again" in table

@@ -1,6 +1,7 @@
 """Every recipe (recipes/, and the quality study's in bench/quality/) loads and validates without any
-weights, and the files it names inside the repository exist; the cluster recipes match the
-reference setup of docs/DESIGN.md §1.
+weights, is written as a list of stages (not the layout before, which loads translated with a warning),
+and the files it names inside the repository exist; the cluster recipes match the reference setup of
+docs/DESIGN.md §1.
 
     .venv/bin/pytest tests/test_recipes.py
 
@@ -10,11 +11,13 @@ reference setup of docs/DESIGN.md §1.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
-from t2t.config import PROMPT_EOL, ModelConfig, load_config
+from t2t.config import PROMPT_EOL, ModelConfig, legacy, load_config
+from t2t.targets.kinds import DataDrivenTargets, ModelDerivedTargets
 from t2t.model.gguf import locate
 from t2t.plan import load_arch, read_ds_config
 
@@ -46,6 +49,17 @@ def test_recipe_validates_and_names_existing_files(recipe, monkeypatch):
     load_arch(cfg.model)
 
 
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO)))
+def test_recipe_is_a_stage_list(recipe, monkeypatch, caplog):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(legacy, "_warned", set())  # legacy warnings are once per process: none suppressed here
+    with caplog.at_level(logging.WARNING, logger="t2t.config.legacy"):
+        cfg = load_config(recipe)
+    assert not [r.getMessage() for r in caplog.records if r.name == "t2t.config.legacy"]
+    assert "stages:" in recipe.read_text()
+    assert cfg.stages and all(s.start == "base" or s.start in cfg.stage_names for s in cfg.stages)
+
+
 @pytest.mark.parametrize("name", sorted(CLUSTER))
 def test_cluster_recipe_is_the_reference_setup(name, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -56,9 +70,18 @@ def test_cluster_recipe_is_the_reference_setup(name, monkeypatch):
     assert load_arch(ModelConfig(path="", arch_config=m.arch_config)).n_params == n_params
     assert (m.max_length, m.dtype, m.pooling, m.template, m.attention) == (128, "bfloat16", "last", PROMPT_EOL,
                                                                          "causal")
-    assert (t.objective, t.lora, t.train_embeddings, t.weight_decay, t.grad_clip) == ("t2t", None, False, 0.0, 1.0)
-    assert (t.stage1.lr, t.stage2.lr) == (5e-5, 5e-5)
-    assert (t.stage1.steps, t.stage2.steps) == (10_000, 1_000)
+    assert (t.lora, t.train_embeddings, t.weight_decay, t.grad_clip) == (None, False, 0.0, 1.0)
+    assert cfg.stage_names == ["stage1", "stage2"]
+    s1, s2 = cfg.stages
+    assert (s1.start, s2.start) == ("base", "stage1")
+    assert (s1.objective, s2.objective) == ("t2t", "t2t")
+    assert (s1.lr, s2.lr) == (5e-5, 5e-5)
+    assert (s1.steps, s2.steps) == (10_000, 1_000)
+    assert (s1.schedule, s2.schedule) == ("constant", "constant")
+    assert s1.targets == DataDrivenTargets(weighting="uniform", max_target_tokens=128)  # stage 1 reads data.corpus
+    assert cfg.data.corpus == "data/wikipedia/passages.jsonl.gz" and cfg.data.max_texts == 0
+    assert s2.targets == ModelDerivedTargets(corpus="data/wikipedia/wiki1m_for_simcse.txt", tau=1e-5, delta=1e-6,
+                                             top_k=64)
     assert cfg.eval.benchmark == "MTEB(eng, v2)"
     ds = json.loads(Path(t.ds_config).read_text())
     assert ds["bf16"]["enabled"] is True and read_ds_config(t.ds_config).param_bytes == 2

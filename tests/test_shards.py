@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from t2t.config import Config, ModelConfig
-from t2t.data.shards import (MANIFEST_FORMAT, check_manifest, decode_sample, read_manifest, shard_name,
-                             shard_problem, write_manifest, write_shard, write_shard_entry)
+from t2t.config import Config, ModelConfig, ModelDerivedTargets, StageConfig
+from t2t.data.shards import decode_sample, shard_name, shard_problem, write_shard, write_shard_entry
+from t2t.data.manifest import MANIFEST_FORMAT, check_manifest, read_manifest, write_manifest
 from t2t.model import load_tokenizer
 
 
@@ -105,13 +105,14 @@ def test_manifest_read_errors_name_the_file(tmp_path):
 @pytest.fixture(scope="module")
 def stage2_manifest(tiny_model_dir, tmp_path_factory):
     """A manifest with the params the real planner computes for stage 2 of the tiny model."""
-    from t2t.precompute import plan
+    from t2t.data.manifest import plan
 
     corpus = tmp_path_factory.mktemp("corpus") / "c.txt"
     corpus.write_text("one text\n")
-    cfg = Config(model=ModelConfig(path=str(tiny_model_dir), pooling="last", max_length=64))
-    params = plan(cfg, 2, str(corpus)).params
-    return cfg, dict(format=MANIFEST_FORMAT, code_version="0", complete=True, stage=2, params=params, shards=[],
+    stages = [StageConfig(name="derived", start="base", targets=ModelDerivedTargets())]  # the tiny model's own
+    cfg = Config(model=ModelConfig(path=str(tiny_model_dir), pooling="last", max_length=64), stages=stages)
+    params = plan(cfg, "derived", str(corpus)).params
+    return cfg, dict(format=MANIFEST_FORMAT, code_version="0", complete=True, stage="derived", params=params, shards=[],
                      samples=0)
 
 
@@ -133,7 +134,7 @@ def test_check_manifest_lists_every_mismatch(tiny_model_dir, stage2_manifest):
         check_manifest({**manifest, "complete": False}, other, tok, where="shards/x/stage2")
     message = str(err.value)
     for part in ("shards/x/stage2", "did not finish", "tokenizer size 1000 != model tokenizer's 1001",
-                 "tokenizer hash", "pooling 'last' != model config's 'mean'", "prompt", "attention", "max_length"):
+                 "tokenizer hash", "pooling: 'last' -> 'mean'", "prompt", "attention", "max_length"):
         assert part in message, part
     assert "vocab size" not in message  # the LM head itself is unchanged
     stage1 = {**manifest, "params": {**manifest["params"], "embedding": None, "vocab_size": 999}}

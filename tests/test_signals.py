@@ -10,7 +10,7 @@ is sent once the run has logged a step; then `ps` must show no process of the ru
 exited, a new checkpoint must be written and the parent must name it:
 1. SIGTERM to the bare `deepspeed` command (it dies at once; the ranks notice and stop by themselves);
 2. SIGTERM to launchers/train_local.sh;
-3. SIGTERM, then 4. SIGINT, to the pid of `t2t pipeline` (base and targets stubbed: its real train1 step);
+3. SIGTERM, then 4. SIGINT, to the pid of `t2t pipeline` (base and targets stubbed: its real stage1:train step);
 5. SIGKILL of rank 1 under launch_local: one line, `rank 1 died (signal 9, SIGKILL)`, then the survivor's own.
 """
 
@@ -70,23 +70,24 @@ def test_failure_message_names_the_dead_rank_and_the_ranks_own_lines_first(tmp_p
     ckpt = tmp_path / "checkpoints"
     ckpt.mkdir()
     (ckpt / "latest").write_text("step00000004")
-    msg = failure_message(1, 1, TORCHRUN_FAILURE, ckpt, tmp_path / "train1.log").splitlines()
-    assert msg[0] == (f"training stage 1 failed: rank 1 died (signal 9, SIGKILL); rerun to resume from step00000004 "
+    msg = failure_message("stage1", 1, TORCHRUN_FAILURE, ckpt, tmp_path / "train1.log").splitlines()
+    assert msg[0] == (f"stage1: training failed: rank 1 died (signal 9, SIGKILL); rerun to resume from step00000004 "
                       f"in {ckpt}; see {tmp_path / 'train1.log'}")
     assert msg[1].startswith("t2t train: rank 0 lost contact with another rank after step 5")
     assert len(msg) == 2  # no torchrun traceback
     # A killed rank writes no error file, so torchrun's root cause can be a survivor that exited by itself.
     survivor_first = ("Failures:\n  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 2)\n"
                       "Root Cause (first observed failure):\n  rank      : 0 (local_rank: 0)\n  exitcode  : 4 (pid: 1)\n")
-    assert "rank 1 died (signal 9, SIGKILL)" in failure_message(1, 1, survivor_first, ckpt, tmp_path / "l.log")
+    assert "rank 1 died (signal 9, SIGKILL)" in failure_message("stage1", 1, survivor_first, ckpt,
+                                                                tmp_path / "l.log")
 
     user_error = "t2t train: error: shards/x/stage1/manifest.json does not exist\n" * 2 + TORCHRUN_FAILURE.split(
         "Traceback")[0] + "Root Cause\n  rank      : 0 (local_rank: 0)\n  exitcode  : 2 (pid: 1)\n"
-    msg = failure_message(1, 1, user_error, tmp_path / "none", tmp_path / "l.log").splitlines()
-    assert msg[0] == f"training stage 1 failed: rank 0 exited with code 2; see {tmp_path / 'l.log'}"
+    msg = failure_message("stage1", 1, user_error, tmp_path / "none", tmp_path / "l.log").splitlines()
+    assert msg[0] == f"stage1: training failed: rank 0 exited with code 2; see {tmp_path / 'l.log'}"
     assert msg[1] == "t2t train: error: shards/x/stage1/manifest.json does not exist"  # once, not per rank
 
-    msg = failure_message(1, 1, "some\nlauncher\noutput\n", tmp_path / "none", tmp_path / "l.log")
+    msg = failure_message("stage1", 1, "some\nlauncher\noutput\n", tmp_path / "none", tmp_path / "l.log")
     assert "the launcher exited with code 1" in msg and "a rerun starts the stage over" in msg
     assert msg.endswith("some\nlauncher\noutput")
 
@@ -106,6 +107,26 @@ def test_a_lost_gloo_peer_is_recognised_and_nothing_else():
         assert lost_peer(wrapped) == "Read error [127.0.0.1]:23714: Connection reset by peer"
     assert lost_peer(RuntimeError("CUDA out of memory")) is None
     assert lost_peer(ValueError("Connection reset by peer")) is None  # not torch.distributed's
+
+
+def test_the_last_step_is_read_from_the_failing_train_state(monkeypatch):
+    """`t2t train` names the step after which a peer was lost: the `step` of the TrainState whose method failed."""
+    from t2t.commands.train_cmd import _last_step
+    from t2t.train.trainer import TrainState
+
+    def advance(self):
+        self.step += 1
+        if self.step == 5:
+            raise RuntimeError("Connection reset by peer")
+        return False
+
+    monkeypatch.setattr(TrainState, "advance", advance)
+    state = object.__new__(TrainState)  # only what `run` reads before the failure
+    state.step, state.total = 2, 10
+    with pytest.raises(RuntimeError) as failed:
+        state.run()
+    assert _last_step(failed.value) == 5
+    assert _last_step(RuntimeError("Connection reset by peer")) is None  # training never got that far
 
 
 def test_launchers_are_recognised_by_their_command_line():
@@ -309,7 +330,7 @@ def test_1_sigterm_to_the_bare_deepspeed_command_stops_every_rank(run):
         port = s.getsockname()[1]
     log = recipe.parent / "1-deepspeed.log"
     ds = start(["deepspeed", "--num_gpus", "2", "--master_port", str(port), "--no_local_rank", "--module",
-                "t2t.cli", "train", "--config", str(recipe), "--stage", "1"], log)
+                "t2t.cli", "train", "--config", str(recipe), "--stage", "stage1"], log)
     wait_for_step_after(step_of(resumed), run_dir, ds, log)
     ds.send_signal(signal.SIGTERM)
     assert ds.wait(timeout=10) == -signal.SIGTERM
@@ -328,14 +349,14 @@ def test_2_sigterm_to_train_local_sh_stops_every_rank_and_names_the_checkpoint(r
     """Passed on once; the script exits 143 naming the checkpoint once every rank is gone."""
     recipe, run_dir, ckpt_dir, resumed = run
     log = recipe.parent / "2-train_local.log"
-    sh = start(["bash", str(REPO / "launchers" / "train_local.sh"), str(recipe), "1"], log)
+    sh = start(["bash", str(REPO / "launchers" / "train_local.sh"), str(recipe), "stage1"], log)
     wait_for_step_after(step_of(resumed), run_dir, sh, log)
     sh.send_signal(signal.SIGTERM)
     assert sh.wait(timeout=180) == 143, log.read_text()[-3000:]
     assert processes_of(str(recipe)) == []
     out = log.read_text()
     tag = check_stopped_and_resumed(resumed, out, ckpt_dir, run_dir)
-    assert (f"train_local.sh: stage 1 stopped by SIGTERM; rerun the same command to resume from {tag} in "
+    assert (f"train_local.sh: stage1: stopped by SIGTERM; rerun the same command to resume from {tag} in "
             f"{ckpt_dir}") in out, out[-3000:]
 
 
@@ -344,10 +365,11 @@ import sys
 from t2t import pipeline
 from t2t.cli import main
 
-# The backbone is the recipe's model.path as it is, and the test wrote the stage-1 shards: train1 is the real step.
+# The backbone is the recipe's model.path as it is, and the test wrote the stage-1 shards: stage1:train is the real
+# step.
 pipeline.Pipeline.step_base = lambda self: None
 pipeline.Pipeline.step_targets = lambda self, stage: None
-sys.exit(main(["pipeline", "--config", sys.argv[1], "--until", "train1"]))
+sys.exit(main(["pipeline", "--config", sys.argv[1], "--until", "stage1:train"]))
 """
 
 
@@ -355,7 +377,7 @@ def stop_pipeline(run, sig: signal.Signals) -> None:
     """`sig` to the pid of `t2t pipeline` alone (not its process group): passed on once, and the pipeline
     exits 1 naming the checkpoint once every rank is gone."""
     recipe, run_dir, ckpt_dir, resumed = run
-    train_log = run_dir / "logs" / "train1.log"
+    train_log = run_dir / "logs" / "stage1-train.log"
     before = len(train_log.read_text()) if train_log.exists() else 0
     log = recipe.parent / f"pipeline-{sig.name}.log"
     proc = start([sys.executable, "-c", PIPELINE, str(recipe)], log)
@@ -365,8 +387,8 @@ def stop_pipeline(run, sig: signal.Signals) -> None:
     assert processes_of(str(recipe)) == []
     tag = check_stopped_and_resumed(resumed, train_log.read_text()[before:], ckpt_dir, run_dir)
     out = log.read_text()
-    assert (f"t2t pipeline: step train1: training stage 1 stopped by {sig.name}; rerun to resume from {tag} in "
-            f"{ckpt_dir}") in out, out[-3000:]
+    assert (f"t2t pipeline: step stage1:train: stage1: training stopped by {sig.name}; rerun to resume from {tag} "
+            f"in {ckpt_dir}") in out, out[-3000:]
 
 
 @pytest.mark.slow
@@ -405,13 +427,13 @@ def test_5_a_killed_rank_is_named_in_one_line_with_the_checkpoint_to_resume_from
     threading.Thread(target=kill_rank_1, daemon=True).start()
     log = recipe.parent / "5-killed.log"
     with pytest.raises(RuntimeError) as failed:
-        launch_local(str(recipe), ["train.save_every=2"], stage=1, nproc=2, log_file=log)
+        launch_local(str(recipe), ["train.save_every=2"], stage="stage1", nproc=2, log_file=log)
     assert len(killed) == 1
     assert processes_of(str(recipe)) == []
     if resumed is not None:
         assert f"resumed from {ckpt_dir / resumed}" in log.read_text()
     lines = str(failed.value).splitlines()
-    assert lines[0] == (f"training stage 1 failed: rank 1 died (signal 9, SIGKILL); rerun to resume from "
+    assert lines[0] == (f"stage1: training failed: rank 1 died (signal 9, SIGKILL); rerun to resume from "
                         f"{newest(run_dir)} in {ckpt_dir}; see {log}"), str(failed.value)
     assert lines[1].startswith("t2t train: rank 0 lost contact with another rank after step "), str(failed.value)
     assert "Traceback" not in str(failed.value)

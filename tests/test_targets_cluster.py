@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from t2t.data.corpus import iter_texts
-from t2t.data.shards import read_manifest
+from t2t.data.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -24,10 +24,12 @@ import yaml
 
 from t2t.config import ModelConfig
 from t2t.data.files import exclusive_lock, file_digest
-from t2t.data.shards import read_manifest, write_shard
+from t2t.data.shards import write_shard
+from t2t.data.manifest import read_manifest
 from t2t.data.stream import TargetReader, open_stage_shards
 from t2t.model import EmbedSettings, load_tokenizer
-from t2t.precompute import LOCK_FILE, run_targets
+from t2t.data.manifest import LOCK_FILE
+from t2t.ray_jobs.targets import run_targets
 from t2t.targets.stage1 import Stage1Builder
 from test_targets_ray import clean, corpus, make_cfg, shard_bytes  # noqa: F401  (fixtures)
 
@@ -146,7 +148,7 @@ def test_concurrent_jobs_on_one_directory(tiny_model_dir, corpus, clean, tmp_pat
         job_a.wait()
     assert json.loads((out / LOCK_FILE).read_text())["pid"] == job_a.pid  # stale record of the dead job
     cfg = make_cfg(tiny_model_dir, corpus, shards)
-    manifest = run_targets(cfg, 1)  # not blocked by the stale lock file; resumes or redoes A's work
+    manifest = run_targets(cfg, "stage1")  # not blocked by the stale lock file; resumes or redoes A's work
     assert manifest["shards"] == clean_manifest["shards"]
     assert shard_bytes(out) == shard_bytes(clean_out)
 
@@ -188,7 +190,7 @@ def test_shard_truncated_at_a_sample_boundary(tiny_model_dir, clean, tmp_path, c
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        manifest = run_targets(cfg, 1, out=str(out))
+        manifest = run_targets(cfg, "stage1", out=str(out))
     assert "recomputing t2t-000001.tar" in caplog.text and "t2t-000000.tar" not in caplog.text
     assert bad.read_bytes() == (clean_out / bad.name).read_bytes()
     assert manifest["shards"] == clean_manifest["shards"] and read_manifest(out) == manifest
@@ -213,8 +215,8 @@ def test_shards_from_a_job_with_another_tokenizer(tiny_model_dir, tiny_sp_model_
     cfg, clean_manifest, clean_out = clean
     out = copy_job(clean_out, tmp_path / "stage1")
     foreign_shard(out / "t2t-000003.tar", raw_samples(out / "t2t-000000.tar") + raw_samples(out / "t2t-000001.tar"),
-                  tiny_sp_model_dir, cfg.targets)
-    foreign_shard(out / "t2t-000002.tar", raw_samples(out / "t2t-000002.tar"), tiny_sp_model_dir, cfg.targets)
+                  tiny_sp_model_dir, cfg.stage("stage1").targets)
+    foreign_shard(out / "t2t-000002.tar", raw_samples(out / "t2t-000002.tar"), tiny_sp_model_dir, cfg.stage("stage1").targets)
     assert (out / "t2t-000003.tar").stat().st_size != (clean_out / "t2t-000003.tar").stat().st_size
     assert (out / "t2t-000002.tar").stat().st_size == (clean_out / "t2t-000002.tar").stat().st_size
     assert (out / "t2t-000002.tar").read_bytes() != (clean_out / "t2t-000002.tar").read_bytes()
@@ -232,7 +234,7 @@ def test_shards_from_a_job_with_another_tokenizer(tiny_model_dir, tiny_sp_model_
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        manifest = run_targets(cfg, 1, out=str(out))
+        manifest = run_targets(cfg, "stage1", out=str(out))
     assert re.search(r"recomputing t2t-000002\.tar: sha256 \w+… differs", caplog.text)
     assert re.search(r"recomputing t2t-000003\.tar: \d+ bytes, the manifest records \d+", caplog.text)
     assert "t2t-000000.tar" not in caplog.text and "t2t-000001.tar" not in caplog.text
@@ -244,7 +246,7 @@ def test_shards_from_a_job_with_another_tokenizer(tiny_model_dir, tiny_sp_model_
 def test_rerun_of_a_verified_job_writes_nothing(clean):  # noqa: F811
     cfg, manifest, out = clean
     before = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.iterdir() if p.name != LOCK_FILE}
-    assert run_targets(cfg, 1) == manifest
+    assert run_targets(cfg, "stage1") == manifest
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.iterdir() if p.name != LOCK_FILE} == before
 
 

@@ -14,11 +14,14 @@ import pytest
 import torch
 import webdataset as wds
 
-from t2t.config import Config, DataConfig, ModelConfig, TargetsConfig
+from t2t.config import Config, DataConfig, DataDrivenTargets, ModelConfig, ModelDerivedTargets, StageConfig, TargetsConfig
 from t2t.data.corpus import iter_texts
-from t2t.data.shards import check_manifest, decode_sample, read_manifest
+from t2t.data.shards import decode_sample
+from t2t.data.manifest import check_manifest, read_manifest
 from t2t.model import from_config, load_tokenizer
-from t2t.precompute import FAULT_ENV, LOCK_FILE, is_complete, run_targets
+from t2t.data.manifest import LOCK_FILE, is_complete
+from t2t.ray_jobs.target_workers import FAULT_ENV
+from t2t.ray_jobs.targets import run_targets
 from t2t.targets.stage1 import Stage1Builder, idf_weights
 
 pytestmark = pytest.mark.slow
@@ -49,10 +52,24 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def make_cfg(model_dir: Path, corpus: Path, shards: Path, **targets) -> Config:
+    """Two stages on the same tiny model: data-driven `stage1`, and `stage2` deriving targets from the model
+    itself (start: base). Keyword arguments set the `targets` job section or, by name, a kind's parameter."""
     t = dict(shard_size=16, workers=2, batch_size=8, max_retries=2)
+    kind1 = {k: targets.pop(k) for k in ("stopwords", "max_target_tokens", "weighting") if k in targets}
+    kind2 = {k: targets.pop(k) for k in ("tau", "delta", "top_k") if k in targets}
     t.update(targets)
+    stages = [StageConfig(name="stage1", targets=DataDrivenTargets(**kind1)),
+              StageConfig(name="stage2", start="base", targets=ModelDerivedTargets(**kind2))]
     return Config(model=ModelConfig(path=str(model_dir), max_length=48),
-                  data=DataConfig(stage1_corpus=str(corpus), shards_dir=str(shards)), targets=TargetsConfig(**t))
+                  data=DataConfig(corpus=str(corpus), shards_dir=str(shards)), targets=TargetsConfig(**t),
+                  stages=stages)
+
+
+def with_stage_targets(cfg: Config, stage: str, **params) -> Config:
+    """`cfg` with some of a stage's target parameters changed."""
+    stages = [dataclasses.replace(s, targets=dataclasses.replace(s.targets, **params)) if s.name == stage else s
+              for s in cfg.stages]
+    return dataclasses.replace(cfg, stages=stages)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +77,7 @@ def clean(tiny_model_dir, corpus, tmp_path_factory) -> tuple[Config, dict, Path]
     """One clean stage-1 run that the fault and resume tests compare against: (cfg, manifest, out dir)."""
     shards = tmp_path_factory.mktemp("clean")
     cfg = make_cfg(tiny_model_dir, corpus, shards)
-    return cfg, run_targets(cfg, 1), shards / "stage1"
+    return cfg, run_targets(cfg, "stage1"), shards / "stage1"
 
 
 def read_shards(out: Path) -> dict[str, tuple]:
@@ -94,7 +111,7 @@ def test_stage1_end_to_end_rerun_and_changed_config(tiny_model_dir, corpus, clea
     assert [s["samples"] for s in manifest["shards"]] == [16, 16, 16, 13]
     texts = [t.text for t in iter_texts(corpus)]
     tok = load_tokenizer(tiny_model_dir)
-    expected, truncated = Stage1Builder(tok, cfg.targets, len(tok)).targets(texts)
+    expected, truncated = Stage1Builder(tok, cfg.stage("stage1").targets, len(tok)).targets(texts)
     assert manifest["corpus"]["counters"] == dict(read=61, skipped_empty=1, invalid_utf8=1, truncated=truncated)
     assert manifest["params"]["target"]["stopwords"] == "sklearn-english" and manifest["code_version"]
 
@@ -107,20 +124,20 @@ def test_stage1_end_to_end_rerun_and_changed_config(tiny_model_dir, corpus, clea
     assert manifest["empty_targets"] == expected.empty_count
 
     before = snapshot(out)
-    assert run_targets(cfg, 1) == manifest and snapshot(out) == before  # a finished job: nothing written
-    assert is_complete(cfg, 1)
+    assert run_targets(cfg, "stage1") == manifest and snapshot(out) == before  # a finished job: nothing written
+    assert is_complete(cfg, "stage1")
 
     copy = tmp_path / "stage1"
     shutil.copytree(out, copy)
-    changed = dataclasses.replace(cfg, targets=dataclasses.replace(cfg.targets, max_target_tokens=8))
-    assert not is_complete(changed, 1, out=str(copy))
+    changed = with_stage_targets(cfg, "stage1", max_target_tokens=8)
+    assert not is_complete(changed, "stage1", out=str(copy))
     with pytest.raises(ValueError, match=r"max_target_tokens: 128 -> 8.*--overwrite"):
-        run_targets(changed, 1, out=str(copy))
+        run_targets(changed, "stage1", out=str(copy))
     assert [p.name for p in copy.iterdir()] == [p.name for p in out.iterdir()]
-    redone = run_targets(changed, 1, out=str(copy), overwrite=True)
+    redone = run_targets(changed, "stage1", out=str(copy), overwrite=True)
     assert redone["params"]["target"]["max_target_tokens"] == 8
     assert redone["corpus"]["counters"]["truncated"] > truncated
-    assert is_complete(changed, 1, out=str(copy)) and not is_complete(cfg, 1, out=str(copy))
+    assert is_complete(changed, "stage1", out=str(copy)) and not is_complete(cfg, "stage1", out=str(copy))
 
 
 def test_worker_death_gives_the_clean_shard_set(tiny_model_dir, corpus, clean, tmp_path, monkeypatch):
@@ -128,13 +145,13 @@ def test_worker_death_gives_the_clean_shard_set(tiny_model_dir, corpus, clean, t
     marker = tmp_path / "died"
     monkeypatch.setenv(FAULT_ENV, f"shards:2:{marker}")
     cfg = make_cfg(tiny_model_dir, corpus, tmp_path / "faulty")
-    faulty = run_targets(cfg, 1)
+    faulty = run_targets(cfg, "stage1")
     assert marker.is_file()  # the worker really died on its first attempt at shard 2
     assert faulty["shards"] == clean_manifest["shards"]
     assert shard_bytes(tmp_path / "faulty/stage1") == shard_bytes(clean_out)
     assert read_shards(tmp_path / "faulty/stage1").keys() == read_shards(clean_out).keys()
     before = snapshot(tmp_path / "faulty/stage1")
-    run_targets(cfg, 1)
+    run_targets(cfg, "stage1")
     assert snapshot(tmp_path / "faulty/stage1") == before
 
 
@@ -146,14 +163,14 @@ def test_failed_job_resumes_from_the_ledger(tiny_model_dir, corpus, clean, tmp_p
     import ray
 
     with pytest.raises(ray.exceptions.RayError):  # the worker crashed, with no retries left
-        run_targets(cfg, 1)
+        run_targets(cfg, "stage1")
     out = tmp_path / "stage1"
-    assert not read_manifest(out)["complete"] and not is_complete(cfg, 1)
+    assert not read_manifest(out)["complete"] and not is_complete(cfg, "stage1")
     kept = snapshot(out)
     assert {f"t2t-{i:06d}.tar" for i in range(3)} <= set(kept) and "t2t-000003.tar" not in kept
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
     monkeypatch.delenv(FAULT_ENV)
-    run_targets(cfg, 1)
+    run_targets(cfg, "stage1")
     after = snapshot(out)
     for i in range(3):
         assert after[f"t2t-{i:06d}.tar"] == kept[f"t2t-{i:06d}.tar"]  # not rewritten
@@ -164,11 +181,11 @@ def test_failed_job_resumes_from_the_ledger(tiny_model_dir, corpus, clean, tmp_p
 
 def test_idf_weighting_end_to_end(tiny_model_dir, corpus, tmp_path):
     cfg = make_cfg(tiny_model_dir, corpus, tmp_path, weighting="idf")
-    manifest = run_targets(cfg, 1)
+    manifest = run_targets(cfg, "stage1")
     assert manifest["idf"]["texts"] == 61 and manifest["params"]["target"]["weighting"] == "idf"
     texts = [t.text for t in iter_texts(corpus)]
     tok = load_tokenizer(tiny_model_dir)
-    builder = Stage1Builder(tok, cfg.targets, len(tok))
+    builder = Stage1Builder(tok, cfg.stage("stage1").targets, len(tok))
     idf = idf_weights(*builder.document_frequency(texts))
     np.testing.assert_allclose(np.load(tmp_path / "stage1/idf.npy"), idf)
     expected, _ = builder.targets(texts, idf)
@@ -180,26 +197,26 @@ def test_idf_weighting_end_to_end(tiny_model_dir, corpus, tmp_path):
 def test_bad_corpora_are_named(tiny_model_dir, tmp_path):
     cfg = make_cfg(tiny_model_dir, tmp_path / "nowhere.txt", tmp_path)
     with pytest.raises(ValueError, match=r"corpus .*nowhere.txt does not exist"):
-        run_targets(cfg, 1)
+        run_targets(cfg, "stage1")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n\n")
     with pytest.raises(ValueError, match=r"corpus .*empty.txt holds no texts"):
-        run_targets(cfg, 1, corpus=str(empty))
+        run_targets(cfg, "stage1", corpus=str(empty))
     broken = tmp_path / "broken.txt.gz"
     payload = gzip.compress("".join(f"sentence number {i} about rivers\n" for i in range(400)).encode())
     broken.write_bytes(payload[: len(payload) // 2])
     with pytest.raises(ValueError, match=r"broken.txt.gz: corrupt or truncated input after line \d+"):
-        run_targets(cfg, 1, corpus=str(broken), out=str(tmp_path / "broken"))
+        run_targets(cfg, "stage1", corpus=str(broken), out=str(tmp_path / "broken"))
     with pytest.raises(ValueError, match="no corpus"):
-        run_targets(dataclasses.replace(cfg, data=DataConfig()), 1)
+        run_targets(dataclasses.replace(cfg, data=DataConfig()), "stage1")
 
 
 def test_stage2_background_one_vs_two_workers_with_an_actor_death(tiny_model_dir, corpus, tmp_path, monkeypatch):
-    one = run_targets(make_cfg(tiny_model_dir, corpus, tmp_path / "w1", workers=1), 2)
+    one = run_targets(make_cfg(tiny_model_dir, corpus, tmp_path / "w1", workers=1), "stage2")
     marker = tmp_path / "died"
     monkeypatch.setenv(FAULT_ENV, f"background:1:{marker}")
     cfg = make_cfg(tiny_model_dir, corpus, tmp_path / "w2", workers=2)
-    two = run_targets(cfg, 2)
+    two = run_targets(cfg, "stage2")
     assert marker.is_file()  # an actor died in pass 1 and was restarted
     theta1 = np.load(tmp_path / "w1/stage2" / one["background"]["file"])
     theta2 = np.load(tmp_path / "w2/stage2" / two["background"]["file"])
@@ -217,7 +234,7 @@ def test_stage2_background_one_vs_two_workers_with_an_actor_death(tiny_model_dir
     assert two["params"]["embedding"]["pooling"] == "mean" and two["params"]["target"]["tau"] == 1e-5
     check_manifest(two, cfg.model, embedder.tokenizer, where="w2")
     other = dataclasses.replace(cfg.model, pooling="last")
-    with pytest.raises(ValueError, match="pooling 'mean' != model config's 'last'"):
+    with pytest.raises(ValueError, match="pooling: 'mean' -> 'last'"):
         check_manifest(two, other, embedder.tokenizer, where="w2")
 
 
@@ -226,17 +243,19 @@ def test_reduce_pass_sums_in_chunk_order_whatever_order_the_workers_finish_in(ti
 
     import ray
 
-    from t2t.precompute import plan, reduce_pass
+    from t2t.data.manifest import plan
+    from t2t.ray_jobs.targets import reduce_pass
 
-    p = plan(make_cfg(tiny_model_dir, corpus, tmp_path), 1)  # 61 texts: 4 chunks of 16
+    p = plan(make_cfg(tiny_model_dir, corpus, tmp_path), "stage1")  # 61 texts: 4 chunks of 16
     p.out.mkdir(parents=True, exist_ok=True)
     parts = [np.array([1e16]), np.array([1.0]), np.array([-1e16]), np.array([1.0])]  # a sum that depends on order
 
-    @ray.remote
-    def chunk_zero_last(index: int):
-        time.sleep(0.5 if index == 0 else 0.0)
-        return parts[index], 1
+    @ray.remote(num_cpus=0)
+    class ChunkZeroLast:
+        def part(self, index: int):
+            time.sleep(0.5 if index == 0 else 0.0)
+            return index, (parts[index], 1)
 
-    total, count = reduce_pass("test", p, [0, 1, 2, 3], "partial.npz", lambda slot, i, keys, texts:
-                               chunk_zero_last.remote(i))
+    workers = [ChunkZeroLast.remote() for _ in range(4)]
+    total, count = reduce_pass("test", p, workers, lambda worker, i, keys, texts: worker.part.remote(i))
     assert count == 4 and total.tolist() == [((1e16 + 1.0) - 1e16) + 1.0]

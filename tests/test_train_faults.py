@@ -20,7 +20,7 @@ from t2t.config import ConfigError, load_config
 from t2t.train import checkpoint
 from train_support import REPO, metrics, rank_env, torchrun, write_recipe, write_stage_shards
 
-TRAIN_ARGS = ["-m", "t2t.cli", "train", "--stage", "1", "--config"]
+TRAIN_ARGS = ["-m", "t2t.cli", "train", "--stage", "stage1", "--config"]
 TEXTS = ["The river flows through the old town.", "Quantum physics is hard.", "A short one."]
 
 
@@ -62,7 +62,8 @@ def export_embeds_finitely(recipe: Path, ckpt: Path, out: Path) -> bool:
     from t2t.cli import main
     from t2t.model import load
 
-    assert main(["export", "--config", str(recipe), "--stage", "1", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    assert main(["export", "--config", str(recipe), "--stage", "stage1", "--checkpoint", str(ckpt),
+                 "--out", str(out)]) == 0
     return bool(np.isfinite(load(out).encode(TEXTS)).all())
 
 
@@ -77,14 +78,15 @@ def test_a_blow_up_is_never_checkpointed(setup, good_run, tmp_path):
     (it was computed before the update), so only a check of the updated weights keeps them off disk."""
     root, recipe = setup
     ckpt = copy_run(good_run, root / "blowup")
-    overrides = [f"run_dir={root / 'blowup'}", "train.stage1.lr=1e30", "train.stage1.steps=8", "train.save_every=1"]
+    overrides = [f"run_dir={root / 'blowup'}", "stages.stage1.lr=1e30", "stages.stage1.steps=8", "train.save_every=1"]
     args = TRAIN_ARGS + [str(recipe), "--resume", str(ckpt / "step00000004")]
     args += [a for o in overrides for a in ("--set", o)]
     text = failing_run(args, root / "blowup.log")
     assert re.search(r"exitcode\s*:\s*3", text)  # TrainingDiverged, not a crash
     assert [(m["step"], m["lr"]) for m in metrics(root / "blowup")] == [(5, 1e30)]  # the resumed run's own lr
-    assert "stage 1 step 5: the weights after its optimizer step give a non-finite loss or output, so step 5 was " \
-           f"NOT checkpointed; the newest good checkpoint is step00000004 in {ckpt}" in text
+    assert "stage1 step 5: the weights after its optimizer step give a non-finite loss or output, so step 5 was " \
+           f"NOT checkpointed; the newest good checkpoint is step00000004 in {ckpt}; lower stages.stage1.lr and " \
+           f"continue from it with --resume {ckpt / 'step00000004'}" in text
     kept = sorted(p for p in ckpt.iterdir() if p.is_dir())
     assert [p.name for p in kept] == ["step00000002", "step00000004"]
     assert checkpoint.latest_tag(ckpt) == "step00000004"
@@ -97,12 +99,13 @@ def test_a_collapsed_model_stops_the_run(setup, tmp_path):
     """lr=1e6 on the tiny model: after step 1 the gradient norm is exactly 0 and the export embeds to zeros."""
     root, recipe = setup
     run_dir = root / "collapse"
-    args = TRAIN_ARGS + [str(recipe), "--set", f"run_dir={run_dir}", "--set", "train.stage1.lr=1e6",
-                         "--set", "train.stage1.steps=8", "--set", "train.save_every=8"]
+    args = TRAIN_ARGS + [str(recipe), "--set", f"run_dir={run_dir}", "--set", "stages.stage1.lr=1e6",
+                         "--set", "stages.stage1.steps=8", "--set", "train.save_every=8"]
     text = failing_run(args, root / "collapse.log")
     assert re.search(r"exitcode\s*:\s*3", text)
-    assert "stage 1 step 4: the gradient norm was exactly 0 for 3 steps in a row (steps 2-4): the update of step 1 " \
-           "collapsed the model, so the run stopped without checkpointing it; no good checkpoint is kept" in text
+    assert "stage1 step 4: the gradient norm was exactly 0 for 3 steps in a row (steps 2-4): the update of step 1 " \
+           "collapsed the model, so the run stopped without checkpointing it; no good checkpoint is kept in " \
+           f"{run_dir / 'stage1' / 'checkpoints'}; lower stages.stage1.lr and start the stage over" in text
     assert [m["grad_norm"] for m in metrics(run_dir)][1:] == [0.0, 0.0, 0.0]
     assert checkpoint.latest_tag(run_dir / "stage1" / "checkpoints") is None
 
@@ -135,7 +138,7 @@ def test_a_truncated_named_checkpoint_is_an_error_naming_the_file(setup, good_ru
     ckpt = copy_run(good_run, root / "named")
     bad = ckpt / "step00000004" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     truncate(bad)
-    assert main(["export", "--config", str(recipe), "--stage", "1", "--set", f"run_dir={root / 'named'}",
+    assert main(["export", "--config", str(recipe), "--stage", "stage1", "--set", f"run_dir={root / 'named'}",
                  "--out", str(tmp_path / "m")]) == 2
     assert f"t2t export: error: {bad} is truncated or corrupt" in capsys.readouterr().err
 
@@ -182,6 +185,6 @@ def test_zero_grad_stop_is_validated_and_resumable():
     assert load_config(None, ["model.path=m"]).train.stop_after_zero_grad_steps == 3
     with pytest.raises(ConfigError, match="train.stop_after_zero_grad_steps must be >= 0"):
         load_config(None, ["model.path=m", "train.stop_after_zero_grad_steps=-1"])
-    ids = [checkpoint.recipe_identity(load_config(None, ["model.path=m", f"train.stop_after_zero_grad_steps={n}"]), 1)
-           for n in (0, 3)]
+    ids = [checkpoint.recipe_identity(load_config(None, ["model.path=m", f"train.stop_after_zero_grad_steps={n}"]),
+                                      "stage1") for n in (0, 3)]
     assert ids[0] == ids[1]  # a stopping rule, not what trains: changing it keeps `--resume auto` working

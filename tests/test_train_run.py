@@ -3,8 +3,9 @@
 One uninterrupted run (module fixture) serves several assertions; a second run resumes from
 the first one's step-6 checkpoint (the data stream crosses an epoch boundary there, through a
 loader process) and must log exactly the first run's losses for the steps after it. The SimCSE
-objective gets the same treatment in one test: `t2t train --set train.objective=simcse`, then a
-resumed run that must reproduce its losses, dropout masks included. The stop on SIGUSR1 and the
+objective gets the same treatment in one test: `t2t train --set stages.stage1.objective=simcse`, then a
+resumed run that must reproduce its losses, dropout masks included. Stage 2 then trains stage 1's export by
+name alone (`--stage stage2`, no model.path override). The stop on SIGUSR1 and the
 requeued resume are tested through Slurm in test_train_slurm.py.
 """
 
@@ -26,7 +27,7 @@ from t2t.train.checkpoint import TRAIN_INFO
 from train_support import metrics, rank_env, torchrun, write_recipe, write_stage_shards
 
 STEPS = 8
-TRAIN_ARGS = ["-m", "t2t.cli", "train", "--stage", "1", "--config"]
+TRAIN_ARGS = ["-m", "t2t.cli", "train", "--stage", "stage1", "--config"]
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +118,8 @@ def test_export_loads_in_sentence_transformers_and_encodes(run_a):
     ours = load(out).encode(texts)
     assert st.shape == (3, 64)
     assert abs(st - ours).max() < 1e-4
-    assert stage_complete(cfg, 1)
-    assert not stage_complete(load_config(run_dir.parent / "r.yaml", [f"train.stage1.steps={STEPS + 1}"]), 1)
+    assert stage_complete(cfg, "stage1")
+    assert not stage_complete(load_config(run_dir.parent / "r.yaml", [f"stages.stage1.steps={STEPS + 1}"]), "stage1")
 
 
 @pytest.mark.slow
@@ -130,7 +131,7 @@ def test_export_cli_consolidates_an_older_checkpoint(run_a, tmp_path):
     run_dir, _ = run_a
     out = tmp_path / "m6"
     ckpt = run_dir / "stage1" / "checkpoints" / "step00000006"
-    assert main(["export", "--config", str(run_dir.parent / "r.yaml"), "--stage", "1", "--checkpoint", str(ckpt),
+    assert main(["export", "--config", str(run_dir.parent / "r.yaml"), "--stage", "stage1", "--checkpoint", str(ckpt),
                  "--out", str(out)]) == 0
     assert json.loads((out / TRAIN_INFO).read_text())["steps"] == 6
     w6 = load_file(out / "model.safetensors")
@@ -145,13 +146,38 @@ def test_export_stage0_is_the_recipes_backbone_with_its_embedding_settings(setup
 
     _, recipe = setup
     out = tmp_path / "m0"
-    assert main(["export", "--config", str(recipe), "--stage", "0", "--out", str(out)]) == 0
+    assert main(["export", "--config", str(recipe), "--stage", "base", "--out", str(out)]) == 0
     cfg = load_config(recipe)
     texts = ["The river flows through the old town.", "A short one."]
     assert abs(load(out).encode(texts) - from_config(cfg.model).encode(texts)).max() < 1e-6
     assert json.loads((out / "t2t_config.json").read_text())["pooling"] == cfg.model.pooling
-    assert main(["export", "--config", str(recipe), "--stage", "0", "--checkpoint", str(tmp_path)]) != 0
-    assert "--checkpoint belongs to stages 1 and 2" in capsys.readouterr().err
+    assert main(["export", "--config", str(recipe), "--stage", "0", "--checkpoint", str(tmp_path)]) != 0  # 0: base
+    assert "--checkpoint belongs to a training stage" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_stage2_trains_the_stage1_export_by_name_alone(run_a, setup, tiny_model_dir):
+    """`t2t train --stage stage2` with no model.path override starts from `<run_dir>/stage1/model` (stage2's
+    `start`): with an lr of 1e-12 its export holds M1's weights, and the frozen embeddings are M1's exactly."""
+    from safetensors.torch import load_file
+
+    root, recipe = setup
+    run_dir, _ = run_a
+    write_stage_shards(tiny_model_dir, root / "shards" / "stage2", n_shards=2, per_shard=8, stage="stage2")
+    overrides = ["stages.stage2.steps=1", "stages.stage2.lr=1e-12", "train.train_embeddings=false"]
+    args = ["-m", "t2t.cli", "train", "--stage", "stage2", "--config", str(recipe)]
+    torchrun(2, args + [a for o in overrides for a in ("--set", o)], root / "stage2.log")
+    assert stage_complete(load_config(recipe, overrides), "stage2")
+    assert [m["step"] for m in metrics(run_dir, "stage2")] == [1]
+    m0 = load_file(tiny_model_dir / "model.safetensors")
+    m1 = load_file(run_dir / "stage1" / "model" / "model.safetensors")
+    m2 = load_file(run_dir / "stage2" / "model" / "model.safetensors")
+    assert m2.keys() == m1.keys()
+    embed = next(k for k in m1 if "embed_tokens" in k)
+    assert torch.equal(m2[embed], m1[embed]) and not torch.equal(m1[embed], m0[embed])
+    for k in m1:
+        torch.testing.assert_close(m2[k], m1[k], rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    assert max((m1[k] - m0[k]).abs().max().item() for k in m1) > 1e-3  # M1 is far from M0: stage2 started at M1
 
 
 @pytest.mark.slow
@@ -166,24 +192,25 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(run_a, setup, monkeypat
     lost = [dict(m, loss=-1.0) for m in metrics(run_a[0])]  # what the crashed run had logged, steps 1-8
     (b_stage / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lost))
 
-    launch_local(str(recipe), [f"run_dir={root / 'run_b'}"], stage=1, nproc=2, log_file=root / "run_b.log")
+    launch_local(str(recipe), [f"run_dir={root / 'run_b'}"], stage="stage1", nproc=2, log_file=root / "run_b.log")
     assert "resumed from" in (root / "run_b.log").read_text()  # launch_local resumes (--resume auto)
     resumed = [m["loss"] for m in metrics(root / "run_b")]
     uninterrupted = [m["loss"] for m in metrics(run_a[0])]
     assert resumed[:6] == [-1.0] * 6  # logged before the checkpoint: kept; the lost steps 7-8: replaced
     assert resumed[6:] == uninterrupted[6:]  # the steps trained after the resume, exactly
-    assert len(resumed) == STEPS and stage_complete(load_config(recipe, [f"run_dir={root / 'run_b'}"]), 1)
+    assert len(resumed) == STEPS and stage_complete(load_config(recipe, [f"run_dir={root / 'run_b'}"]), "stage1")
 
 
 @pytest.mark.slow
 def test_simcse_trains_resumes_exactly_and_exports(setup):
-    """`t2t train --set train.objective=simcse` (bidirectional, 2 ranks × 2 micro-steps), then a resume at step 4."""
+    """`t2t train --set stages.stage1.objective=simcse` (bidirectional, 2 ranks × 2 micro-steps), then a resume at
+    step 4."""
     from t2t.model import from_config, load
 
     root, recipe = setup
     steps = 6
-    overrides = ["train.objective=simcse", "model.attention=bidirectional", f"train.stage1.steps={steps}",
-                 "train.stage1.lr=2.0e-4", "train.stage1.schedule=constant", "train.stage1.warmup_steps=0"]
+    overrides = ["stages.stage1.objective=simcse", "model.attention=bidirectional", f"stages.stage1.steps={steps}",
+                 "stages.stage1.lr=2.0e-4", "stages.stage1.schedule=constant", "stages.stage1.warmup_steps=0"]
     args = TRAIN_ARGS + [str(recipe)] + [a for o in overrides for a in ("--set", o)]
     run_a, run_b = root / "simcse_a", root / "simcse_b"
     torchrun(2, args + ["--set", f"run_dir={run_a}"], root / "simcse_a.log")
@@ -214,7 +241,7 @@ def test_launch_local_names_the_stage_and_log_when_training_fails(setup, monkeyp
     for key, value in rank_env().items():
         monkeypatch.setenv(key, value)
     log = root / "failing.log"
-    with pytest.raises(RuntimeError, match=f"stage 1 failed.*{log}"):
+    with pytest.raises(RuntimeError, match=f"stage1: training failed.*{log}"):
         # every rank refuses a shard directory without a manifest before it starts DeepSpeed: a fast, real failure
-        launch_local(str(recipe), [f"data.shards_dir={tmp_path / 'none'}"], stage=1, nproc=2, log_file=log)
+        launch_local(str(recipe), [f"data.shards_dir={tmp_path / 'none'}"], stage="stage1", nproc=2, log_file=log)
     assert str(tmp_path / "none" / "stage1") in log.read_text()

@@ -92,7 +92,7 @@ def test_train_slurm_two_nodes_stop_on_usr1_requeue_and_resume(tiny_model_dir, t
 
     # Job 1: the time limit approaches after the first step; Slurm signals the step's processes.
     with (tmp_path / "job1.log").open("w") as log:
-        job = start_job([str(recipe), "1"], env, log)
+        job = start_job([str(recipe), "stage1"], env, log)
         deadline = time.time() + 240
         while not ((stage / "metrics.jsonl").exists() and (stage / "metrics.jsonl").read_text().strip()):
             assert job.poll() is None and time.time() < deadline, (tmp_path / "job1.log").read_text()
@@ -115,14 +115,16 @@ def test_train_slurm_two_nodes_stop_on_usr1_requeue_and_resume(tiny_model_dir, t
     # Job 2: the requeued job resumes from that checkpoint and finishes.
     (tmp_path / "requeue").unlink()
     with (tmp_path / "job2.log").open("w") as log:
+        # the stage by its number this time: the recipe's first, stage1
         assert start_job([str(recipe), "1"], env, log).wait(timeout=300) == 0, (tmp_path / "job2.log").read_text()
-    assert "finished" in (tmp_path / "job2.log").read_text() and not (tmp_path / "requeue").exists()
+    assert f"t2t train stage1: finished; model in {stage / 'model'}" in (tmp_path / "job2.log").read_text()
+    assert not (tmp_path / "requeue").exists()
     assert "resumed from" in (tmp_path / "node0.log").read_text()
     assert [m["step"] for m in metrics(tmp_path / "run")] == list(range(1, steps + 1))
     for ckpt in sorted((stage / "checkpoints").glob("step*")):
         assert len(list(ckpt.glob("*optim_states.pt"))) == 2  # one ZeRO-3 partition per rank
 
-    assert stage_complete(load_config(recipe), 1)
+    assert stage_complete(load_config(recipe), "stage1")
     assert json.loads((stage / "model" / "t2t_train.json").read_text())["lora"] is True
     merged = load_file(stage / "model" / "model.safetensors")
     base = load_file(tiny_model_dir / "model.safetensors")

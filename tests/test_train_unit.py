@@ -1,5 +1,5 @@
 """Trainer pieces in one process: LR schedules, NaN guard, stop signals, metrics on resume, checkpoint rotation,
-SimCSE's dropout views."""
+SimCSE's dropout views, stages addressed by name (a number N: the Nth stage)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from t2t.config import ConfigError, load_config
+from t2t.errors import UserError
 from t2t.train import checkpoint
 from t2t.train.engine import free_port, lr_multiplier
 from t2t.train.loss import objective_for
@@ -157,16 +158,30 @@ def test_simcse_settings_are_validated():
     for key, value in (("train.simcse_temperature", 0), ("train.simcse_dropout", 1.0)):
         with pytest.raises(ConfigError, match=key):
             load_config(None, ["model.path=m", f"{key}={value}"])
-    with pytest.raises(ConfigError, match="mean pooling"):
-        load_config(None, ["model.path=m", "train.objective=simcse", "model.pooling=last"])
+    from t2t.errors import UserError
+    from t2t.train.loss import check_objectives
+
+    with pytest.raises(UserError, match="stages.stage1.objective=simcse uses mean pooling"):
+        check_objectives(load_config(None, ["model.path=m", "stages.stage1.objective=simcse", "model.pooling=last"]))
 
 
-def test_stage_complete_needs_the_export(tmp_path):
+def test_stage_complete_needs_the_export(tmp_path, tiny_model_dir):
+    from t2t.config import ModelConfig
+    from t2t.model import export, from_config
+
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {{path: m}}\nrun_dir: {tmp_path / 'run'}\n")
-    assert not checkpoint.stage_complete(load_config(recipe), 1)
-    with pytest.raises(ValueError, match="stage must be 1 or 2"):
-        checkpoint.stage_steps(load_config(recipe), 3)
+    cfg = load_config(recipe, ["stages.stage1.steps=4"])
+    assert not checkpoint.stage_complete(cfg, "stage1")
+    with pytest.raises(ConfigError, match=r"no stage 'stage3' in this recipe \(stages: stage1, stage2\)"):
+        checkpoint.stage_complete(cfg, "stage3")
+    out = export(from_config(ModelConfig(path=str(tiny_model_dir))), tmp_path / "run" / "stage1" / "model")
+    for recorded, complete in ((dict(stage="stage1", steps=4), True), (dict(stage="stage1", steps=3), False),
+                               (dict(stage="stage2", steps=4), False),
+                               (dict(stage=1, steps=4), True), (dict(stage=2, steps=4), False)):  # written before names
+        (out / checkpoint.TRAIN_INFO).write_text(json.dumps(recorded))
+        assert checkpoint.stage_complete(cfg, "stage1") is complete, recorded
+    assert not checkpoint.stage_complete(cfg, "stage2")  # another stage's directory
 
 
 @pytest.mark.parametrize("mode", ["default", "train_embeddings", "lora"])
@@ -208,16 +223,17 @@ class SavedCheckpoint:
 
 def test_a_checkpoint_of_another_recipe_is_not_resumed_silently(tmp_path, caplog):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: {path: m}\ntrain: {stage1: {steps: 10, lr: 1.0e-3}}\n")
-    saved = checkpoint.recipe_identity(load_config(recipe), 1)
+    recipe.write_text("model: {path: m}\nstages: [{name: stage1, steps: 10, lr: 1.0e-3}]\n")
+    saved = checkpoint.recipe_identity(load_config(recipe), "stage1")
     client = dict(step=4, data=[], rng=[], recipe=saved)
     (tmp_path / "latest").write_text("step00000004")
     # More steps, another checkpoint cadence: the same run, continued.
-    longer = checkpoint.recipe_identity(load_config(recipe, ["train.stage1.steps=20", "train.save_every=5"]), 1)
+    longer = checkpoint.recipe_identity(load_config(recipe, ["stages.stage1.steps=20", "train.save_every=5"]),
+                                        "stage1")
     assert checkpoint.resume(SavedCheckpoint(client), tmp_path, "auto", longer)["step"] == 4
     # Another lr and seed: refused under auto, naming both.
-    changed = checkpoint.recipe_identity(load_config(recipe, ["train.stage1.lr=2e-3", "seed=1"]), 1)
-    with pytest.raises(ValueError, match=r"different recipe \(seed: 0 → 1; train.stage1: .*'lr': 0.001.*'lr': 0.002"):
+    changed = checkpoint.recipe_identity(load_config(recipe, ["stages.stage1.lr=2e-3", "seed=1"]), "stage1")
+    with pytest.raises(UserError, match=r"different recipe \(seed: 0 → 1; stages.stage1.lr: 0.001 → 0.002\)"):
         checkpoint.resume(SavedCheckpoint(client), tmp_path, "auto", changed)
     # --resume force: the newest anyway, the changes logged.
     with caplog.at_level("WARNING"):
@@ -229,3 +245,72 @@ def test_a_checkpoint_of_another_recipe_is_not_resumed_silently(tmp_path, caplog
     with caplog.at_level("WARNING"):
         assert checkpoint.resume(SavedCheckpoint(client), tmp_path, str(tmp_path / "step00000004"), changed)
     assert "seed: 0 → 1" in caplog.text
+
+
+def legacy_identity(now: dict, stage: str) -> dict:
+    """`now` as a checkpoint written before stages were a list recorded it: the stage's lr, schedule and warmup
+    as `train.<stage>`, the objective as `train.objective`, the corpora under `data.`."""
+    own = {k.split(".")[2]: v for k, v in now.items() if k.startswith(f"stages.{stage}.")}
+    old = {k: v for k, v in now.items() if not k.startswith("stages.") and k != "data.corpus"}
+    old[f"train.{stage}"] = {k: own[k] for k in ("lr", "schedule", "warmup_steps")}
+    old["train.objective"] = own["objective"]
+    old.update({"data.stage1_corpus": "", "data.stage2_corpus": "", "data.stage2_max_texts": 0})
+    return old
+
+
+def test_a_checkpoint_written_before_stages_had_names_resumes_under_the_same_recipe(tmp_path):
+    cfg = load_config(None, ["model.path=m", "stages.stage2.lr=1e-3"])
+    now = checkpoint.recipe_identity(cfg, "stage2")
+    client = dict(step=4, data=[], rng=[], recipe=legacy_identity(now, "stage2"))
+    (tmp_path / "latest").write_text("step00000004")
+    assert checkpoint.resume(SavedCheckpoint(client), tmp_path, "auto", now)["step"] == 4
+    changed = checkpoint.recipe_identity(load_config(None, ["model.path=m", "stages.stage2.lr=2e-3",
+                                                            "stages.stage2.objective=simcse"]), "stage2")
+    with pytest.raises(UserError, match=r"different recipe \(stages.stage2.lr: 0.001 → 0.002; "
+                                        r"stages.stage2.objective: 't2t' → 'simcse'\)"):
+        checkpoint.resume(SavedCheckpoint(client), tmp_path, "auto", changed)
+
+
+def test_a_stage_is_trained_as_it_runs_from_its_start(monkeypatch):
+    """`train(cfg, "stage2")` builds from stage1's export (no model.path override) with stage2's objective."""
+    import t2t.train.engine as engine
+    from t2t.train import trainer
+
+    built = {}
+
+    class Built(Exception):
+        pass
+
+    def build(cfg, stage, resume, objective, rank, world):
+        built.update(cfg=cfg, stage=stage, objective=objective.name)
+        raise Built
+
+    monkeypatch.setattr(engine, "init_distributed", lambda: (0, 1))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: None)
+    monkeypatch.setattr(trainer.TrainState, "build", staticmethod(build))
+    cfg = load_config(None, ["model.path=m", "run_dir=runs/x", "stages.stage2.objective=simcse"])
+    with pytest.raises(Built):
+        trainer.train(cfg, "stage2")
+    assert built["stage"] == "stage2" and built["objective"] == "simcse"
+    assert built["cfg"].model.path == os.path.join("runs", "x", "stage1", "model")
+    with pytest.raises(Built):
+        trainer.train(cfg, "stage1")
+    assert built["cfg"].model.path == "m" and built["objective"] == "t2t"
+    with pytest.raises(ConfigError, match="no stage 'stage3'"):
+        trainer.train(cfg, "stage3")
+
+
+def test_the_cli_takes_a_stage_by_name_or_number(tmp_path, capsys):
+    from t2t.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{path: m}}\nrun_dir: {tmp_path / 'run'}\n")
+    for verb in ("train", "export"):
+        assert main([verb, "--config", str(recipe), "--stage", "stage9"]) == 2
+        assert "--stage stage9: the recipe's stages are stage1, stage2" in capsys.readouterr().err
+    # A number N is the Nth stage: its (missing) checkpoints are looked for in the stage's directory.
+    assert main(["export", "--config", str(recipe), "--stage", "2"]) == 2
+    ckpt_dir = tmp_path / "run" / "stage2" / "checkpoints"
+    assert f"{ckpt_dir} is neither a checkpoints directory" in capsys.readouterr().err
+    assert main(["export", "--config", str(recipe), "--stage", "base", "--checkpoint", "x"]) == 2
+    assert "--checkpoint belongs to a training stage" in capsys.readouterr().err

@@ -31,10 +31,12 @@ def corpus_lines(n: int, skip: int = 0) -> list[str]:
     return out
 
 
-def write_stage_shards(model_dir: Path, out_dir: Path, n_shards: int = 4, per_shard: int = 24, stage: int = 1) -> Path:
-    """Shards + a complete manifest in `out_dir` that fit the tiny model in `model_dir` (with each shard's
-    sample count, byte size and sha256, as `t2t targets` records them)."""
-    from t2t.data.shards import MANIFEST_FORMAT, model_vocab_size, shard_name, write_manifest, write_shard_entry
+def write_stage_shards(model_dir: Path, out_dir: Path, n_shards: int = 4, per_shard: int = 24,
+                       stage: str = "stage1") -> Path:
+    """Shards + a complete manifest for stage `stage` in `out_dir` that fit the tiny model in `model_dir` (with
+    each shard's sample count, byte size and sha256, as `t2t targets` records them)."""
+    from t2t.data.shards import shard_name, write_shard_entry
+    from t2t.data.manifest import MANIFEST_FORMAT, model_vocab_size, write_manifest
     from t2t.model import load_tokenizer, tokenizer_fingerprint
 
     tok = load_tokenizer(model_dir)
@@ -65,7 +67,8 @@ def write_stage_shards(model_dir: Path, out_dir: Path, n_shards: int = 4, per_sh
 
 
 def write_recipe(path: Path, model_dir: Path, shards_root: Path, run_dir: Path, **train) -> Path:
-    """A recipe training the tiny model on `shards_root/stage1` with DeepSpeed's CPU config."""
+    """A recipe training the tiny model on `shards_root/stage1` with DeepSpeed's CPU config: Text2Token's two
+    stages, `stage1` taking its settings from `stage1=dict(...)`, the other keywords going to `train`."""
     stage1 = dict(steps=6, lr=3.0e-3, schedule="constant")
     stage1.update(train.pop("stage1", {}))
     recipe = {
@@ -73,7 +76,9 @@ def write_recipe(path: Path, model_dir: Path, shards_root: Path, run_dir: Path, 
         "model": {"path": str(model_dir), "pooling": "mean", "max_length": 32},
         "data": {"shards_dir": str(shards_root), "shuffle_buffer": 16, "loader_workers": 0},
         "train": {"ds_config": str(REPO / "ds_configs" / "zero3_cpu.json"), "micro_batch_size": 4,
-                  "grad_accum_steps": 1, "save_every": 2, "keep_checkpoints": 2, "stage1": stage1, **train},
+                  "grad_accum_steps": 1, "save_every": 2, "keep_checkpoints": 2, **train},
+        "stages": [dict(name="stage1", start="base", targets={"kind": "data-driven"}, **stage1),
+                   dict(name="stage2", start="stage1", targets={"kind": "model-derived"}, steps=50)],
     }
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
@@ -99,6 +104,6 @@ def torchrun(nproc: int, args: list[str], log: Path, timeout: float = 240, **pop
     return done
 
 
-def metrics(run_dir: Path, stage: int = 1) -> list[dict]:
-    path = run_dir / f"stage{stage}" / "metrics.jsonl"
+def metrics(run_dir: Path, stage: str = "stage1") -> list[dict]:
+    path = run_dir / stage / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -41,16 +41,18 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def target_stats(shard_dir: Path, tokenizer_dir: Path, targets_cfg) -> dict:
-    """Stage-2 targets: ids kept per text, entropy (nats), and mass on the text's own content tokens."""
+def target_stats(shard_dir: Path, tokenizer_dir: Path, own_targets) -> dict:
+    """Stage-2 targets: ids kept per text, entropy (nats), and mass on the text's own content tokens (the stage-1
+    targets `own_targets`, a `DataDrivenTargets`, would pick)."""
     import webdataset as wds
 
-    from t2t.data.shards import decode_sample, read_manifest, shard_paths
+    from t2t.data.manifest import read_manifest
+    from t2t.data.shards import decode_sample, shard_paths
     from t2t.model.io import load_tokenizer
     from t2t.targets.stage1 import Stage1Builder
 
     tokenizer = load_tokenizer(tokenizer_dir)
-    own_tokens = Stage1Builder(tokenizer, targets_cfg, len(tokenizer))
+    own_tokens = Stage1Builder(tokenizer, own_targets, len(tokenizer))
     texts, weights = [], []
     urls = [str(p) for p in shard_paths(shard_dir, read_manifest(shard_dir))]
     for sample in wds.tarfile_samples([dict(url=url) for url in urls]):
@@ -95,28 +97,33 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     meta = json.loads(Path(args.study).read_text())["meta"]
     enter_repo_offline()
+    from t2t.run_paths import shards_dir
+
     study = Study(argparse.Namespace(corpus=meta["corpus"], work=args.work, heldout=meta["heldout"]))
     if study.state.get("texts") != meta["texts"]:
         study.remember("texts", meta["texts"])
     study.base()
-    study.targets(1, study.common())
+    study.targets("stage1", study.common())
     steps, part = meta["steps"]["t2t"], meta["stage1_part"]
     m1_full, overrides1 = study.stage1_arm(SEED, steps, part)
+    m1 = study.stage1_checkpoint(SEED, overrides1, part)
     rows = [dict(name=f"t2t-stage1-step{part}-seed{SEED}", label=f"stage 1, step {part} (stage 2 starts here)",
-                 path=study.stage1_checkpoint(SEED, overrides1, part)),
+                 path=m1),
             dict(name=f"t2t-stage1-seed{SEED}", label=f"stage 1, step {steps} (the recipe)", path=m1_full)]
-    recipe_targets = study.cfg([]).targets
+    recipe = study.cfg([])
+    stage1_targets, recipe_tau = recipe.stage("stage1").targets, recipe.stage("stage2").targets.tau
     tau_rows = []
     for tau in args.tau:
-        arm_tau = None if math.isclose(tau, recipe_targets.tau) else tau  # the recipe's τ is the study's own arm
+        arm_tau = None if math.isclose(tau, recipe_tau) else tau  # the recipe's τ is the study's own arm
         path = study.stage2_arm(SEED, overrides1, part, meta["stage2_steps"], arm_tau)
-        arm = path.parents[1]  # runs/quality/<arm>/stage2/model
-        tau_rows.append(dict(name=arm.name, label=f"stage 1 → 2, τ={tau:g}", path=path,
-                             targets=target_stats(arm / "shards" / "stage2", path, recipe_targets)))
+        arm_cfg = study.cfg(study.stage2_overrides(SEED, m1, meta["stage2_steps"], arm_tau))
+        tau_rows.append(dict(name=study.stage2_name(SEED, arm_tau), label=f"stage 1 → 2, τ={tau:g}", path=path,
+                             targets=target_stats(shards_dir(arm_cfg, "stage2"), path, stage1_targets)))
     for arm, (label, knob) in STAGE1_KNOBS.items():
         name = f"{arm}-seed{SEED}"
         overrides = overrides1 + [f"run_dir={study.work / name}", knob]  # stage-1 targets do not depend on either
-        rows.append(dict(name=name, label=f"stage 1, step {steps}, {label}", path=study.train(name, overrides, 1)))
+        rows.append(dict(name=name, label=f"stage 1, step {steps}, {label}",
+                         path=study.train(name, overrides, "stage1")))
     rows += tau_rows
 
     from t2t.eval import run_eval

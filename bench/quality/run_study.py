@@ -77,7 +77,7 @@ class Study:
 
     def common(self) -> list[str]:
         return [f"model.path={self.work}/base", f"model.tiny.tokenizer_corpus={self.args.corpus}",
-                f"data.stage1_corpus={self.args.corpus}", f"data.shards_dir={self.work}/shards",
+                f"data.corpus={self.args.corpus}", f"data.shards_dir={self.work}/shards",
                 f"data.max_texts={self.state['texts']}"]
 
     def cfg(self, overrides: list[str]):
@@ -85,17 +85,19 @@ class Study:
 
         return load_config(RECIPE, overrides)
 
-    def train(self, name: str, overrides: list[str], stage: int) -> Path:
-        """Train one stage of one arm (resumes if interrupted); returns its export and records its wall time."""
+    def train(self, name: str, overrides: list[str], stage: str) -> Path:
+        """Train stage `stage` (a name: stage1, stage2) of one arm (resumes if interrupted); returns its export and
+        records its wall time."""
+        from t2t.run_paths import export_dir
         from t2t.train import launch_local, stage_complete
 
         cfg = self.cfg(overrides)
         if not stage_complete(cfg, stage):
-            print(f"training {name} (stage {stage}, {getattr(cfg.train, f'stage{stage}').steps} steps)", flush=True)
+            print(f"training {name} ({stage}, {cfg.stage(stage).steps} steps)", flush=True)
             t0 = time.time()
             launch_local(str(RECIPE), overrides, stage, cfg.train.nproc, self.logs / f"{name}.log")
             self.remember(f"seconds/{name}", time.time() - t0)
-        return Path(cfg.run_dir) / f"stage{stage}" / "model"
+        return export_dir(cfg, stage)
 
     # ------------------------------------------------------------------ pieces
 
@@ -110,19 +112,22 @@ class Study:
 
     def probe(self, objective: str, lr: float) -> float:
         """Seconds per optimizer step of `objective`, measured over a short run on this machine."""
+        from t2t.run_paths import metrics_file
+
         key = f"seconds_per_step/{objective}"
         if key not in self.state:
-            run_dir = self.work / f"probe-{objective}"
-            self.train(f"probe-{objective}", self.common() + [
-                f"run_dir={run_dir}", f"train.objective={objective}", "train.stage1.steps=30",
-                f"train.stage1.lr={lr}"], 1)
-            rows = [json.loads(line) for line in (run_dir / "stage1" / "metrics.jsonl").read_text().splitlines()]
+            overrides = self.common() + [f"run_dir={self.work / f'probe-{objective}'}",
+                                         f"stages.stage1.objective={objective}", "stages.stage1.steps=30",
+                                         f"stages.stage1.lr={lr}"]
+            self.train(f"probe-{objective}", overrides, "stage1")
+            rows = [json.loads(line) for line in metrics_file(self.cfg(overrides), "stage1").read_text().splitlines()]
             # samples_per_s is the global batch (64 texts) over the step's time; the first steps warm up
             self.remember(key, 64 / statistics.median(r["samples_per_s"] for r in rows[5:]))
         return self.state[key]
 
-    def targets(self, stage: int, overrides: list[str], timed: str = "") -> None:
-        from t2t.precompute import is_complete, run_targets
+    def targets(self, stage: str, overrides: list[str], timed: str = "") -> None:
+        from t2t.data.manifest import is_complete
+        from t2t.ray_jobs.targets import run_targets
 
         cfg = self.cfg(overrides)
         if not is_complete(cfg, stage):
@@ -133,39 +138,53 @@ class Study:
 
     def stage1_arm(self, seed: int, steps: int, stage1_part: int) -> tuple[Path, list[str]]:
         overrides = self.common() + [f"run_dir={self.work}/t2t-stage1-seed{seed}", f"seed={seed}",
-                                     f"train.stage1.steps={steps}", f"train.save_every={stage1_part}"]
-        return self.train(f"t2t-stage1-seed{seed}", overrides, 1), overrides
+                                     f"stages.stage1.steps={steps}", f"train.save_every={stage1_part}"]
+        return self.train(f"t2t-stage1-seed{seed}", overrides, "stage1"), overrides
 
     def stage1_checkpoint(self, seed: int, stage1_overrides: list[str], stage1_part: int) -> Path:
         """The stage-1 arm's checkpoint at step `stage1_part`, exported: where the stage-2 arms start."""
-        from t2t.train.checkpoint import checkpoints_dir, export_checkpoint, tag_for
+        from t2t.run_paths import checkpoints_dir
+        from t2t.train.checkpoint import export_checkpoint, tag_for
 
         m1 = self.work / f"t2t-stage2-seed{seed}" / "stage1-model"
         if not (m1 / "t2t_config.json").exists():
             cfg1 = self.cfg(stage1_overrides)
-            export_checkpoint(cfg1, 1, checkpoint=checkpoints_dir(cfg1, 1) / tag_for(stage1_part), out=m1)
+            export_checkpoint(cfg1, "stage1", checkpoint=checkpoints_dir(cfg1, "stage1") / tag_for(stage1_part),
+                              out=m1)
         return m1
+
+    @staticmethod
+    def stage2_name(seed: int, tau: float | None = None) -> str:
+        return f"t2t-stage2-seed{seed}" if tau is None else f"t2t-stage2-tau{tau:g}-seed{seed}"
+
+    def stage2_overrides(self, seed: int, m1: Path, stage2_steps: int, tau: float | None = None) -> list[str]:
+        """The overrides of a stage-2 arm: stage2 starts from `m1` (`start: base` with `model.path` = the exported
+        stage-1 checkpoint), computes its targets with it and trains it; the arm's own `<run_dir>/stage1` is unused."""
+        arm = self.work / self.stage2_name(seed, tau)
+        texts = max(4000, math.ceil(stage2_steps * 64 / 2000) * 2000)  # one epoch of stage 2, two shards at least
+        overrides = self.common() + [
+            f"run_dir={arm}", f"seed={seed}",
+            "stages.stage2.start=base", f"model.path={m1}", "model.tiny=null", "model.gguf=",
+            f"data.shards_dir={arm}/shards", f"stages.stage2.targets.max_texts={texts}",
+            f"stages.stage2.steps={stage2_steps}"]
+        if tau is not None:
+            overrides.append(f"stages.stage2.targets.tau={tau}")
+        return overrides
 
     def stage2_arm(self, seed: int, stage1_overrides: list[str], stage1_part: int, stage2_steps: int,
                    tau: float | None = None) -> Path:
         """Stage 2 from the stage-1 arm's checkpoint at `stage1_part`; a `tau` other than the recipe's is an ablation."""
         m1 = self.stage1_checkpoint(seed, stage1_overrides, stage1_part)
-        name = f"t2t-stage2-seed{seed}" if tau is None else f"t2t-stage2-tau{tau:g}-seed{seed}"
-        arm = self.work / name
-        texts = max(4000, math.ceil(stage2_steps * 64 / 2000) * 2000)  # one epoch of stage 2, two shards at least
-        overrides = self.common() + [
-            f"run_dir={arm}", f"seed={seed}", f"model.path={m1}", "model.tiny=null",
-            f"data.shards_dir={arm}/shards", f"data.stage2_max_texts={texts}", f"train.stage2.steps={stage2_steps}"]
-        if tau is not None:
-            overrides.append(f"targets.tau={tau}")
-        self.targets(2, overrides, timed=name)
-        return self.train(name, overrides, 2)
+        name = self.stage2_name(seed, tau)
+        overrides = self.stage2_overrides(seed, m1, stage2_steps, tau)
+        self.targets("stage2", overrides, timed=name)
+        return self.train(name, overrides, "stage2")
 
     def simcse_arm(self, seed: int, steps: int, lr: float) -> Path:
         overrides = self.common() + [f"run_dir={self.work}/simcse-seed{seed}", f"seed={seed}",
-                                     "train.objective=simcse", f"train.stage1.steps={steps}",
-                                     f"train.stage1.lr={lr}"]
-        return self.train(f"simcse-seed{seed}", overrides, 1)
+                                     "stages.stage1.objective=simcse", f"stages.stage1.steps={steps}",
+                                     f"stages.stage1.lr={lr}"]
+        return self.train(f"simcse-seed{seed}", overrides, "stage1")
 
     def tfidf(self) -> Path:
         from t2t.eval.tfidf import fit_tfidf
@@ -209,7 +228,7 @@ def main(argv=None) -> int:
 
     base = study.base()
     study.state.setdefault("texts", 4000)  # two shards, one per rank: enough for the timing probes; raised below to one epoch of the budget
-    study.targets(1, study.common())
+    study.targets("stage1", study.common())
     budget = args.minutes * 60
     t2t_step, simcse_step = study.probe("t2t", t2t_lr), study.probe("simcse", simcse_lr)
     steps = {"t2t": int(budget / t2t_step), "simcse": int(budget / simcse_step)}
@@ -218,7 +237,7 @@ def main(argv=None) -> int:
     texts = math.ceil(max(steps.values()) * 64 / 2000) * 2000  # one epoch of the longest arm
     if study.state["texts"] != texts:
         study.remember("texts", texts)
-    study.targets(1, study.common())
+    study.targets("stage1", study.common())
     print(f"budget {args.minutes} min: t2t {steps['t2t']} steps ({t2t_step:.2f} s/step), "
           f"simcse {steps['simcse']} steps ({simcse_step:.2f} s/step), {texts} training texts", flush=True)
 
@@ -242,7 +261,7 @@ def main(argv=None) -> int:
     write_results(HERE, table, alignment, study.state, dict(
         minutes=args.minutes, stage2_share=args.stage2_share, seeds=args.seeds, corpus=args.corpus,
         steps=steps, stage1_part=stage1_part, stage2_steps=stage2_steps, texts=texts, heldout=args.heldout,
-        lr=dict(t2t_stage1=t2t_lr, t2t_stage2=study.cfg([]).train.stage2.lr, simcse=simcse_lr),
+        lr=dict(t2t_stage1=t2t_lr, t2t_stage2=study.cfg([]).stage("stage2").lr, simcse=simcse_lr),
         total_minutes=(time.time() - started) / 60))
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0

@@ -1,17 +1,18 @@
 """`t2t eval`: mteb tasks on one or more model directories, dispatched to Ray workers.
 
-    t2t eval --model runs/demo/stage2/export --tasks STSBenchmark BIOSSES SciFact
+    t2t eval --model runs/demo/stage2/model --tasks STSBenchmark BIOSSES SciFact
     t2t eval --model A B --names ours minilm --workers 2 --out runs/compare   # side by side
-    t2t eval --config recipes/demo.yaml --model runs/demo/stage2/export       # the recipe's eval section
+    t2t eval --config recipes/demo.yaml --model runs/demo/stage2/model        # the recipe's eval section
     t2t eval --model DIR --benchmark "MTEB(eng, v2)" --workers 8 --gpus-per-worker 1 --ray-address auto
 
-A DIR is a t2t export, a sentence-transformers directory or a TF-IDF baseline (`t2t tfidf`);
+A DIR is a t2t export (a trained stage's `<run_dir>/stage<N>/model`, e.g. runs/demo/stage2/model, or the
+untrained start `<run_dir>/base_export`), a sentence-transformers directory or a TF-IDF baseline (`t2t tfidf`);
 `all-MiniLM-L6-v2` names the packaged reference model:
 
     t2t eval --model runs/baselines/tfidf all-MiniLM-L6-v2 runs/demo/stage1/model   # floor, ceiling, ours
 
 Results are cached per model content and task in <out>/results; rerunning the same command runs
-only what is missing or failed. Without --config the defaults are those of the `eval` section in t2t/config.py.
+only what is missing or failed. Without --config the defaults are those of the `eval` section in t2t/config/schema.py.
 """
 
 from __future__ import annotations

@@ -19,10 +19,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from t2t.errors import UserError
     from t2t.model import load
 
     if args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     embedder = load(args.model)
     broken = 0
     for text, tokens in zip(args.texts, embedder.top_tokens(args.texts, k=args.top_k)):

@@ -8,10 +8,10 @@ from t2t.commands import add_config_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("pipeline", help="targets → train → targets → train → eval → report, resumable")
+    p = sub.add_parser("pipeline", help="base → per stage: targets, train → eval → report, resumable")
     add_config_args(p)
-    p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: local ray.init)")
-    p.add_argument("--until", default=None, help="stop after this step (base, targets1, train1, targets2, train2, eval)")
+    p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--until", default=None, help="stop after this step: base, STAGE:targets, STAGE:train (e.g. stage1:train), eval")
     p.set_defaults(run=run)
 
 

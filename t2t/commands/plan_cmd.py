@@ -28,21 +28,52 @@ def register(sub) -> None:
                    help="Gbit/s per GPU for ZeRO-3 collectives (default 400 across nodes, 3600 NVLink within one)")
     p.add_argument("--tokens-per-text", type=int, default=None,
                    help="tokens per training / target text (default model.max_length, the padded upper bound)")
-    p.add_argument("--stage2-texts", type=int, default=None,
-                   help="texts in the stage-2 corpus (default: counted if present, else data.max_texts)")
+    p.add_argument("--stage-texts", action="append", default=[], metavar="NAME=N",
+                   help="texts of stage NAME's targets, for a target kind that runs the model (repeatable; "
+                        "default: counted in the stage's corpus if present, else its targets.max_texts or "
+                        "data.max_texts, else the texts its training reads)")
+    p.add_argument("--stage2-texts", type=int, default=None, metavar="N",
+                   help="the same as --stage-texts stage2=N")
     p.add_argument("--no-eval", action="store_true", help="skip the MTEB estimate (it imports mteb)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(run=run)
 
 
+def parse_stage_texts(items: list[str], stage2_texts: int | None = None) -> dict[str, int]:
+    """`--stage-texts NAME=N` (repeated) and its alias `--stage2-texts N` as {stage name: texts}."""
+    from t2t.errors import UserError
+
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UserError(f"--stage-texts {item!r} must look like NAME=N (e.g. stage2=1000000)")
+        try:
+            n = int(value)
+        except ValueError:
+            raise UserError(f"--stage-texts {item!r}: N must be an integer, got {value!r}") from None
+        if n < 0:
+            raise UserError(f"--stage-texts {item!r}: N must be >= 0")
+        if name in out and out[name] != n:
+            raise UserError(f"--stage-texts gives stage {name} two counts: {out[name]} and {n}")
+        out[name] = n
+    if stage2_texts is not None:
+        if stage2_texts < 0:
+            raise UserError(f"--stage2-texts must be >= 0, got {stage2_texts}")
+        if out.get("stage2", stage2_texts) != stage2_texts:
+            raise UserError(f"--stage2-texts {stage2_texts} and --stage-texts stage2={out['stage2']} disagree")
+        out["stage2"] = stage2_texts
+    return out
+
+
 def run(args) -> int:
     from t2t.plan import Cluster, make_plan
 
-    if args.stage2_texts is not None and args.stage2_texts < 0:
-        raise ValueError(f"--stage2-texts must be >= 0, got {args.stage2_texts}")
+    stage_texts = parse_stage_texts(args.stage_texts, args.stage2_texts)
     cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_mem, args.gpu_tflops, args.mfu, args.link_gbps)
     plan = make_plan(load_recipe(args), cluster, recipe=args.config, tokens_per_text=args.tokens_per_text,
-                     stage2_texts=args.stage2_texts, with_eval=not args.no_eval)
+                     stage_texts=stage_texts, with_eval=not args.no_eval)
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
 
@@ -103,26 +134,32 @@ def format_plan(plan: dict) -> str:
                   f"ZeRO-3 collectives at {c['link_gbps']:g} Gbit/s per GPU",
               f"  train FLOPs per token      {t['train_flops_per_token']:.3g}  (6N + 12 L S d_attn, "
               f"N = {_count(a['matmul_params'])} layer matmul params; LM head 6|V|d once per text)"]
-    for stage in ("stage1", "stage2"):
-        s = t[stage]
-        lines.append(f"  {stage[:-1]}-{stage[-1]} training           {s['steps']} steps x {s['global_batch']} texts: "
+    for stage in t["stages"]:
+        s, g = stage["train"], stage["targets"]
+        name = stage["name"]
+        lines.append(f"  {name}  starts from {stage['start']}, {stage['objective']} objective, {stage['kind']} targets")
+        if g["runs_model"]:
+            lines.append(f"    {'targets':25s}{_count(g['texts'])} texts ({g['texts_source']}) x {g['passes']} "
+                         f"forward passes ({', '.join(g['pass_names'])})  = {_duration(g['seconds'])}")
+        else:
+            lines.append(f"    {'targets':25s}{_count(g['texts'])} texts read by training: {g['what']}")
+        lines.append(f"    {'training':25s}{s['steps']} steps x {s['global_batch']} texts: "
                      f"{s['step_compute_s']:.3g} s compute, {s['step_comm_s']:.3g} s communication per step "
                      f"({s['bound']}-bound), {_count(s['tokens_per_s'])} tokens/s  = {_duration(s['seconds'])}")
-    t1, t2 = t["targets_stage1"], t["targets_stage2"]
-    lines.append(f"  stage-1 targets            {_count(t1['texts'])} texts read by training: CPU tokenization")
-    lines.append(f"  stage-2 targets            {_count(t2['texts'])} texts ({t2['texts_source']}) x "
-                 f"{t2['passes']} forward passes  = {_duration(t2['seconds'])}")
-    lines.append(f"    each target actor and eval worker holds the whole model: {_gib(m['inference_weights'])} GiB "
+    model_targets = [x["name"] for x in t["stages"] if x["targets"]["runs_model"]]
+    lines.append(f"  each target actor and eval worker holds the whole model: {_gib(m['inference_weights'])} GiB "
                  f"of weights on one GPU")
-    total = t["stage1"]["seconds"] + t["stage2"]["seconds"] + t2["seconds"]
     e = t["eval"]
     if e is not None:
         lines.append(f"  evaluation                 {e['benchmark']}: {e['tasks']} tasks, {_count(e['texts'])} texts, "
                      f"{_count(e['tokens'])} tokens, forward only  = {_duration(e['seconds'])} per model")
         if e["not_counted"]:
             lines.append(f"    not counted (no mteb statistics): {', '.join(e['not_counted'])}")
-        total += e["seconds"]
-    lines.append(f"  total                      {_duration(total)} (both stages, stage-2 targets"
-                 f"{', one evaluation' if e is not None else ''})")
+    parts = [f"training of {', '.join(x['name'] for x in t['stages'])}"]
+    if model_targets:
+        parts.append(f"targets of {', '.join(model_targets)}")
+    if e is not None:
+        parts.append("one evaluation")
+    lines.append(f"  total                      {_duration(t['total'])} ({'; '.join(parts)})")
     lines += ["", "assumptions:"] + [f"  - {x}" for x in plan["assumptions"]]
     return "\n".join(lines)

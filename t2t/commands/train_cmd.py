@@ -1,11 +1,14 @@
-"""`t2t train --config R --stage 1|2 [--resume auto|never|DIR]`: one rank of a DeepSpeed ZeRO-3 run.
+"""`t2t train --config R --stage NAME [--resume auto|force|never|DIR]`: one rank of a DeepSpeed ZeRO-3 run.
 
 Start it under a launcher (one process per rank), or alone for world size 1:
 
-    DS_ACCELERATOR=cpu torchrun --standalone --nproc_per_node 2 -m t2t.cli train --config recipes/demo.yaml --stage 1
-    deepspeed --num_gpus 8 --no_local_rank --module t2t.cli train --config recipes/mistral-7b.yaml --stage 1
+    DS_ACCELERATOR=cpu torchrun --standalone --nproc_per_node 2 -m t2t.cli train --config recipes/demo.yaml \
+        --stage stage1
+    deepspeed --num_gpus 8 --no_local_rank --module t2t.cli train --config recipes/mistral-7b.yaml --stage stage2
 
-Outputs go to `<run_dir>/stage{N}/` (checkpoints/, metrics.jsonl, model/).
+NAME is a stage of the recipe's `stages` (a number N: its Nth stage). The stage trains the model it starts
+from (its `start`: the recipe's backbone, or an earlier stage's export `<run_dir>/<start>/model`) on
+`<data.shards_dir>/<NAME>`; outputs go to `<run_dir>/<NAME>/` (checkpoints/, metrics.jsonl, model/).
 
 Exit codes: 0 finished, or stopped by a signal after a checkpoint; 2 a user error (one line); 3 the loss
 diverged; 4 another rank was lost (died or hung up): one line naming the checkpoint a rerun resumes from
@@ -22,13 +25,13 @@ import sys
 import traceback
 import warnings
 
-from t2t.commands import add_config_args, load_recipe
+from t2t.commands import add_config_args, add_stage_arg, load_recipe, stage_name
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train one stage with DeepSpeed ZeRO-3 (one process per rank)")
     add_config_args(p, required=True)
-    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: data-driven targets, 2: model-derived")
+    add_stage_arg(p)
     p.add_argument("--resume", default="auto", metavar="auto|force|never|DIR",
                    help="auto: newest checkpoint of the stage if any, refused when written under another recipe "
                         "(default); force: the newest even so; never: refuse existing ones; "
@@ -40,6 +43,7 @@ def run(args) -> int:
     from t2t.train import TrainingDiverged, train
 
     cfg = load_recipe(args)
+    stage = stage_name(cfg, args.stage)
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # one voice: the other ranks report warnings and errors only
         logging.getLogger().setLevel(logging.WARNING)
@@ -52,7 +56,7 @@ def run(args) -> int:
         install_rank_handlers()
         stop_when_launcher_exits(rank)
     try:
-        out = train(cfg, args.stage, args.resume)
+        out = train(cfg, stage, args.resume)
     except TrainingDiverged as e:
         if rank == 0:
             print(f"t2t train: {e}", file=sys.stderr)
@@ -65,12 +69,12 @@ def run(args) -> int:
             traceback.print_exc()
         step = _last_step(e)
         print(f"t2t train: rank {rank} lost contact with another rank"
-              f"{'' if step is None else f' after step {step}'} (did it die? {cause}); {resume_hint(cfg, args.stage)}",
+              f"{'' if step is None else f' after step {step}'} (did it die? {cause}); {resume_hint(cfg, stage)}",
               file=sys.stderr)
         return leave(4)
     if rank == 0:
-        print(f"stage {args.stage}: " + (f"exported {out}" if out else "stopped by signal after a checkpoint; "
-                                         "rerun the same command to resume"))
+        print(f"{stage}: " + (f"exported {out}" if out else "stopped by signal after a checkpoint; "
+                              "rerun the same command to resume"))
     return leave(0)
 
 
@@ -95,18 +99,22 @@ def lost_peer(e: BaseException) -> str | None:
 
 
 def _last_step(e: BaseException) -> int | None:
-    """The trainer loop's last finished step, read from the failing traceback (None if it never got there)."""
+    """The trainer's last finished step, read from the failing traceback: the `step` of the TrainState whose
+    method failed (None if training never got that far)."""
+    from t2t.train.trainer import TrainState
+
     step = None
     for frame, _ in traceback.walk_tb(e.__traceback__):
-        if frame.f_code.co_name == "_train" and isinstance(frame.f_locals.get("step"), int):
-            step = frame.f_locals["step"]
+        state = frame.f_locals.get("self")
+        if isinstance(state, TrainState) and isinstance(state.step, int):
+            step = state.step
     return step
 
 
-def resume_hint(cfg, stage: int) -> str:
+def resume_hint(cfg, stage: str) -> str:
     """Where a rerun of the stage resumes from."""
+    from t2t.run_paths import checkpoints_dir
     from t2t.train import launch
-    from t2t.train.checkpoint import checkpoints_dir
 
     return launch.resume_hint(checkpoints_dir(cfg, stage))
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from t2t.errors import UserError
+
 SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
 
 
@@ -48,16 +50,16 @@ def corpus_files(path: str | Path) -> list[Path]:
     """The corpus files under `path`, sorted; errors name the path."""
     p = Path(path)
     if not str(path):
-        raise ValueError("no corpus path given")
+        raise UserError("no corpus path given")
     if not p.exists():
-        raise ValueError(f"corpus {p} does not exist")
+        raise UserError(f"corpus {p} does not exist")
     if p.is_file():
         if not p.name.endswith(SUFFIXES):
-            raise ValueError(f"corpus file {p} must end with one of {', '.join(SUFFIXES)}")
+            raise UserError(f"corpus file {p} must end with one of {', '.join(SUFFIXES)}")
         return [p]
     files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES))
     if not files:
-        raise ValueError(f"corpus directory {p} holds no {'/'.join(SUFFIXES)} files")
+        raise UserError(f"corpus directory {p} holds no {'/'.join(SUFFIXES)} files")
     return files
 
 
@@ -87,9 +89,9 @@ def iter_file(path: Path, stats: CorpusStats | None = None, label: str | None = 
                     try:
                         obj = json.loads(line)
                     except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+                        raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
                     if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                        raise ValueError(f"{path}:{lineno}: expected an object with a string 'text' field")
+                        raise UserError(f"{path}:{lineno}: expected an object with a string 'text' field")
                     text = obj["text"].strip()
                 else:
                     text = line.strip()
@@ -99,7 +101,7 @@ def iter_file(path: Path, stats: CorpusStats | None = None, label: str | None = 
                 stats.read += 1
                 yield Text(text_key(label, lineno), text, label, lineno)
     except (EOFError, OSError, zlib.error) as e:
-        raise ValueError(f"{path}: corrupt or truncated input after line {lineno}: {e}") from None
+        raise UserError(f"{path}: corrupt or truncated input after line {lineno}: {e}") from None
 
 
 def iter_texts(path: str | Path, stats: CorpusStats | None = None, limit: int = 0) -> Iterator[Text]:

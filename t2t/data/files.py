@@ -1,4 +1,6 @@
-"""File helpers shared by the jobs (no torch): streamed hashing and the one-writer lock of a job directory."""
+"""File helpers shared by the jobs (no torch): atomic writes, streamed hashing, and the one-writer lock of a job
+directory. Every file or directory t2t finishes is written under a temporary name and renamed into place, so a
+crash never leaves a half-written one under the real name."""
 
 from __future__ import annotations
 
@@ -11,7 +13,57 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from t2t.errors import UserError
+
 BLOCK = 1 << 20
+
+
+def temp_name(path: str | Path) -> Path:
+    """A sibling of `path` that no other process uses (`NAME.tmpPID`); leftovers of killed writers match `*.tmp*`."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.tmp{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write `path`'s content to; on a clean exit it is renamed over `path` (after an
+    fsync of the file when `fsync`), on an error it is removed and `path` is untouched."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    """Write `obj` as indented JSON to `path` through a temporary file and a rename."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def replace_dir(tmp: str | Path, out: str | Path) -> None:
+    """Put the finished directory `tmp` in place of `out`. os.replace cannot overwrite a non-empty directory, so an
+    existing `out` is first moved aside and removed only once `tmp` is in place: a crash never loses both."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def hash_into(h, path: str | Path) -> int:
@@ -49,7 +101,7 @@ def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
-            raise ValueError(f"{what} is in use by another job ({holder}); wait for it to finish or stop it "
+            raise UserError(f"{what} is in use by another job ({holder}); wait for it to finish or stop it "
                              f"(lock file {path})") from None
         record = dict(pid=os.getpid(), host=socket.gethostname(),
                       started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

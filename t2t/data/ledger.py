@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from t2t.data.files import atomic_path
+
 
 class Ledger:
     """`ledger.jsonl`: one JSON line per finished shard, appended by the driver only (a later line for the
@@ -31,12 +33,9 @@ class Ledger:
         self.entries[entry["index"]] = entry
 
     def forget(self, indices: Iterable[int]) -> None:
-        """Drop these shards from the ledger (they will be redone); the file is rewritten atomically."""
+        """Drop these shards from the ledger (they will be redone); the file is rewritten atomically, fsynced."""
         for i in indices:
             self.entries.pop(i, None)
-        tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(self.entries[i]) + "\n" for i in sorted(self.entries))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        with atomic_path(self.path, fsync=True) as tmp:
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(self.entries[i]) + "\n" for i in sorted(self.entries))

@@ -42,7 +42,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from t2t.data.shards import check_manifest, decode_sample, read_manifest, shard_paths, shard_problem
+from t2t.data.shards import decode_sample, shard_paths, shard_problem
+from t2t.data.manifest import check_manifest, read_manifest
+from t2t.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ def expand_shards(patterns: str | list[str]) -> list[str]:
     items = [patterns] if isinstance(patterns, str) else list(patterns)
     urls = [u for p in items for u in expand_urls(str(p))]
     if not urls:
-        raise ValueError(f"no shards in {patterns!r}")
+        raise UserError(f"no shards in {patterns!r}")
     return urls
 
 
@@ -113,7 +115,7 @@ def open_stage_shards(shard_dir: str | Path, model_cfg, tokenizer, on_bad_shard:
     if missing:
         message = f"{shard_dir}: {len(missing)} shard(s) listed in the manifest are missing: {', '.join(missing[:5])}"
         if on_bad_shard == "error":
-            raise ValueError(message + " (set data.on_bad_shard=skip to train on the rest)")
+            raise UserError(message + " (set data.on_bad_shard=skip to train on the rest)")
         log.warning("%s; they will be skipped", message)
     unrecorded = [s["name"] for s in manifest["shards"] if "bytes" not in s]
     if unrecorded:
@@ -127,7 +129,7 @@ def open_stage_shards(shard_dir: str | Path, model_cfg, tokenizer, on_bad_shard:
         message = (f"{shard_dir}: {len(differ)} shard(s) differ from the manifest ({listed}"
                    f"{'; ...' if len(differ) > 5 else ''})")
         if on_bad_shard == "error":
-            raise ValueError(message + "; rerun `t2t targets` to recompute them, or set data.on_bad_shard=skip "
+            raise UserError(message + "; rerun `t2t targets` to recompute them, or set data.on_bad_shard=skip "
                              "to train on the rest")
         log.warning("%s; they are left out", message)
     return [str(p) for p in paths if p.name not in differ]
@@ -156,7 +158,7 @@ class Layout:
 
 def collate(samples: list[tuple[str, str, np.ndarray, np.ndarray]], tokenizer, settings) -> dict:
     """Tokenize texts and pad the sparse targets of a batch into (B, K) ids, weights and a mask."""
-    from t2t.model.embedder import tokenize_texts
+    from t2t.data.tokens import tokenize_texts
 
     batch, truncated = tokenize_texts(tokenizer, settings, [s[1] for s in samples])
     k = max(1, max(len(s[2]) for s in samples))
@@ -203,12 +205,12 @@ class _UnitStream:
                     count += 1
                 digest = stream.digest_to_end()
             if count != entry["samples"]:
-                raise ValueError(f"{count} samples, the manifest records {entry['samples']}")
+                raise UserError(f"{count} samples, the manifest records {entry['samples']}")
             if "sha256" in entry and digest != entry["sha256"]:
-                raise ValueError(f"sha256 {digest[:16]}… differs from the recorded {entry['sha256'][:16]}…")
+                raise UserError(f"sha256 {digest[:16]}… differs from the recorded {entry['sha256'][:16]}…")
         except BAD_SHARD_ERRORS as e:
             if self.on_bad_shard == "error":
-                raise ValueError(f"corrupt shard {url}: {e} (set data.on_bad_shard=skip to skip it)") from None
+                raise UserError(f"corrupt shard {url}: {e} (set data.on_bad_shard=skip to skip it)") from None
             if url not in self.skipped:
                 log.warning("skipping corrupt shard %s: %s", url, e)
             self.skipped.add(url)
@@ -232,7 +234,7 @@ class _UnitStream:
                     continue  # replaying up to the resume position: decoded, not tokenized
                 yield sample, e, taken
             if taken == 0:
-                raise ValueError(f"rank {self.layout.rank}: no readable samples in epoch {e} of its shards "
+                raise UserError(f"rank {self.layout.rank}: no readable samples in epoch {e} of its shards "
                                  f"{self.epoch_shards(e)}")
 
 
@@ -279,7 +281,7 @@ class TargetReader:
         urls = expand_shards(shards)
         logical_workers = max(1, workers)
         if len(urls) < world_size * logical_workers:
-            raise ValueError(f"{len(urls)} shard(s) cannot feed {world_size} rank(s) × {logical_workers} loader "
+            raise UserError(f"{len(urls)} shard(s) cannot feed {world_size} rank(s) × {logical_workers} loader "
                              f"worker(s): write smaller shards (targets.shard_size) or lower data.loader_workers")
         if on_bad_shard not in ("error", "skip"):
             raise ValueError(f"on_bad_shard must be error or skip, got {on_bad_shard!r}")

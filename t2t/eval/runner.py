@@ -1,17 +1,21 @@
 """The evaluation driver: resolve models and tasks, skip what is cached, dispatch the rest, write the tables.
 
     from t2t.eval import run_eval
-    table = run_eval(["runs/demo/stage2/export"], tasks=["STSBenchmark", "SciFact"], workers=2)
+    table = run_eval(["runs/demo/stage2/model"], tasks=["STSBenchmark", "SciFact"], workers=2)
+
+A model directory is an exported stage (`<run_dir>/stage<N>/model`, e.g. runs/demo/stage2/model), the untrained
+start (`<run_dir>/base_export`), a sentence-transformers directory or a TF-IDF baseline (see models.py).
 
 Work is one (model, task) pair. Pairs whose mteb result JSON is already in `<out_dir>/results`
 (same model name and content revision, same dataset revision, all splits present) are not run
 again. The rest go, per model, largest task first, to `workers` workers that each load a model
-once and pull the next pair when they finish one: Ray actors when `workers > 1`, when a cluster
-is named (`ray_address`, or RAY_ADDRESS as `ray job submit` sets it) or when the caller is already
-connected to Ray; otherwise one worker in this process. A task that fails (data unreachable
-offline, NaN embeddings, a worker that died twice) is recorded with its error and the others
-still finish. Only the driver writes the cache, each result as soon as it arrives, so an
-interrupted run keeps everything finished so far.
+once and pull the next pair when they finish one: a pool of Ray actors when `workers > 1`, when a
+cluster is named (`ray_address`, or RAY_ADDRESS as `ray job submit` sets it) or when the caller is
+already connected to Ray (see `t2t.ray_jobs.session`: without a named cluster a private local Ray is
+started); otherwise one worker in this process. A task that fails (data unreachable offline, NaN
+embeddings, a worker that died twice) is recorded with its error and the others still finish.
+Only the driver writes the cache, each result as soon as it arrives, so an interrupted run keeps
+everything finished so far.
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ import os
 import sys
 import time
 import traceback
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from t2t.errors import UserError
 from t2t.eval.models import ModelSpec, describe_model, load_encoder, model_meta
 from t2t.eval.report import build_table, write_reports
 from t2t.eval.tasks import LOCAL_TASKS, LocalTaskMixin, local_task
@@ -73,7 +77,7 @@ def resolve_tasks(names: list[str] | None, benchmark: str = "", data_dir: str | 
             bench = mteb.get_benchmark(benchmark)
         except KeyError as e:
             names_ = ", ".join(b.name for b in mteb.get_benchmarks())
-            raise ValueError(f"unknown benchmark {benchmark!r} ({e.args[0]}); available: {names_}") from None
+            raise UserError(f"unknown benchmark {benchmark!r} ({e.args[0]}); available: {names_}") from None
         if names:
             log.info("benchmark %s replaces the task list %s", benchmark, names)
         return [TaskSpec(t.metadata.name, "benchmark", benchmark=benchmark) for t in bench.tasks]
@@ -91,8 +95,8 @@ def resolve_tasks(names: list[str] | None, benchmark: str = "", data_dir: str | 
             continue
         specs.append(TaskSpec(name, "mteb"))
     if unknown:
-        raise ValueError(f"unknown task {', '.join(unknown)}; local tasks: {', '.join(LOCAL_TASKS)}; "
-                         "any official mteb task name also works where its data can be loaded")
+        raise UserError(f"unknown task {', '.join(unknown)}; local tasks: {', '.join(LOCAL_TASKS)}; "
+                        "any official mteb task name also works where its data can be loaded")
     return specs
 
 
@@ -175,45 +179,65 @@ def _in_process(todo, batch_size: int):
 
 def _with_ray(todo, workers: int, batch_size: int, ray_address: str | None, gpus_per_worker: float,
               cpus_per_worker: int):
-    """Dispatch pairs to Ray actors; an idle actor gets the next pair, a dead one is replaced once by Ray."""
+    """Run the pairs on a Ray `ActorPool`: an actor takes the next pair when it finishes one, outcomes come back as
+    they finish. Ray restarts a dead actor and retries its pair once; an actor that dies again fails that pair
+    alone and leaves the pool, and when no actor is left the pairs not yet run fail with that reason."""
     import ray
+    from ray.util import ActorPool
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
-    actors = []
-    try:
+    from t2t.ray_jobs.session import ray_session
+
+    with ray_session(ray_address, num_cpus=None):  # a local Ray gets all the machine's CPUs
         cpus = cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1) // workers))
         env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
         actor_cls = ray.remote(EvalWorker).options(
             num_cpus=cpus, num_gpus=gpus_per_worker, max_restarts=1, max_task_retries=1,
             runtime_env={"env_vars": env} if env else None)
         actors = [actor_cls.remote(batch_size, threads=cpus) for _ in range(min(workers, len(todo)))]
-        queue, idle, pending = deque(todo), list(actors), {}
-        while queue or pending:
-            while idle and queue:
-                actor = idle.pop()
-                model, task = queue.popleft()
-                pending[actor.run.remote(model, task)] = (actor, model, task)
-            if not pending:  # every worker died: fail what is left rather than wait forever
-                for model, task in queue:
+        try:
+            pool, running = ActorPool(actors), {}  # running: ObjectRef -> the pair an actor is working on
+
+            def run(actor, pair):
+                ref = actor.run.remote(*pair)
+                running[ref] = pair
+                return ref
+
+            for pair in todo:
+                pool.submit(run, pair)
+            done = set()
+            while pool.has_next():
+                try:
+                    outcome = pool.get_next_unordered()
+                    ref = next(r for r, (m, t) in running.items()
+                               if (m.name, t.name) == (outcome["model"], outcome["task"]))
+                except ray.exceptions.RayError as e:
+                    ref = _failed_ref(running, e)
+                    outcome = _outcome(*running[ref], error=f"Ray worker failed: {type(e).__name__}: {e}")
+                model, task = running.pop(ref)
+                done.add((model.name, task.name))
+                yield outcome
+            # every actor died: ActorPool keeps the rest unsubmitted; fail them rather than wait forever
+            for model, task in todo:
+                if (model.name, task.name) not in done:
                     yield _outcome(model, task, error="no Ray worker left alive to run this task")
-                return
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            actor, model, task = pending.pop(ref)
-            try:
-                outcome = ray.get(ref)
-                idle.append(actor)
-            except ray.exceptions.RayError as e:
-                if not isinstance(e, ray.exceptions.RayActorError):
-                    idle.append(actor)
-                outcome = _outcome(model, task, error=f"Ray worker failed: {type(e).__name__}: {e}")
-            yield outcome
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-        if started_here:
-            ray.shutdown()
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+
+
+def _failed_ref(running: dict, error) -> object:
+    """The pair's ObjectRef whose failure `ActorPool.get_next_unordered` just raised (the pool does not say which):
+    a finished one of `running` that fails with the same error. Equal errors are interchangeable."""
+    import ray
+
+    finished, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+    for ref in finished:
+        try:
+            ray.get(ref, timeout=0)
+        except ray.exceptions.RayError as e:
+            if type(e) is type(error) and str(e) == str(error):
+                return ref
+    raise RuntimeError(f"no running pair failed with the error ActorPool raised: {error}")
 
 
 def load_cached(cache, meta, task):
@@ -280,12 +304,12 @@ def run_eval(model_dirs: list[str], tasks: list[str] | None = None, benchmark: s
     from mteb.cache import ResultCache
 
     if not model_dirs:
-        raise ValueError("no model directory given")
+        raise UserError("no model directory given")
     if names and len(names) != len(model_dirs):
-        raise ValueError(f"got {len(names)} names for {len(model_dirs)} model directories")
+        raise UserError(f"got {len(names)} names for {len(model_dirs)} model directories")
     if workers < 1 or batch_size < 1 or max_samples < 0:
-        raise ValueError(f"workers and batch_size must be >= 1 and max_samples >= 0 "
-                         f"(got {workers}, {batch_size}, {max_samples})")
+        raise UserError(f"workers and batch_size must be >= 1 and max_samples >= 0 "
+                        f"(got {workers}, {batch_size}, {max_samples})")
     task_specs = resolve_tasks(tasks, benchmark, data_dir, max_samples)
     dtype = usable_dtype(dtype)
     models = _unique_names([describe_model(d, n, max_samples, dtype)

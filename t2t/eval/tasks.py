@@ -39,6 +39,9 @@ from mteb.tasks.retrieval.eng.sci_fact_retrieval import SciFact
 from mteb.tasks.sts.eng.biosses_sts import BiossesSTS
 from mteb.tasks.sts.eng.sts_benchmark_sts import STSBenchmarkSTS
 
+from t2t.data.files import BLOCK, hash_into
+from t2t.errors import UserError
+
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "eval"
 
 # SHA-256 of each file's (decompressed) content, as listed in the upstream data set's SOURCES.md.
@@ -79,12 +82,12 @@ def read_tsv(path: Path, columns: tuple[str, ...]) -> list[list[str]]:
     with _open(path) as f:
         header = f.readline().rstrip("\n").split("\t")
         if tuple(header) != columns:
-            raise ValueError(f"{path}:1: expected columns {'/'.join(columns)}, got {'/'.join(header)}")
+            raise UserError(f"{path}:1: expected columns {'/'.join(columns)}, got {'/'.join(header)}")
         rows = []
         for lineno, line in enumerate(f, start=2):
             fields = line.rstrip("\n").split("\t")
             if len(fields) != len(columns):
-                raise ValueError(f"{path}:{lineno}: expected {len(columns)} tab-separated fields, got {len(fields)}")
+                raise UserError(f"{path}:{lineno}: expected {len(columns)} tab-separated fields, got {len(fields)}")
             rows.append(fields)
     return rows
 
@@ -97,7 +100,7 @@ def read_jsonl(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+                    raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
     return rows
 
 
@@ -125,15 +128,18 @@ class LocalTaskMixin:
         for name in self.files:
             p = self.path(name)
             if not p.is_file():
-                raise FileNotFoundError(f"{self.metadata.name}: data file {p} not found "
-                                        "(the local tasks read data/eval)")
+                raise UserError(f"{self.metadata.name}: data file {p} not found (the local tasks read data/eval)")
             h = hashlib.sha256()
-            with (gzip.open(p, "rb") if p.suffix == ".gz" else p.open("rb")) as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            if h.hexdigest() != DATA_SHA256[name]:
-                raise ValueError(f"{self.metadata.name}: data file {p} has changed (sha256 {h.hexdigest()[:12]}…, "
-                                 f"expected {DATA_SHA256[name][:12]}…); restore it from data/SOURCES.md's source")
+            if p.suffix == ".gz":  # the sum is of the decompressed content (hash_into reads the file's own bytes)
+                with gzip.open(p, "rb") as f:
+                    while block := f.read(BLOCK):
+                        h.update(block)
+            else:
+                hash_into(h, p)
+            digest = h.hexdigest()
+            if digest != DATA_SHA256[name]:
+                raise UserError(f"{self.metadata.name}: data file {p} has changed (sha256 {digest[:12]}…, "
+                                f"expected {DATA_SHA256[name][:12]}…); restore it from data/SOURCES.md's source")
 
     def cost(self) -> int:
         """Bytes of text this task reads (uncompressed), to schedule the largest tasks first."""
@@ -240,7 +246,7 @@ class LocalTwentyNewsgroupsClustering(LocalTaskMixin, AbsTaskClusteringLegacy):
         sets = read_jsonl(self.path(self.files[0]))
         for i, s in enumerate(sets):
             if len(s.get("sentences", [])) != len(s.get("labels", [])):
-                raise ValueError(f"{self.path(self.files[0])}:{i + 1}: sentences and labels differ in length")
+                raise UserError(f"{self.path(self.files[0])}:{i + 1}: sentences and labels differ in length")
             keep = sample_indices(len(s["sentences"]), self.max_samples)
             s["sentences"] = [s["sentences"][j] for j in keep]
             s["labels"] = [s["labels"][j] for j in keep]
@@ -268,7 +274,7 @@ LOCAL_TASKS: dict[str, type[LocalTaskMixin]] = {cls.metadata.name: cls for cls i
 
 
 def local_task(name: str, data_dir: str | Path | None = None, max_samples: int = 0):
-    """A local task by its (official) name; a ValueError lists the available ones."""
+    """A local task by its (official) name; a UserError lists the available ones."""
     if name not in LOCAL_TASKS:
-        raise ValueError(f"unknown local task {name!r}; available: {', '.join(LOCAL_TASKS)}")
+        raise UserError(f"unknown local task {name!r}; available: {', '.join(LOCAL_TASKS)}")
     return LOCAL_TASKS[name](data_dir=data_dir, max_samples=max_samples)

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from t2t.data.corpus import CorpusStats, iter_texts
+from t2t.data.files import replace_dir
+from t2t.errors import UserError
 
 TFIDF_CONFIG = "tfidf_config.json"
 TFIDF_MODEL = "tfidf_idf.npy"
@@ -43,25 +45,17 @@ def _fit_vectorizer(texts: list[str], max_features: int, corpus: str | Path):
     try:
         vectorizer.fit(texts)
     except ValueError as e:  # e.g. "empty vocabulary": texts with no word of two or more characters
-        raise ValueError(f"corpus {corpus}: TF-IDF could not be fitted ({e})") from None
+        raise UserError(f"corpus {corpus}: TF-IDF could not be fitted ({e})") from None
     return vectorizer
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` onto `out`; an older TF-IDF directory there is replaced, anything else is kept.
-
-    os.replace cannot overwrite a non-empty directory, so an older fit is moved aside first and removed after.
-    """
-    old = None
-    if out.exists():
-        if not (out / TFIDF_CONFIG).is_file() and any(out.iterdir()):
-            raise ValueError(f"output directory {out} exists and is not a TF-IDF model directory "
-                             f"(no {TFIDF_CONFIG}); refusing to overwrite it")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Move the finished `tmp` onto `out`; an older TF-IDF directory (or an empty one) there is replaced, anything
+    else is kept."""
+    if out.exists() and not (out / TFIDF_CONFIG).is_file() and any(out.iterdir()):
+        raise UserError(f"output directory {out} exists and is not a TF-IDF model directory "
+                        f"(no {TFIDF_CONFIG}); refusing to overwrite it")
+    replace_dir(tmp, out)
 
 
 def fit_tfidf(corpus: str | Path, out_dir: str | Path, max_texts: int = 100_000,
@@ -74,10 +68,10 @@ def fit_tfidf(corpus: str | Path, out_dir: str | Path, max_texts: int = 100_000,
     place, so `t2t eval` (which keys its cache by the directory's content) never sees half of one.
     """
     if max_texts < 1 or max_features < 1:
-        raise ValueError(f"max_texts and max_features must be >= 1 (got {max_texts}, {max_features})")
+        raise UserError(f"max_texts and max_features must be >= 1 (got {max_texts}, {max_features})")
     texts = [t.text for t in iter_texts(corpus, CorpusStats(), limit=max_texts)]
     if not texts:
-        raise ValueError(f"corpus {corpus} holds no texts to fit TF-IDF on")
+        raise UserError(f"corpus {corpus} holds no texts to fit TF-IDF on")
     vectorizer = _fit_vectorizer(texts, max_features, corpus)
 
     import sklearn
@@ -101,13 +95,13 @@ def fit_tfidf(corpus: str | Path, out_dir: str | Path, max_texts: int = 100_000,
 
 
 def check_tfidf_dir(path: str | Path) -> Path:
-    """`path`, unless its arrays are missing (a ValueError that says to refit, naming the directory)."""
+    """`path`, unless its arrays are missing (a UserError that says to refit, naming the directory)."""
     p = Path(path)
     if not (p / TFIDF_MODEL).is_file() or not (p / TFIDF_VOCAB).is_file():
         legacy = " (it holds a pickled model from an older t2t, which is never loaded)" \
             if (p / LEGACY_PICKLE).is_file() else ""
-        raise ValueError(f"TF-IDF directory {p} has no {TFIDF_MODEL} and {TFIDF_VOCAB}{legacy}; "
-                         f"refit it with `t2t tfidf`")
+        raise UserError(f"TF-IDF directory {p} has no {TFIDF_MODEL} and {TFIDF_VOCAB}{legacy}; "
+                        f"refit it with `t2t tfidf`")
     return p
 
 
@@ -118,9 +112,9 @@ def load_tfidf(path: str | Path):
         vocabulary = json.loads((p / TFIDF_VOCAB).read_text())
         idf = np.load(p / TFIDF_MODEL, allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise ValueError(f"TF-IDF directory {p} is damaged ({e}); refit it with `t2t tfidf`") from None
+        raise UserError(f"TF-IDF directory {p} is damaged ({e}); refit it with `t2t tfidf`") from None
     if not isinstance(vocabulary, dict) or idf.shape != (len(vocabulary),):
-        raise ValueError(f"TF-IDF directory {p}: {TFIDF_VOCAB} and {TFIDF_MODEL} do not match; refit it")
+        raise UserError(f"TF-IDF directory {p}: {TFIDF_VOCAB} and {TFIDF_MODEL} do not match; refit it")
     vectorizer = _vectorizer(None, vocabulary)
     vectorizer.idf_ = idf  # sklearn's setter builds the fitted transformer around the fixed vocabulary
     return vectorizer

@@ -1,5 +1,12 @@
-"""Embedding core: load a backbone, embed texts, read the tokens an embedding points to, export."""
+"""Embedding core: load a backbone, embed texts, read the tokens an embedding points to, export.
 
+`load_tokenizer`, `tokenizer_fingerprint` and `tokenize_texts` live in the torch-free `t2t.data.tokens`, and
+`EmbeddingIdentity` in `t2t.identity`; they are re-exported here. `EmbedSettings` and `settings_from_config`
+are deprecated aliases of `EmbeddingIdentity` and `EmbeddingIdentity.of`.
+"""
+
+from t2t.data.tokens import load_tokenizer, tokenize_texts, tokenizer_fingerprint
+from t2t.identity import EmbeddingIdentity
 from t2t.model.embedder import Embedder, EmbedSettings, pool, set_attention
 from t2t.model.io import (
     check_model_dir,
@@ -7,13 +14,12 @@ from t2t.model.io import (
     from_config,
     load,
     load_lm,
-    load_tokenizer,
     resolve_model_dir,
     settings_from_config,
-    tokenizer_fingerprint,
 )
 
 __all__ = [
-    "Embedder", "EmbedSettings", "pool", "set_attention", "check_model_dir", "export", "from_config", "load",
-    "load_lm", "load_tokenizer", "resolve_model_dir", "settings_from_config", "tokenizer_fingerprint",
+    "Embedder", "EmbeddingIdentity", "EmbedSettings", "pool", "set_attention", "check_model_dir", "export",
+    "from_config", "load", "load_lm", "load_tokenizer", "resolve_model_dir", "settings_from_config",
+    "tokenize_texts", "tokenizer_fingerprint",
 ]

@@ -7,7 +7,6 @@ ZeRO-3 the head's weight shard is gathered by DeepSpeed's hooks like any other l
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,22 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from t2t.data.tokens import format_text, tokenize_texts
+from t2t.errors import UserError
+from t2t.identity import EmbeddingIdentity
+from t2t.pooling import pooling_mode
+
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class EmbedSettings:
-    """Everything that decides how a text becomes a vector; saved as `t2t_config.json` on export."""
-
-    pooling: str = "mean"
-    prompt: str = "{text}"
-    attention: str = "causal"
-    max_length: int = 128
-    padding_side: str = "left"
-
-    def as_dict(self) -> dict:
-        return dict(pooling=self.pooling, prompt=self.prompt, attention=self.attention,
-                    max_length=self.max_length, padding_side=self.padding_side)
+EmbedSettings = EmbeddingIdentity
+"""Deprecated alias of `t2t.identity.EmbeddingIdentity`, kept while callers outside t2t.model still use the name."""
 
 
 class Fp32Head(nn.Linear):
@@ -67,7 +59,7 @@ def set_attention(lm: nn.Module, mode: str) -> None:
     SDPA/flash kernels from re-imposing causality when that mask is elided (no padding).
     """
     if mode not in ("causal", "bidirectional"):
-        raise ValueError(f"attention must be causal or bidirectional, got {mode!r}")
+        raise UserError(f"attention must be causal or bidirectional, got {mode!r}")
     causal = mode == "causal"
     lm.config.is_causal = causal
     n = 0
@@ -76,50 +68,19 @@ def set_attention(lm: nn.Module, mode: str) -> None:
             module.is_causal = causal
             n += 1
     if not causal and n == 0:
-        raise ValueError(f"{type(lm).__name__} has no attention layers with an is_causal switch")
+        raise UserError(f"{type(lm).__name__} has no attention layers with an is_causal switch")
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool final hidden states (B, L, d) over the non-pad positions given by `attention_mask` (B, L)."""
-    if pooling == "mean":
-        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-    if pooling in ("last", "eos"):
-        # Index of the last real token, valid for either padding side.
-        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-        last = (attention_mask.long() * positions).argmax(dim=1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    raise ValueError(f"unknown pooling {pooling!r}")
-
-
-def format_text(tokenizer, settings: EmbedSettings, text: str) -> str:
-    """The text as the model sees it: inside the prompt, with EOS appended for `eos` pooling."""
-    s = settings.prompt.replace("{text}", text)
-    if settings.pooling == "eos":
-        s = s + tokenizer.eos_token
-    return s
-
-
-def tokenize_texts(tokenizer, settings: EmbedSettings, texts: list[str]) -> tuple[dict[str, torch.Tensor], int]:
-    """Prompt, tokenize, truncate at `max_length` and pad a batch; also returns how many texts were cut.
-
-    A function of the tokenizer and settings only, so data-loader workers tokenize without a model.
-    """
-    limit = settings.max_length
-    ids = tokenizer([format_text(tokenizer, settings, t) for t in texts], add_special_tokens=True)["input_ids"]
-    cut = [i for i, row in enumerate(ids) if len(row) > limit]
-    for i in cut:
-        ids[i] = ids[i][:limit]
-        if settings.pooling == "eos":
-            ids[i][-1] = tokenizer.eos_token_id  # the pooled position must still hold EOS
-    batch = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, len(cut)
+    """Pool final hidden states (B, L, d) over the non-pad positions given by `attention_mask` (B, L), with the
+    registered pooling mode `pooling` (`t2t.pooling`)."""
+    return pooling_mode(pooling).pool(hidden, attention_mask)
 
 
 class Embedder(nn.Module):
     """A causal LM used as an embedder: `forward` returns the pooled state and its fp32 LM-head logits."""
 
-    def __init__(self, lm: nn.Module, tokenizer, settings: EmbedSettings):
+    def __init__(self, lm: nn.Module, tokenizer, settings: EmbeddingIdentity):
         super().__init__()
         self.lm = lm
         self.tokenizer = tokenizer
@@ -181,14 +142,24 @@ class Embedder(nn.Module):
         return out
 
     @torch.no_grad()
-    def top_tokens(self, texts: list[str], k: int = 10) -> list[list[tuple[str, float]]]:
-        """For each text, the k tokens its embedding points to through the LM head, with probabilities."""
+    def top_k(self, texts: list[str], k: int, batch_size: int = 64) -> list[list[tuple[int, float]]]:
+        """For each text, the k tokens its embedding points to through the LM head: (token id, probability),
+        most probable first. Ranked by the fp32 logits z (the order of softmax(z)); probabilities are softmax(z).
+        Texts are embedded `batch_size` at a time; padding does not change a text's tokens."""
+        texts = list(texts)
+        was_training = self.training
         self.eval()
-        result = []
-        for text in texts:
-            batch = {key: v.to(self.device) for key, v in self.tokenize([text]).items()}
+        result: list[list[tuple[int, float]]] = []
+        for start in range(0, len(texts), batch_size):
+            batch = {key: v.to(self.device) for key, v in self.tokenize(texts[start:start + batch_size]).items()}
             _, z = self(**batch)
-            p = torch.softmax(z[0], dim=-1)
-            probs, ids = p.topk(min(k, p.shape[0]))
-            result.append([(self.tokenizer.convert_ids_to_tokens(int(i)), float(q)) for q, i in zip(probs, ids)])
+            top = z.topk(min(k, z.shape[-1]), dim=-1)
+            probs = torch.softmax(z, dim=-1).gather(-1, top.indices)
+            result.extend(list(zip(ids, ps)) for ids, ps in zip(top.indices.tolist(), probs.tolist()))
+        self.train(was_training)
         return result
+
+    def top_tokens(self, texts: list[str], k: int = 10, batch_size: int = 1) -> list[list[tuple[str, float]]]:
+        """`top_k` with token strings (what `t2t inspect` prints); one text at a time unless `batch_size`."""
+        return [[(self.tokenizer.convert_ids_to_tokens(i), p) for i, p in row]
+                for row in self.top_k(texts, k, batch_size)]

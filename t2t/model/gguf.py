@@ -18,12 +18,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
 
-from t2t.data.files import file_digest
+from t2t.data.files import file_digest, replace_dir, temp_name
+from t2t.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
 NEEDED = {"gguf": "gguf==0.19.0", "accelerate": "accelerate==1.15.0"}
 
 
-class GGUFError(ValueError):
+class GGUFError(UserError):
     """A GGUF source that cannot be converted; the message names the file and what is wrong."""
 
 
@@ -115,18 +115,15 @@ def convert(source: str | Path, out_dir: str | Path, overwrite: bool = False) ->
                         f"`t2t import {source} --out {out} --overwrite`")
     info = inspect_gguf(path)
     log.info("converting %s (%s, %s) into %s", path.name, info["architecture"], info["quantization"], out)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp = temp_name(out)
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_hf_dir(path, tmp)
-    record = dict(source=str(source), file=path.name, sha256=digest, size_bytes=path.stat().st_size, **info)
-    (tmp / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
-    # The old directory goes only after the new one is complete, so a crash leaves one or the other.
-    old = out.with_name(out.name + f".old{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        _write_hf_dir(path, tmp)
+        record = dict(source=str(source), file=path.name, sha256=digest, size_bytes=path.stat().st_size, **info)
+        (tmp / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
+        replace_dir(tmp, out)  # the old directory goes only once the new one is in place
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

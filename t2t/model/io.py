@@ -1,7 +1,8 @@
 """Loading backbones and exported embedders, and exporting them for sentence-transformers.
 
 An exported directory is an ordinary Hugging Face causal-LM directory plus:
-- `t2t_config.json`: pooling, prompt, attention mode, max length, padding side;
+- `t2t_config.json`: pooling, prompt, attention mode, max length, padding side (the
+  `t2t.identity.EmbeddingIdentity` without its compute dtype: exported weights are fp32);
 - sentence-transformers files. When the embedding is expressible with sentence-transformers'
   own modules (causal attention, no prompt, mean or last-token pooling) they are a
   `Transformer` + `Pooling` pair, and `SentenceTransformer(dir)` needs nothing else.
@@ -11,18 +12,22 @@ An exported directory is an ordinary Hugging Face causal-LM directory plus:
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from t2t.config import ModelConfig
-from t2t.model.embedder import Embedder, EmbedSettings
+from t2t.data.files import replace_dir, temp_name
+from t2t.data.tokens import load_tokenizer, tokenizer_fingerprint  # noqa: F401 - re-exported (t2t.model.io.*)
+from t2t.errors import UserError
+from t2t.identity import EmbeddingIdentity
+from t2t.model.embedder import Embedder
+from t2t.pooling import pooling_mode
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +35,14 @@ T2T_CONFIG = "t2t_config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_said_once: set[str] = set()  # things logged once per process
+_said_once: set[str] = set()  # things logged once per process (the bf16 fallback)
 
 
 def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
-    """Raise a ValueError naming `path` and what is missing, unless it is a loadable HF model directory."""
+    """Raise a UserError naming `path` and what is missing, unless it is a loadable HF model directory."""
     p = Path(path)
     if not p.is_dir():
-        raise ValueError(f"model directory {p} does not exist")
+        raise UserError(f"model directory {p} does not exist")
     missing = []
     if not (p / "config.json").is_file():
         missing.append("config.json")
@@ -46,34 +51,13 @@ def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
     if not any((p / f).is_file() for f in TOKENIZER_FILES):
         missing.append("a tokenizer (" + " or ".join(TOKENIZER_FILES) + ")")
     if missing:
-        raise ValueError(f"model directory {p} is incomplete: missing {', '.join(missing)}")
+        raise UserError(f"model directory {p} is incomplete: missing {', '.join(missing)}")
     return p
 
 
-def load_tokenizer(path: str | Path, padding_side: str = "left"):
-    """The backbone's tokenizer; a tokenizer without a pad token gets pad = eos (logged once per path)."""
-    tok = AutoTokenizer.from_pretrained(str(path))
-    if tok.pad_token is None:
-        if tok.eos_token is None:
-            raise ValueError(f"tokenizer in {path} has neither a pad nor an eos token")
-        tok.pad_token = tok.eos_token
-        if str(path) not in _said_once:
-            _said_once.add(str(path))
-            log.warning("tokenizer in %s has no pad token; using eos %r as pad", path, tok.eos_token)
-    tok.padding_side = padding_side
-    return tok
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of the vocabulary (token → id) and special tokens: shards and models must agree on it."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    payload = json.dumps({"vocab": vocab, "special": tokenizer.all_special_tokens}, ensure_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def settings_from_config(m: ModelConfig) -> EmbedSettings:
-    return EmbedSettings(pooling=m.pooling, prompt=m.template, attention=m.attention,
-                         max_length=m.max_length, padding_side=m.padding_side)
+def settings_from_config(m: ModelConfig) -> EmbeddingIdentity:
+    """Deprecated alias of `EmbeddingIdentity.of`, kept while callers outside t2t.model still use the name."""
+    return EmbeddingIdentity.of(m)
 
 
 def resolve_model_dir(m: ModelConfig) -> Path:
@@ -115,29 +99,33 @@ def from_config(m: ModelConfig, dtype: str | None = None) -> Embedder:
     """An Embedder for a recipe's model section (building or converting the backbone if needed), in `m.dtype`
     unless `dtype` is given (exports are made in float32)."""
     path = resolve_model_dir(m)
-    settings = settings_from_config(m)
-    return Embedder(load_lm(path, dtype or m.dtype), load_tokenizer(path, settings.padding_side), settings)
+    identity = EmbeddingIdentity.of(m)
+    if dtype is not None:
+        identity = dataclasses.replace(identity, dtype=dtype)
+    return Embedder(load_lm(path, identity.dtype), load_tokenizer(path, identity.padding_side), identity)
 
 
 def load(path: str | Path, dtype: str = "float32", **overrides) -> Embedder:
-    """Load an exported embedder (its `t2t_config.json` decides pooling, prompt, attention)."""
+    """Load an exported embedder (its `t2t_config.json` decides pooling, prompt, attention), computing in `dtype`."""
     p = check_model_dir(path)
     cfg_file = p / T2T_CONFIG
     if not cfg_file.is_file():
-        raise ValueError(f"model directory {p} is incomplete: missing {T2T_CONFIG} (export it with `t2t export`)")
+        raise UserError(f"model directory {p} is incomplete: missing {T2T_CONFIG} (export it with `t2t export`)")
     try:
         saved = json.loads(cfg_file.read_text())
-        settings = EmbedSettings(**{**saved, **overrides})
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"{cfg_file}: invalid t2t config ({e})") from None
-    return Embedder(load_lm(p, dtype), load_tokenizer(p, settings.padding_side), settings)
+        if isinstance(saved, dict) and "dtype" in saved:  # not a saved field: the loader picks the compute dtype
+            raise UserError("unknown key dtype")
+        identity = EmbeddingIdentity.from_dict({**saved, "dtype": dtype, **overrides})
+    except (json.JSONDecodeError, TypeError, UserError) as e:
+        raise UserError(f"{cfg_file}: invalid t2t config ({e})") from None
+    return Embedder(load_lm(p, identity.dtype), load_tokenizer(p, identity.padding_side), identity)
 
 
-def standard_st_pooling(settings: EmbedSettings) -> str | None:
+def standard_st_pooling(settings: EmbeddingIdentity) -> str | None:
     """The sentence-transformers pooling mode reproducing these settings, or None if none does."""
     if settings.attention != "causal" or settings.prompt != "{text}":
         return None
-    return {"mean": "mean", "last": "lasttoken"}.get(settings.pooling)
+    return pooling_mode(settings.pooling).st_mode
 
 
 def export(embedder: Embedder, out_dir: str | Path, state_dict: dict | None = None) -> Path:
@@ -146,27 +134,27 @@ def export(embedder: Embedder, out_dir: str | Path, state_dict: dict | None = No
     `state_dict` (consolidated fp32/bf16 weights from a ZeRO-3 checkpoint) replaces the module's own.
     """
     out = Path(out_dir)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp = temp_name(out)
     shutil.rmtree(tmp, ignore_errors=True)
-    lm = embedder.lm
-    is_causal = lm.config.is_causal
-    lm.config.is_causal = True  # t2t_config.json carries the attention mode; keep config.json stock
     try:
-        lm.save_pretrained(tmp, state_dict=state_dict)
+        lm = embedder.lm
+        is_causal = lm.config.is_causal
+        lm.config.is_causal = True  # t2t_config.json carries the attention mode; keep config.json stock
+        try:
+            lm.save_pretrained(tmp, state_dict=state_dict)
+        finally:
+            lm.config.is_causal = is_causal
+        embedder.tokenizer.save_pretrained(tmp)
+        s = embedder.settings
+        (tmp / T2T_CONFIG).write_text(json.dumps(s.as_dict(with_dtype=False), indent=2) + "\n")
+        _write_st_files(tmp, s, lm.config.hidden_size)
+        replace_dir(tmp, out)  # an existing export is removed only once this one is in place
     finally:
-        lm.config.is_causal = is_causal
-    embedder.tokenizer.save_pretrained(tmp)
-    s = embedder.settings
-    (tmp / T2T_CONFIG).write_text(json.dumps(s.as_dict(), indent=2) + "\n")
-    _write_st_files(tmp, s, lm.config.hidden_size)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _write_st_files(d: Path, s: EmbedSettings, dim: int) -> None:
+def _write_st_files(d: Path, s: EmbeddingIdentity, dim: int) -> None:
     mode = standard_st_pooling(s)
     if mode is None:
         modules = [{"idx": 0, "name": "0", "path": "", "type": "t2t.model.st_module.T2TModule"}]

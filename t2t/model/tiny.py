@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -19,6 +19,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from t2t.config import TinyModelConfig
 from t2t.data.corpus import iter_texts
+from t2t.data.files import replace_dir, temp_name
+from t2t.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def train_tokenizer(texts, style: str, vocab_size: int) -> PreTrainedTokenizerFa
         tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
         alphabet = []
     else:
-        raise ValueError(f"unknown tokenizer style {style!r}; use bytelevel or sentencepiece")
+        raise UserError(f"unknown tokenizer style {style!r}; use bytelevel or sentencepiece")
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False
     )
@@ -58,6 +60,9 @@ def build_tiny(spec: TinyModelConfig, path: str | Path) -> Path:
     path = Path(path)
     if (path / "config.json").exists():
         return path
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"{path} holds files but no config.json: not a model directory; remove it or choose "
+                        f"another model.path for the tiny model")
     log.info("building tiny Llama (%s tokenizer, vocab %d) at %s", spec.tokenizer_style, spec.vocab_size, path)
     texts = itertools.islice((r.text for r in iter_texts(spec.tokenizer_corpus)), spec.tokenizer_train_texts)
     tokenizer = train_tokenizer(texts, spec.tokenizer_style, spec.vocab_size)
@@ -76,9 +81,13 @@ def build_tiny(spec: TinyModelConfig, path: str | Path) -> Path:
     )
     torch.manual_seed(spec.seed)
     model = LlamaForCausalLM(config)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, path)  # a crash never leaves a half-written model directory
+    tmp = temp_name(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if not (path / "config.json").exists():  # else another process built the same model meanwhile
+            replace_dir(tmp, path)  # a crash never leaves a half-written model directory
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path

@@ -1,8 +1,6 @@
-"""Target token distributions: data-driven (stage 1), model-derived (stage 2), and their sparse form."""
+"""Target token distributions, as pure maths (no Ray, no model loading of their own):
 
-from t2t.targets.sparse import TargetBatch
-from t2t.targets.stage1 import Stage1Builder, clean_text, droppable_ids, idf_weights, stopword_list
-from t2t.targets.stage2 import SparsifyStats, Stage2Builder, sparse_targets
-
-__all__ = ["TargetBatch", "Stage1Builder", "clean_text", "droppable_ids", "idf_weights", "stopword_list",
-           "SparsifyStats", "Stage2Builder", "sparse_targets"]
+- `kinds`: the registry of target kinds a stage's `targets:` names (torch-free; the recipe loader reads it);
+- `stage1`: data-driven targets (Text2Token stage 1); `stage2`: model-derived targets (stage 2);
+- `sparse`: the sparse (ids, weights) form they are written in.
+"""

@@ -8,8 +8,11 @@
 3. The target is uniform over the unique surviving ids (or, with `weighting: idf`, proportional
    to their corpus IDF from a first pass). A text with none gets an empty target.
 
+    from t2t.targets.kinds import DataDrivenTargets
     from t2t.targets.stage1 import Stage1Builder
-    batch, truncated = Stage1Builder(tokenizer, cfg.targets, vocab_size).targets(texts)
+    batch, truncated = Stage1Builder(tokenizer, DataDrivenTargets(), vocab_size).targets(texts)
+
+The `data-driven` target kind (`t2t.targets.kinds`) runs it in Ray workers through `DataDrivenWorker`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import re
 
 import numpy as np
 
-from t2t.config import TargetsConfig
+from t2t.errors import UserError
 from t2t.targets.sparse import TargetBatch
 
 _NON_WORD = re.compile(r"[\W_]+")
@@ -33,7 +36,7 @@ def stopword_list(name: str) -> frozenset[str]:
         return frozenset(w.lower() for w in ENGLISH_STOP_WORDS)
     if name == "none":
         return frozenset()
-    raise ValueError(f"unknown stopword list {name!r}; use sklearn-english or none")
+    raise UserError(f"unknown stopword list {name!r}; use sklearn-english or none")
 
 
 def stopwords_hash(words: frozenset[str]) -> str:
@@ -69,7 +72,8 @@ def idf_weights(document_frequency: np.ndarray, texts: int) -> np.ndarray:
 class Stage1Builder:
     """Builds data-driven targets for batches of texts with one tokenizer."""
 
-    def __init__(self, tokenizer, targets: TargetsConfig, vocab_size: int):
+    def __init__(self, tokenizer, targets, vocab_size: int):
+        """`targets`: a `DataDrivenTargets` (stopwords, max_target_tokens, weighting)."""
         if len(tokenizer) > vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's LM head only {vocab_size}")
         self.tokenizer = tokenizer
@@ -108,3 +112,20 @@ class Stage1Builder:
         flat = np.fromiter((i for row in ids for i in row), dtype=np.int64, count=int(lengths.sum()))
         weights = idf[flat] if idf is not None else np.ones(flat.size)
         return TargetBatch.pack(flat, weights, lengths), truncated
+
+
+class DataDrivenWorker:
+    """The `data-driven` kind inside a target worker: the tokenizer loaded once, then chunk after chunk."""
+
+    def __init__(self, model_cfg, model_dir: str, spec, vocab_size: int, batch_size: int):
+        from t2t.data.tokens import load_tokenizer
+
+        self.builder = Stage1Builder(load_tokenizer(model_dir), spec, vocab_size)
+
+    def reduce(self, pass_name: str, texts: list[str]) -> tuple[np.ndarray, int]:
+        assert pass_name == "idf", pass_name
+        return self.builder.document_frequency(texts)
+
+    def targets(self, texts: list[str], arrays: dict[str, np.ndarray]) -> tuple[TargetBatch, dict]:
+        batch, truncated = self.builder.targets(texts, arrays.get("idf"))
+        return batch, dict(truncated=truncated)

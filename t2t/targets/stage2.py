@@ -14,8 +14,9 @@ Each text's dropped mass (1 − the kept share of t) is measured exactly. The δ
 drops less than (|V| − 1)·δ·max t ≤ (|V| − 1)·δ; `top_k` may drop more, and such texts are counted.
 Storing weights in float16 drops, in addition, any weight below 2^-25 (at most top_k · 3e-8 in all).
 
+    from t2t.targets.kinds import ModelDerivedTargets
     from t2t.targets.stage2 import Stage2Builder
-    builder = Stage2Builder(t2t.model.from_config(cfg.model), cfg.targets)
+    builder = Stage2Builder(t2t.model.from_config(cfg.model), ModelDerivedTargets(), batch_size=64)
     total, count, _ = builder.background_sum(texts); theta = total / count
     batch, stats = builder.targets(texts, theta)
 """
@@ -28,11 +29,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from t2t.config import TargetsConfig
+from t2t.targets.kinds import EPSILON
 from t2t.targets.sparse import TargetBatch
-
-EPSILON = 1e-8
-"""The constant in r = p / (p + q + ε) (docs/DESIGN.md §1)."""
 
 
 @dataclass
@@ -95,15 +93,17 @@ def sparse_targets(z: torch.Tensor, log_q: torch.Tensor, tau: float, delta: floa
 class Stage2Builder:
     """Runs the frozen embedder over texts: background sums (pass 1) and sparse targets (pass 2)."""
 
-    def __init__(self, embedder, targets: TargetsConfig):
+    def __init__(self, embedder, targets, batch_size: int):
+        """`targets`: a `ModelDerivedTargets` (tau, delta, top_k); `batch_size` texts per forward."""
         self.embedder = embedder.eval()
         self.targets_cfg = targets
+        self.batch_size = batch_size
 
     @torch.inference_mode()
     def logits(self, texts: list[str]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """(positions in `texts`, fp32 logits z) per batch; batches are length-sorted to cut padding."""
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        size = self.targets_cfg.batch_size
+        size = self.batch_size
         device = self.embedder.device
         for start in range(0, len(texts), size):
             idx = order[start:start + size]
@@ -137,3 +137,33 @@ class Stage2Builder:
         order = np.concatenate(positions) if positions else np.zeros(0, np.int64)
         return TargetBatch.concat(batches).select(np.argsort(order)), stats
 
+
+
+class ModelDerivedWorker:
+    """The `model-derived` kind inside a target worker: the frozen start model loaded once (onto the GPU Ray gave
+    the worker, if any), then chunk after chunk."""
+
+    def __init__(self, model_cfg, model_dir: str, spec, vocab_size: int, batch_size: int):
+        from t2t.model import from_config
+
+        embedder = from_config(model_cfg)
+        if torch.cuda.is_available() and _has_ray_gpu():
+            embedder = embedder.to("cuda")
+        self.builder = Stage2Builder(embedder, spec, batch_size)
+
+    def reduce(self, pass_name: str, texts: list[str]) -> tuple[np.ndarray, int]:
+        assert pass_name == "background", pass_name
+        total, count, _ = self.builder.background_sum(texts)
+        return total, count
+
+    def targets(self, texts: list[str], arrays: dict[str, np.ndarray]) -> tuple[TargetBatch, dict]:
+        batch, s = self.builder.targets(texts, arrays["background"])
+        return batch, dict(truncated=s.truncated, dropped_max=s.dropped_max, dropped_sum=s.dropped_sum,
+                           cut_by_top_k=s.cut_by_top_k)
+
+
+def _has_ray_gpu() -> bool:
+    import sys
+
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized() and bool(ray.get_gpu_ids())

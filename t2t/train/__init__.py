@@ -9,15 +9,21 @@ One rank per process, started by a launcher (or alone as world size 1):
 The SimCSE baseline trains on the same shards (their texts only):
 
     torchrun --standalone --nproc_per_node 2 -m t2t.cli train --config recipes/demo.yaml --stage 1 \
-        --set train.objective=simcse --set run_dir=runs/demo-simcse
+        --set stages.stage1.objective=simcse --set run_dir=runs/demo-simcse
 
 On CPU set DS_ACCELERATOR=cpu (DeepSpeed then uses gloo). launchers/train_local.sh and
 launchers/train.slurm wrap these for one machine and for Slurm clusters.
 """
 
-from t2t.train.checkpoint import export_checkpoint, stage_complete
-from t2t.train.launch import launch_local
-from t2t.train.loss import sparse_kl
-from t2t.train.trainer import TrainingDiverged, train
+import importlib
 
-__all__ = ["export_checkpoint", "launch_local", "sparse_kl", "stage_complete", "train", "TrainingDiverged"]
+_EXPORTS = {"export_checkpoint": "checkpoint", "stage_complete": "checkpoint", "launch_local": "launch",
+            "sparse_kl": "loss", "TrainingDiverged": "trainer", "train": "trainer"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazily: the recipe loader reads `t2t.train.loss.OBJECTIVES` without paying for DeepSpeed's import.
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 't2t.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"t2t.train.{_EXPORTS[name]}"), name)

@@ -1,6 +1,6 @@
 """Checkpoints (DeepSpeed's own, with t2t client state), rotation, resume, and export to a model directory.
 
-Layout of a stage, `<run_dir>/stage{N}/`:
+Layout of a stage, `<run_dir>/<stage name>/` (the paths come from `t2t.run_paths`):
 
     checkpoints/step00000100/   a DeepSpeed ZeRO-3 checkpoint (one shard file per rank)
     checkpoints/latest          DeepSpeed's pointer to the newest complete one
@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 from t2t.config import Config
+from t2t.errors import UserError
+from t2t.run_paths import checkpoints_dir, export_dir, for_stage
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +48,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 TRAIN_INFO = "t2t_train.json"
 
 
-# ----------------------------------------------------------------------------- paths
-
-
-def stage_dir(cfg: Config, stage: int) -> Path:
-    return Path(cfg.run_dir) / f"stage{stage}"
-
-
-def checkpoints_dir(cfg: Config, stage: int) -> Path:
-    return stage_dir(cfg, stage) / "checkpoints"
-
-
-def export_dir(cfg: Config, stage: int) -> Path:
-    return stage_dir(cfg, stage) / "model"
-
-
-def stage_steps(cfg: Config, stage: int) -> int:
-    if stage not in (1, 2):
-        raise ValueError(f"stage must be 1 or 2, got {stage}")
-    return getattr(cfg.train, f"stage{stage}").steps
+# ----------------------------------------------------------------------------- tags
 
 
 def tag_for(step: int) -> str:
@@ -74,7 +58,7 @@ def tag_for(step: int) -> str:
 def step_of(tag: str) -> int:
     m = TAG_RE.match(tag)
     if not m:
-        raise ValueError(f"{tag!r} is not a t2t checkpoint tag (stepNNNNNNNN)")
+        raise UserError(f"{tag!r} is not a t2t checkpoint tag (stepNNNNNNNN)")
     return int(m.group(1))
 
 
@@ -101,7 +85,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
         return p, latest_tag(p)
     if p.is_dir() and TAG_RE.match(p.name):
         return p.parent, p.name
-    raise ValueError(f"{p} is neither a checkpoints directory (with a 'latest' file) nor a stepNNNNNNNN checkpoint")
+    raise UserError(f"{p} is neither a checkpoints directory (with a 'latest' file) nor a stepNNNNNNNN checkpoint")
 
 
 # ----------------------------------------------------------------------------- client state
@@ -136,23 +120,50 @@ def gather(obj) -> list:
 RESUMABLE = {"save_every", "keep_checkpoints", "log_every", "nproc", "stop_after_zero_grad_steps"}
 
 
-def recipe_identity(cfg: Config, stage: int) -> dict:
-    """The recipe fields that decide what stage `stage` trains, flattened to `section.key`. A checkpoint
-    resumes only under the same ones (its step count may grow)."""
+def recipe_identity(cfg: Config, stage: str) -> dict:
+    """The recipe fields that decide what stage `stage` trains, flattened to `section.key`, the stage's own
+    settings as `stages.<stage>.key` (all but `steps`). `cfg` is the recipe as the stage runs it
+    (`run_paths.for_stage`: `model.path` is the model it starts from). A checkpoint resumes only under the same
+    ones (its step count may grow)."""
     from t2t.config import to_dict
 
     d = to_dict(cfg)
-    train = {k: v for k, v in d["train"].items() if k not in RESUMABLE and not k.startswith("stage")}
-    train[f"stage{stage}"] = {k: v for k, v in d["train"][f"stage{stage}"].items() if k != "steps"}
     flat = {"seed": d["seed"]}
-    for section, values in (("model", d["model"]), ("data", d["data"]), ("train", train)):
-        flat.update({f"{section}.{k}": v for k, v in values.items()})
+    for section in ("model", "data"):
+        flat.update({f"{section}.{k}": v for k, v in d[section].items()})
+    flat.update({f"train.{k}": v for k, v in d["train"].items() if k not in RESUMABLE})
+    flat.update({f"stages.{stage}.{k}": v for k, v in to_dict(cfg.stage(stage)).items() if k != "steps"})
     return flat
+
+
+LEGACY_DATA_KEYS = ("data.stage1_corpus", "data.stage2_corpus", "data.stage2_max_texts")
+"""Identity keys of a checkpoint written before stages were a list that now live in a stage's `targets`."""
+
+
+def from_legacy_identity(saved: dict, now: dict) -> tuple[dict, dict]:
+    """(saved, now) made comparable when `saved` was written before stages were a list (it has `train.objective`).
+
+    Such a checkpoint recorded its stage's lr, schedule and warmup as `train.<stage>` and the objective as
+    `train.objective`: they are compared as the stage's own keys. What it did not record (the stage's start and
+    targets, `data.corpus`) is left out of the comparison, and so are the corpora it recorded under `data.`."""
+    if "train.objective" not in saved:
+        return saved, now
+    names = {k.split(".")[1] for k in now if k.startswith("stages.")}
+    saved = {k: v for k, v in saved.items() if k not in LEGACY_DATA_KEYS}
+    objective = saved.pop("train.objective")
+    for name in names:
+        own = saved.pop(f"train.{name}", None)
+        if isinstance(own, dict):
+            saved.update({f"stages.{name}.{k}": v for k, v in own.items()})
+            saved[f"stages.{name}.objective"] = objective
+    return saved, {k: v for k, v in now.items() if k in saved}
 
 
 def recipe_changes(saved: dict, now: dict) -> list[str]:
     """`key: saved → now` for every field that differs."""
-    return [f"{k}: {saved.get(k)!r} → {now.get(k)!r}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    saved, now = from_legacy_identity(saved, now)
+    return [f"{k}: {saved.get(k)!r} → {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)]
 
 
 def save(engine, ckpt_dir: Path, step: int, data_state: dict, keep: int, recipe: dict | None = None) -> Path:
@@ -183,7 +194,7 @@ def rotate(ckpt_dir: Path, keep: int) -> None:
             log.info("removed old checkpoint %s", ckpt_dir / t)
 
 
-class UnusableCheckpoint(ValueError):
+class UnusableCheckpoint(UserError):
     """A checkpoint that cannot be loaded, found alike on every rank; the message names the file."""
 
 
@@ -249,7 +260,7 @@ def load(engine, load_dir: Path, tag: str) -> dict:
 
     Raises UnusableCheckpoint on every rank alike when a file is missing or truncated (checked by every
     rank before any loads) or DeepSpeed finds no checkpoint there. An error inside DeepSpeed's load becomes a
-    ValueError naming the checkpoint: the other ranks may be waiting in DeepSpeed's collectives by then, so
+    UserError naming the checkpoint: the other ranks may be waiting in DeepSpeed's collectives by then, so
     the ranks cannot agree on trying another one."""
     problem = agreed(checkpoint_problem(load_dir / tag, world_size()))
     if problem:
@@ -257,7 +268,7 @@ def load(engine, load_dir: Path, tag: str) -> dict:
     try:
         path, client = engine.load_checkpoint(str(load_dir), tag=tag)
     except Exception as e:  # torch.load's and DeepSpeed's many error types: the user needs the file's name
-        raise ValueError(f"{load_dir / tag} could not be loaded ({first_line(e)})") from e
+        raise UserError(f"{load_dir / tag} could not be loaded ({first_line(e)})") from e
     if path is None or not client or "t2t" not in client:
         raise UnusableCheckpoint(f"{load_dir / tag}: not a loadable t2t checkpoint")
     return client["t2t"]
@@ -267,7 +278,7 @@ def load_newest(engine, ckpt_dir: Path) -> tuple[str, dict] | None:
     """(tag, client state) of the newest checkpoint of `ckpt_dir` that loads, or None when there is none.
 
     An unusable newest checkpoint is skipped with a warning naming its file, for the previous one: that is
-    what `train.keep_checkpoints` keeps them for. A ValueError naming every file when none loads."""
+    what `train.keep_checkpoints` keeps them for. A UserError naming every file when none loads."""
     problems = []
     for tag in reversed(complete_tags(ckpt_dir)):
         try:
@@ -279,8 +290,8 @@ def load_newest(engine, ckpt_dir: Path) -> tuple[str, dict] | None:
             log.warning("%s; resuming from the previous checkpoint %s instead", "; ".join(problems), ckpt_dir / tag)
         return tag, state
     if problems:
-        raise ValueError(f"no checkpoint in {ckpt_dir} loads: {'; '.join(problems)}. Remove {ckpt_dir} to start "
-                         "the stage over")
+        raise UserError(f"no checkpoint in {ckpt_dir} loads: {'; '.join(problems)}. Remove {ckpt_dir} to start "
+                        "the stage over")
     return None
 
 
@@ -294,8 +305,8 @@ def resume(engine, ckpt_dir: Path, mode: str, recipe: dict | None = None) -> dic
     divergence): the differences are logged."""
     if mode == "never":
         if latest_tag(ckpt_dir) is not None:
-            raise ValueError(f"{ckpt_dir} already holds checkpoints and --resume never was given: "
-                             "remove them, or resume with --resume auto")
+            raise UserError(f"{ckpt_dir} already holds checkpoints and --resume never was given: "
+                            "remove them, or resume with --resume auto")
         return None
     if mode in ("auto", "force"):
         loaded = load_newest(engine, ckpt_dir)
@@ -307,9 +318,10 @@ def resume(engine, ckpt_dir: Path, mode: str, recipe: dict | None = None) -> dic
         state = load(engine, load_dir, tag)
     changes = recipe_changes(state.get("recipe") or {}, recipe) if recipe is not None and state.get("recipe") else []
     if changes and mode == "auto":
-        raise ValueError(f"{load_dir / tag} was written under a different recipe ({'; '.join(changes)}); resuming "
-                         f"it would mix two runs. Restore those values to resume, or remove {load_dir} to start "
-                         f"the stage over (or continue from it anyway with --resume force, or --resume DIR for another checkpoint)")
+        raise UserError(f"{load_dir / tag} was written under a different recipe ({'; '.join(changes)}); resuming "
+                        f"it would mix two runs. Restore those values to resume, or remove {load_dir} to start "
+                        f"the stage over (or continue from it anyway with --resume force, or --resume DIR for "
+                        f"another checkpoint)")
     if changes:
         log.warning("resuming %s under a changed recipe: %s", load_dir / tag, "; ".join(changes))
     log.info("resumed from %s at step %d", load_dir / tag, state["step"])
@@ -319,24 +331,27 @@ def resume(engine, ckpt_dir: Path, mode: str, recipe: dict | None = None) -> dic
 # ----------------------------------------------------------------------------- export
 
 
-def export_checkpoint(cfg: Config, stage: int, checkpoint: str | Path | None = None,
+def export_checkpoint(cfg: Config, stage: str, checkpoint: str | Path | None = None,
                       out: str | Path | None = None) -> Path:
-    """Consolidate a ZeRO-3 checkpoint (default: the stage's newest) into a model directory (default: stage/model)."""
+    """Consolidate a ZeRO-3 checkpoint of stage `stage` (default: its newest) into a model directory (default: the
+    stage's `model/`). The frozen weights come from the model the stage starts from (`run_paths.for_stage`)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from t2t.model import Embedder, export, load_lm, load_tokenizer, resolve_model_dir, settings_from_config
+    from t2t.identity import EmbeddingIdentity
+    from t2t.model import Embedder, export, load_lm, load_tokenizer, resolve_model_dir
     from t2t.train.engine import apply_trainable_policy, trainable_names
 
+    cfg = for_stage(cfg, stage)
     load_dir, tag = resolve_checkpoint(checkpoint if checkpoint is not None else checkpoints_dir(cfg, stage))
     problem = checkpoint_problem(load_dir / tag)
     if problem:
-        raise ValueError(f"{problem}; export another checkpoint with --checkpoint DIR")
+        raise UserError(f"{problem}; export another checkpoint with --checkpoint DIR")
     out = Path(out) if out is not None else export_dir(cfg, stage)
     model_dir = resolve_model_dir(cfg.model)
     try:
         lazy = get_fp32_state_dict_from_zero_checkpoint(str(load_dir), tag=tag, lazy_mode=True)
     except Exception as e:  # torch.load's and zero_to_fp32's many error types: the user needs the checkpoint's name
-        raise ValueError(f"{load_dir / tag} could not be read ({first_line(e)})") from e
+        raise UserError(f"{load_dir / tag} could not be read ({first_line(e)})") from e
     # Exports are fp32. Only the weights that trained come from the checkpoint's fp32 master copy; the
     # frozen ones (LM head, embeddings, a LoRA base) come from the start model, untouched by any bf16 cast.
     lm = apply_trainable_policy(load_lm(model_dir, "float32"), cfg)
@@ -345,14 +360,14 @@ def export_checkpoint(cfg: Config, stage: int, checkpoint: str | Path | None = N
     trained = trainable_names(lm)
     missing = sorted(set(trained) - set(names))
     if missing:
-        raise ValueError(f"{load_dir / tag} does not fit the model in {model_dir} (train.lora and "
-                         f"train.train_embeddings set the same?): missing {missing[:5]}")
+        raise UserError(f"{load_dir / tag} does not fit the model in {model_dir} (train.lora and "
+                        f"train.train_embeddings set the same?): missing {missing[:5]}")
     with torch.no_grad():
         for name in trained:
             params[name].copy_(lazy[names[name]].contiguous())
     if cfg.train.lora is not None:
         lm = lm.merge_and_unload()
-    settings = settings_from_config(cfg.model)
+    settings = EmbeddingIdentity.of(cfg.model)
     export(Embedder(lm, load_tokenizer(model_dir, settings.padding_side), settings), out)
     info = dict(stage=stage, steps=step_of(tag), checkpoint=str(load_dir / tag), lora=cfg.train.lora is not None)
     (out / TRAIN_INFO).write_text(json.dumps(info, indent=2) + "\n")
@@ -360,15 +375,18 @@ def export_checkpoint(cfg: Config, stage: int, checkpoint: str | Path | None = N
     return out
 
 
-def stage_complete(cfg: Config, stage: int) -> bool:
-    """True when the stage's final export exists, loads as a model directory and covers all configured steps."""
+def stage_complete(cfg: Config, stage: str) -> bool:
+    """True when the stage's final export exists, loads as a model directory and covers all configured steps.
+
+    An export written before stages had names records the stage's position (1, 2) instead of its name."""
     from t2t.model import check_model_dir
 
     out = export_dir(cfg, stage)
+    steps = cfg.stage(stage).steps
     try:
         check_model_dir(out)
         info = json.loads((out / TRAIN_INFO).read_text())
     except (ValueError, OSError):
         return False
-    return (out / "t2t_config.json").is_file() and info.get("stage") == stage and \
-        info.get("steps") == stage_steps(cfg, stage)
+    recorded = (stage, cfg.stage_names.index(stage) + 1)
+    return (out / "t2t_config.json").is_file() and info.get("stage") in recorded and info.get("steps") == steps

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from t2t.config import Config, StageConfig
+from t2t.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ RECIPE_OWNED = {
     "gradient_clipping": "train.grad_clip",
 }
 FORBIDDEN = {
-    "optimizer": "t2t builds AdamW from train.stageN.lr and train.weight_decay",
-    "scheduler": "t2t builds the LR schedule from train.stageN.schedule",
+    "optimizer": "t2t builds AdamW from stages.<name>.lr and train.weight_decay",
+    "scheduler": "t2t builds the LR schedule from stages.<name>.schedule",
     "train_batch_size": "it follows from train.micro_batch_size × train.grad_accum_steps × world size",
 }
 
@@ -74,7 +75,7 @@ def resolve_ds_config_path(path: str) -> Path:
     for p in candidates:
         if p.is_file():
             return p
-    raise ValueError(f"train.ds_config: {path} does not exist (looked in {', '.join(map(str, candidates))})")
+    raise UserError(f"train.ds_config: {path} does not exist (looked in {', '.join(map(str, candidates))})")
 
 
 def _find_auto(node, where: str) -> list[str]:
@@ -91,18 +92,18 @@ def read_ds_config(path: str | Path) -> dict:
     try:
         ds = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{p}: not a readable JSON file ({e})") from None
+        raise UserError(f"{p}: not a readable JSON file ({e})") from None
     if not isinstance(ds, dict):
-        raise ValueError(f"{p}: must hold a JSON object")
+        raise UserError(f"{p}: must hold a JSON object")
     autos = _find_auto(ds, "")
     if autos:
-        raise ValueError(f"{p}: \"auto\" is not allowed, give concrete values for {', '.join(autos)}")
+        raise UserError(f"{p}: \"auto\" is not allowed, give concrete values for {', '.join(autos)}")
     for key, why in FORBIDDEN.items():
         if key in ds:
-            raise ValueError(f"{p}: remove {key!r}; {why}")
+            raise UserError(f"{p}: remove {key!r}; {why}")
     stage = ds.get("zero_optimization", {}).get("stage")
     if stage != 3:
-        raise ValueError(f"{p}: zero_optimization.stage must be 3, got {stage!r}")
+        raise UserError(f"{p}: zero_optimization.stage must be 3, got {stage!r}")
     return ds
 
 
@@ -161,7 +162,8 @@ def lr_multiplier(schedule: str, warmup_steps: int, total_steps: int):
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config, stage: StageConfig, ds: dict):
-    """AdamW over the trainable parameters, and its LR schedule (stepped by DeepSpeed at each optimizer step)."""
+    """AdamW over the trainable parameters, and its LR schedule from the stage's settings (stepped by DeepSpeed at
+    each optimizer step)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if offloads_optimizer(ds):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -193,9 +195,10 @@ def build_model(cfg: Config, model_dir: Path, ds: dict):
     """
     from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
-    from t2t.model import Embedder, load_lm, load_tokenizer, settings_from_config
+    from t2t.identity import EmbeddingIdentity
+    from t2t.model import Embedder, load_lm, load_tokenizer
 
-    settings = settings_from_config(cfg.model)
+    settings = EmbeddingIdentity.of(cfg.model)
     hf_ds = HfDeepSpeedConfig(ds)  # noqa: F841  (must stay alive during from_pretrained)
     try:
         lm = load_lm(model_dir, cfg.model.dtype)
@@ -227,7 +230,8 @@ def trainable_names(lm) -> list[str]:
 
 
 def build_engine(cfg: Config, stage: StageConfig, model_dir: Path, ds: dict):
-    """(engine, embedder): the ZeRO-3 DeepSpeed engine around the Embedder, with AdamW and the schedule."""
+    """(engine, embedder): the ZeRO-3 DeepSpeed engine around the Embedder, with AdamW and the schedule of
+    `stage` (a `StageConfig`: `cfg.stage(name)`)."""
     import deepspeed
 
     embedder = build_model(cfg, model_dir, ds)

@@ -1,11 +1,13 @@
 """Start a multi-rank training run on this machine (what `t2t pipeline` and launchers/train_local.sh do).
 
     from t2t.train import launch_local
-    launch_local("recipes/demo.yaml", ["train.stage1.steps=20"], stage=1, nproc=2, log_file=Path("runs/train1.log"))
+    launch_local("recipes/demo.yaml", ["stages.stage1.steps=20"], stage="stage1", nproc=2,
+                 log_file=Path("runs/train1.log"))
 
-runs `torchrun --standalone --nproc_per_node 2 -m t2t.cli train --config ... --stage 1 --resume auto`
+runs `torchrun --standalone --nproc_per_node 2 -m t2t.cli train --config ... --stage stage1 --resume auto`
 (torchrun picks a free port, so concurrent runs do not collide). Output of every rank goes to
-`log_file`. A rerun resumes from the newest checkpoint.
+`log_file`. A rerun resumes from the newest checkpoint. A stage is named as in the recipe's `stages`; each
+rank trains it from the model it starts from (`t2t.run_paths.for_stage`).
 
 Stopping: the first SIGTERM, SIGINT (Ctrl-C) or SIGHUP this process gets is passed on to torchrun once,
 as SIGTERM; torchrun sends it on to every rank, which finish their step and checkpoint, and waits for them
@@ -41,9 +43,9 @@ class TrainingStopped(RuntimeError):
         self.signum = signum
 
 
-def train_command(config_path: str | None, overrides: list[str], stage: int, resume: str = "auto") -> list[str]:
-    """The per-rank `t2t train` arguments (after `python -m t2t.cli`)."""
-    cmd = ["train", "--stage", str(stage), "--resume", resume]
+def train_command(config_path: str | None, overrides: list[str], stage: str, resume: str = "auto") -> list[str]:
+    """The per-rank `t2t train` arguments (after `python -m t2t.cli`) for stage `stage` (a name)."""
+    cmd = ["train", "--stage", stage, "--resume", resume]
     if config_path is not None:
         cmd += ["--config", str(config_path)]
     for item in overrides:
@@ -51,18 +53,21 @@ def train_command(config_path: str | None, overrides: list[str], stage: int, res
     return cmd
 
 
-def launch_local(config_path: str | None, overrides: list[str], stage: int, nproc: int, log_file: Path) -> None:
-    """Train `stage` with `nproc` ranks on this machine.
+def launch_local(config_path: str | None, overrides: list[str], stage: str, nproc: int, log_file: Path) -> None:
+    """Train the stage named `stage` with `nproc` ranks on this machine.
 
     Raises TrainingStopped after a stop signal (see the module docstring) and a RuntimeError naming the
     stage, the failed rank and the log on failure."""
     from t2t.config import load_config
-    from t2t.train.checkpoint import checkpoints_dir, stage_complete
+    from t2t.errors import UserError
+    from t2t.run_paths import checkpoints_dir, metrics_file
+    from t2t.train.checkpoint import stage_complete
     from t2t.train.signals import LAUNCHER_PIDS, PassOnStop
 
     cfg = load_config(config_path, overrides)
+    steps = cfg.stage(stage).steps  # an unknown name: a ConfigError listing the recipe's stages
     if nproc < 1:
-        raise ValueError(f"nproc must be at least 1, got {nproc}")
+        raise UserError(f"nproc must be at least 1, got {nproc}")
     log_file = Path(log_file)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
@@ -80,8 +85,7 @@ def launch_local(config_path: str | None, overrides: list[str], stage: int, npro
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         with PassOnStop(proc) as stop:
             try:
-                _follow(proc, Path(cfg.run_dir) / f"stage{stage}" / "metrics.jsonl", stage,
-                        getattr(cfg.train, f"stage{stage}").steps, stop)
+                _follow(proc, metrics_file(cfg, stage), stage, steps, stop)
             except BaseException:
                 stop.stop()  # never leave the ranks behind, whatever went wrong here
                 _wait(proc)
@@ -93,7 +97,7 @@ def launch_local(config_path: str | None, overrides: list[str], stage: int, npro
     if code != 0:
         raise RuntimeError(failure_message(stage, code, _read_from(log_file, start), ckpt_dir, log_file))
     if not stage_complete(cfg, stage):
-        raise RuntimeError(f"training stage {stage} stopped before its final export (interrupted?); "
+        raise RuntimeError(f"{stage}: training stopped before its final export (interrupted?); "
                            f"{resume_hint(ckpt_dir)}; see {log_file}")
 
 
@@ -117,13 +121,13 @@ def resume_hint(ckpt_dir: Path) -> str:
     return f"rerun to resume from {tag} in {ckpt_dir}"
 
 
-def _stopped_message(stage: int, signum: int, ckpt_dir: Path, complete: bool, log_file: Path) -> str:
+def _stopped_message(stage: str, signum: int, ckpt_dir: Path, complete: bool, log_file: Path) -> str:
     from t2t.train.signals import signal_name
 
     if complete:
-        return (f"training stage {stage} finished before {signal_name(signum)} stopped it; "
+        return (f"{stage}: training finished before {signal_name(signum)} stopped it; "
                 f"a rerun goes on after it (log: {log_file})")
-    return f"training stage {stage} stopped by {signal_name(signum)}; {resume_hint(ckpt_dir)} (log: {log_file})"
+    return f"{stage}: training stopped by {signal_name(signum)}; {resume_hint(ckpt_dir)} (log: {log_file})"
 
 
 # torchrun's failure summary (torch.distributed.elastic's ChildFailedError), per failed rank.
@@ -131,12 +135,12 @@ _FAILURE = re.compile(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*\n\s*exit
 _RANK_LINE = re.compile(r"^(?:\[(?:default)?rank\d+\]:\s*)?(t2t train: .*)$", re.MULTILINE)
 
 
-def failure_message(stage: int, code: int, log_text: str, ckpt_dir: Path, log_file: Path) -> str:
+def failure_message(stage: str, code: int, log_text: str, ckpt_dir: Path, log_file: Path) -> str:
     """What went wrong, from this run's part of the log: the rank that failed first and how (`rank 1 died
     (signal 9, SIGKILL)`), where a rerun resumes from, then the ranks' own `t2t train: ...` lines; the log's
     tail only when neither is there."""
     cause, rank_code = _root_cause(log_text)
-    head = f"training stage {stage} failed: {cause or f'the launcher exited with code {code}'}; "
+    head = f"{stage}: training failed: {cause or f'the launcher exited with code {code}'}; "
     if rank_code not in (2, 3):  # a user error, a diverged loss: the rank's own line says what to do
         head += f"{resume_hint(ckpt_dir)}; "
     head += f"see {log_file}"
@@ -178,14 +182,14 @@ def _before_launcher_traceback(log_text: str) -> str:
     return log_text
 
 
-def _follow(proc: subprocess.Popen, metrics: Path, stage: int, steps: int, stop=None) -> None:
+def _follow(proc: subprocess.Popen, metrics: Path, stage: str, steps: int, stop=None) -> None:
     """Show a progress bar fed by rank 0's metrics.jsonl until the launcher exits."""
     from tqdm.auto import tqdm
 
     from t2t.train.signals import signal_name
 
     told = False
-    with tqdm(total=steps, desc=f"train stage {stage}", unit="step") as bar:
+    with tqdm(total=steps, desc=f"train {stage}", unit="step") as bar:
         while proc.poll() is None:
             time.sleep(1.0)
             if stop is not None and stop.received is not None and not told:

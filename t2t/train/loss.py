@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from t2t.config import TrainConfig
+from t2t.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class Objective:
     count: Callable[[dict], int]
     prepare: Callable[[torch.nn.Module], None] = _no_preparation
     """Called once on the Embedder (inside the engine) before the first step."""
+    pooling: str | None = None
+    """The `model.pooling` it needs, if any."""
 
 
 def counted_texts(batch: dict) -> int:
@@ -168,8 +171,8 @@ def set_attention_dropout(embedder: torch.nn.Module, p: float) -> int:
     lm = getattr(embedder, "lm", embedder)
     layers = [m for m in lm.modules() if isinstance(getattr(m, "attention_dropout", None), (int, float))]
     if not layers:
-        raise ValueError(f"{type(lm).__name__} has no attention layers with an attention_dropout setting; "
-                         "train.objective=simcse cannot make dropout views with it")
+        raise UserError(f"{type(lm).__name__} has no attention layers with an attention_dropout setting; "
+                         "the simcse objective cannot make dropout views with it")
     lm.config.attention_dropout = p
     for m in layers:
         m.attention_dropout = p
@@ -180,14 +183,25 @@ def set_attention_dropout(embedder: torch.nn.Module, p: float) -> int:
 OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
     "t2t": lambda train: Objective("t2t", text2token_loss, counted_texts),
     "simcse": lambda train: Objective("simcse", partial(simcse_loss, temperature=train.simcse_temperature),
-                                      batch_texts, partial(set_attention_dropout, p=train.simcse_dropout)),
+                                      batch_texts, partial(set_attention_dropout, p=train.simcse_dropout), "mean"),
 }
-"""`train.objective` → a builder of its Objective from the `train` section (temperature, dropout)."""
+"""A stage's `objective` → a builder of its Objective from the `train` section (temperature, dropout)."""
 
 
-def objective_for(name: str, train: TrainConfig | None = None) -> Objective:
-    """The Objective `name` with its settings from `train` (the defaults when None); a ValueError for unknown names."""
+def objective_for(name: str, train: TrainConfig | None = None, stage: str | None = None) -> Objective:
+    """The Objective `name` with its settings from `train` (the defaults when None); a UserError naming
+    `stages.<stage>.objective` for unknown names."""
     if name not in OBJECTIVES:
-        raise ValueError(f"train.objective={name!r} is not implemented by the trainer "
-                         f"(available: {', '.join(OBJECTIVES)})")
+        raise UserError(f"stages.{stage or '<name>'}.objective={name!r} is not implemented by the trainer "
+                        f"(available: {', '.join(OBJECTIVES)})")
     return OBJECTIVES[name](train if train is not None else TrainConfig())
+
+
+def check_objectives(cfg) -> None:
+    """Every stage's objective is registered and fits the recipe (e.g. simcse needs mean pooling); a UserError naming
+    the stage otherwise. Called by the verbs that train or plan, before anything runs."""
+    for stage in cfg.stages:
+        objective = objective_for(stage.objective, cfg.train, stage.name)
+        if objective.pooling is not None and cfg.model.pooling != objective.pooling:
+            raise UserError(f"stages.{stage.name}.objective={stage.objective} uses {objective.pooling} pooling; "
+                            f"set model.pooling={objective.pooling}")

@@ -1,4 +1,5 @@
-"""The per-rank training entry: parse config → build (shards, ZeRO-3 engine, reader) → train → checkpoint → export.
+"""The per-rank training entry of one stage (by name): `train(cfg, stage)` runs a `TrainState` in three phases,
+build (shards, ZeRO-3 engine, resumed checkpoint, reader) → run (optimizer steps, checkpoints, export) → close.
 
 Each optimizer step takes `grad_accum_steps` micro-batches per rank. The per-text losses are
 summed and divided by the number of counted texts in the whole global batch (one small
@@ -29,13 +30,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
+from t2t import run_paths
 from t2t.config import Config
 from t2t.train import checkpoint
-from t2t.train.loss import objective_for
+from t2t.train.loss import check_objectives, objective_for
 from t2t.train.signals import STOP_SIGNALS, StopSignals  # noqa: F401 - StopSignals lives there (re-exported)
 
 log = logging.getLogger(__name__)
@@ -166,7 +168,7 @@ def apply_recipe_lr(engine, lr: float) -> None:
     """Make the recipe's peak `lr` the one that trains on after a resume.
 
     A checkpoint restores the optimizer's lr and the schedule's base lr with the rest of their state, so
-    `--resume DIR` with a lowered train.stageN.lr (the way on after a divergence) would train on with the
+    `--resume DIR` with a lowered stages.<name>.lr (the way on after a divergence) would train on with the
     old one. The schedule's shape is the recipe's already (LambdaLR does not save its lambdas); with an
     unchanged lr this recomputes the very values the schedule set."""
     schedule = engine.lr_scheduler
@@ -175,11 +177,11 @@ def apply_recipe_lr(engine, lr: float) -> None:
         group["lr"] = lr * factor(schedule.last_epoch)
 
 
-def continue_hint(stage: int, ckpt_dir: Path, good: str | None) -> str:
+def continue_hint(stage: str, ckpt_dir: Path, good: str | None) -> str:
     """Where to go on from after a stop: the good checkpoint `good`, or the start."""
     if good is None:
-        return f"no good checkpoint is kept in {ckpt_dir}; lower train.stage{stage}.lr and start the stage over"
-    return (f"the newest good checkpoint is {good} in {ckpt_dir}; lower train.stage{stage}.lr and continue "
+        return f"no good checkpoint is kept in {ckpt_dir}; lower stages.{stage}.lr and start the stage over"
+    return (f"the newest good checkpoint is {good} in {ckpt_dir}; lower stages.{stage}.lr and continue "
             f"from it with --resume {ckpt_dir / good}")
 
 
@@ -196,108 +198,188 @@ def rank0_first(fn):
     return result if rank == 0 else fn()
 
 
-def train(cfg: Config, stage: int, resume: str = "auto") -> Path | None:
-    """Train one stage on this rank. Returns the export directory, or None when stopped by a signal."""
+def train(cfg: Config, stage: str, resume: str = "auto") -> Path | None:
+    """Train stage `stage` (a name) on this rank, from the model it starts from (`run_paths.for_stage`).
+    Returns the export directory, or None when stopped by a signal."""
     from t2t.train.engine import init_distributed
 
-    total = checkpoint.stage_steps(cfg, stage)
-    objective = objective_for(cfg.train.objective, cfg.train)
+    cfg = run_paths.for_stage(cfg, stage)
+    check_objectives(cfg)
+    objective = objective_for(cfg.stage(stage).objective, cfg.train, stage)
     rank, world = init_distributed()
     try:
-        return _train(cfg, stage, resume, total, objective, rank, world)
+        state = TrainState.build(cfg, stage, resume, objective, rank, world)
+        try:
+            return state.run()
+        finally:
+            state.close()
     finally:
         torch.distributed.destroy_process_group()
 
 
-def _train(cfg: Config, stage: int, resume: str, total: int, objective, rank: int, world: int) -> Path | None:
-    from tqdm.auto import tqdm
+@dataclass
+class TrainState:
+    """One rank's run of one stage, in three phases: `build` (tokenizer, shards, ZeRO-3 engine, the resumed
+    checkpoint, the data reader), `run` (`advance` one optimizer step at a time until the stage's last step, a
+    stop signal or a fault, then the final checkpoint and the export) and `close`.
 
-    from t2t.data.stream import TargetReader, open_stage_shards
-    from t2t.model import load_tokenizer, resolve_model_dir, settings_from_config
-    from t2t.train.engine import build_ds_config, build_engine
+    `step` is the last finished optimizer step: `t2t train` reads it from the traceback when a peer is lost."""
 
-    model_dir = rank0_first(lambda: resolve_model_dir(cfg.model))
-    settings = settings_from_config(cfg.model)
-    tokenizer = load_tokenizer(model_dir, settings.padding_side)
-    shards = open_stage_shards(Path(cfg.data.shards_dir) / f"stage{stage}", cfg.model, tokenizer,
-                               cfg.data.on_bad_shard)
-    ds = build_ds_config(cfg)
+    cfg: Config
+    """The recipe as the stage runs it (`run_paths.for_stage`)."""
+    stage: str
+    rank: int
+    world: int
+    total: int
+    """The stage's optimizer steps."""
+    engine: Any
+    objective: Any
+    reader: Any
+    """The rank's `TargetReader`."""
+    ckpt_dir: Path
+    recipe: dict
+    """What the stage trains (`checkpoint.recipe_identity`), stored with every checkpoint."""
+    metrics: MetricsLog | None
+    """Rank 0's metrics.jsonl (None on the other ranks)."""
+    stop: StopSignals
+    bar: Any
+    step: int
+    """Optimizer steps finished (at the start: those of the resumed checkpoint)."""
+    saved: int
+    """The step of the newest checkpoint written or resumed from (-1: none)."""
+    zero_grad_steps: int = 0
+    """Steps in a row whose global gradient norm was exactly 0."""
 
-    torch.manual_seed(cfg.seed)  # identical on every rank: LoRA adapters start the same everywhere
-    engine, _ = build_engine(cfg, getattr(cfg.train, f"stage{stage}"), model_dir, ds)
-    objective.prepare(engine.module)
-    engine.train()  # from_pretrained leaves the model in eval mode, where dropout (SimCSE's views, LoRA's) is off
-    torch.manual_seed(cfg.seed + 1 + rank)  # dropout differs per rank
-    ckpt_dir = checkpoint.checkpoints_dir(cfg, stage)
-    recipe = checkpoint.recipe_identity(cfg, stage)
-    client = checkpoint.resume(engine, ckpt_dir, resume, recipe)
-    step = client["step"] if client else 0
-    if client:
-        checkpoint.set_rng_state(client["rng"][rank])
-        apply_recipe_lr(engine, getattr(cfg.train, f"stage{stage}").lr)
-    reader = TargetReader(shards, tokenizer, settings, batch_size=cfg.train.micro_batch_size, seed=cfg.seed,
-                          rank=rank, world_size=world, workers=cfg.data.loader_workers,
-                          shuffle_buffer=cfg.data.shuffle_buffer, on_bad_shard=cfg.data.on_bad_shard,
-                          state=client["data"][rank] if client else None)
-    metrics = MetricsLog(checkpoint.stage_dir(cfg, stage) / "metrics.jsonl", step) if rank == 0 else None
-    stop = StopSignals()
-    global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * world
-    bar = tqdm(total=total, initial=step, desc=f"stage {stage}", disable=None if rank == 0 else True)
-    saved = step if client else -1
-    collapse_after, zero_grad_steps = cfg.train.stop_after_zero_grad_steps, 0
-    try:
-        while step < total:
-            started = time.perf_counter()
-            # Starting the loader draws its worker seed from the global RNG; fenced off, dropout sees the
-            # same random stream in a resumed run (restored RNG, new loader) as in the uninterrupted one.
-            with torch.random.fork_rng(devices=[]):
-                micro = [next(reader) for _ in range(cfg.train.grad_accum_steps)]
-            try:
-                result = train_step(engine, objective, micro, world,
-                                    flags=[len(reader.skipped), sum(b["truncated"] for b in micro)],
-                                    stop_requested=stop.received is not None)
-            except TrainingDiverged as e:
-                raise TrainingDiverged(
-                    f"stage {stage} step {step + 1}: {e}; stopped before the optimizer step: "
-                    f"{continue_hint(stage, ckpt_dir, checkpoint.latest_tag(ckpt_dir))}, or check the shards") from None
-            step += 1
-            elapsed = time.perf_counter() - started
-            if rank == 0:
-                bar.update(1)
-                bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}")
-                if step % cfg.train.log_every == 0 or step == total:
-                    grad_norm = engine.get_global_grad_norm()
-                    metrics.write(dict(step=step, loss=result.loss, lr=result.lr,
-                                       grad_norm=None if grad_norm is None else float(grad_norm),
-                                       samples_per_s=global_batch / elapsed, tokens_per_s=result.tokens / elapsed,
-                                       texts_counted=result.counted, texts_truncated=int(result.flags[1]),
-                                       skipped_shards=int(result.flags[0])))
-            zero_grad_steps = zero_grad_steps + 1 if collapse_after and grad_norm_is_zero(engine) else 0
-            if collapse_after and zero_grad_steps >= collapse_after:
-                first = step - zero_grad_steps + 1  # its norm is that of the weights after step first - 1
-                cause = f"the update of step {first - 1} collapsed the model" if first > 1 else "nothing trains"
-                raise TrainingCollapsed(
-                    f"stage {stage} step {step}: the gradient norm was exactly 0 for {zero_grad_steps} steps in a "
-                    f"row (steps {first}-{step}): {cause}, so the run stopped without checkpointing it; "
-                    f"{continue_hint(stage, ckpt_dir, newest_tag_before(ckpt_dir, first - 1))}")
-            if step % cfg.train.save_every == 0 or step == total or result.stop:
-                if not outputs_are_finite(engine, objective, micro[-1]):
-                    raise TrainingDiverged(
-                        f"stage {stage} step {step}: the weights after its optimizer step give a non-finite loss or "
-                        f"output, so step {step} was NOT checkpointed; "
-                        f"{continue_hint(stage, ckpt_dir, checkpoint.latest_tag(ckpt_dir))}, or check the shards")
-                checkpoint.save(engine, ckpt_dir, step, reader.state_dict(), cfg.train.keep_checkpoints, recipe)
-                saved = step
-            if result.stop:
-                log.warning("rank %d: stop signal received; checkpointed at step %d, exiting", rank, step)
+    @classmethod
+    def build(cls, cfg: Config, stage: str, resume: str, objective, rank: int, world: int) -> "TrainState":
+        """Everything a rank trains with, the checkpoint `resume` names (see `checkpoint.resume`) loaded."""
+        from tqdm.auto import tqdm
+
+        from t2t.data.stream import TargetReader, open_stage_shards
+        from t2t.identity import EmbeddingIdentity
+        from t2t.model import load_tokenizer, resolve_model_dir
+        from t2t.train.engine import build_ds_config, build_engine
+
+        own = cfg.stage(stage)
+        model_dir = rank0_first(lambda: resolve_model_dir(cfg.model))
+        settings = EmbeddingIdentity.of(cfg.model)
+        tokenizer = load_tokenizer(model_dir, settings.padding_side)
+        shards = open_stage_shards(run_paths.shards_dir(cfg, stage), cfg.model, tokenizer, cfg.data.on_bad_shard)
+        ds = build_ds_config(cfg)
+
+        torch.manual_seed(cfg.seed)  # identical on every rank: LoRA adapters start the same everywhere
+        engine, _ = build_engine(cfg, own, model_dir, ds)
+        objective.prepare(engine.module)
+        engine.train()  # from_pretrained leaves the model in eval mode, where dropout (SimCSE's views, LoRA's) is off
+        torch.manual_seed(cfg.seed + 1 + rank)  # dropout differs per rank
+        ckpt_dir = run_paths.checkpoints_dir(cfg, stage)
+        recipe = checkpoint.recipe_identity(cfg, stage)
+        client = checkpoint.resume(engine, ckpt_dir, resume, recipe)
+        step = client["step"] if client else 0
+        if client:
+            checkpoint.set_rng_state(client["rng"][rank])
+            apply_recipe_lr(engine, own.lr)
+        reader = TargetReader(shards, tokenizer, settings, batch_size=cfg.train.micro_batch_size, seed=cfg.seed,
+                              rank=rank, world_size=world, workers=cfg.data.loader_workers,
+                              shuffle_buffer=cfg.data.shuffle_buffer, on_bad_shard=cfg.data.on_bad_shard,
+                              state=client["data"][rank] if client else None)
+        metrics = MetricsLog(run_paths.metrics_file(cfg, stage), step) if rank == 0 else None
+        stop = StopSignals()
+        bar = tqdm(total=own.steps, initial=step, desc=stage, disable=None if rank == 0 else True)
+        return cls(cfg=cfg, stage=stage, rank=rank, world=world, total=own.steps, engine=engine, objective=objective,
+                   reader=reader, ckpt_dir=ckpt_dir, recipe=recipe, metrics=metrics, stop=stop, bar=bar, step=step,
+                   saved=step if client else -1)
+
+    def run(self) -> Path | None:
+        """Train to the stage's last step and export; None when a stop signal ended the run (checkpointed)."""
+        while self.step < self.total:
+            if self.advance():
                 return None
-        if saved != step:  # a run configured with 0 steps: its "final checkpoint" is the start
-            checkpoint.save(engine, ckpt_dir, step, reader.state_dict(), cfg.train.keep_checkpoints, recipe)
-        if rank == 0:
-            checkpoint.export_checkpoint(cfg, stage)
+        return self.finish()
+
+    def advance(self) -> bool:
+        """One optimizer step, its metrics line, the collapse check and, when due, a checkpoint. True when a stop
+        signal reached some rank: the step is checkpointed and the run ends."""
+        train = self.cfg.train
+        started = time.perf_counter()
+        # Starting the loader draws its worker seed from the global RNG; fenced off, dropout sees the
+        # same random stream in a resumed run (restored RNG, new loader) as in the uninterrupted one.
+        with torch.random.fork_rng(devices=[]):
+            micro = [next(self.reader) for _ in range(train.grad_accum_steps)]
+        try:
+            result = train_step(self.engine, self.objective, micro, self.world,
+                                flags=[len(self.reader.skipped), sum(b["truncated"] for b in micro)],
+                                stop_requested=self.stop.received is not None)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(
+                f"{self.stage} step {self.step + 1}: {e}; stopped before the optimizer step: "
+                f"{self.continue_hint(checkpoint.latest_tag(self.ckpt_dir))}, or check the shards") from None
+        self.step += 1
+        elapsed = time.perf_counter() - started
+        if self.rank == 0:
+            self.log_step(result, elapsed)
+        self.check_collapse()
+        if self.step % train.save_every == 0 or self.step == self.total or result.stop:
+            self.save_checked(micro[-1])
+        if result.stop:
+            log.warning("rank %d: stop signal received; checkpointed at step %d, exiting", self.rank, self.step)
+            return True
+        return False
+
+    def log_step(self, result: StepResult, elapsed: float) -> None:
+        """Rank 0: the progress bar and, every `train.log_every` steps and at the last, a metrics line."""
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}")
+        if self.step % self.cfg.train.log_every == 0 or self.step == self.total:
+            grad_norm = self.engine.get_global_grad_norm()
+            global_batch = self.cfg.train.micro_batch_size * self.cfg.train.grad_accum_steps * self.world
+            self.metrics.write(dict(step=self.step, loss=result.loss, lr=result.lr,
+                                    grad_norm=None if grad_norm is None else float(grad_norm),
+                                    samples_per_s=global_batch / elapsed, tokens_per_s=result.tokens / elapsed,
+                                    texts_counted=result.counted, texts_truncated=int(result.flags[1]),
+                                    skipped_shards=int(result.flags[0])))
+
+    def check_collapse(self) -> None:
+        """Raise TrainingCollapsed after `train.stop_after_zero_grad_steps` steps in a row with a zero gradient."""
+        collapse_after = self.cfg.train.stop_after_zero_grad_steps
+        self.zero_grad_steps = self.zero_grad_steps + 1 if collapse_after and grad_norm_is_zero(self.engine) else 0
+        if collapse_after and self.zero_grad_steps >= collapse_after:
+            step = self.step
+            first = step - self.zero_grad_steps + 1  # its norm is that of the weights after step first - 1
+            cause = f"the update of step {first - 1} collapsed the model" if first > 1 else "nothing trains"
+            raise TrainingCollapsed(
+                f"{self.stage} step {step}: the gradient norm was exactly 0 for {self.zero_grad_steps} steps in a "
+                f"row (steps {first}-{step}): {cause}, so the run stopped without checkpointing it; "
+                f"{self.continue_hint(newest_tag_before(self.ckpt_dir, first - 1))}")
+
+    def save_checked(self, batch: dict) -> None:
+        """Checkpoint the current weights, once a forward on `batch` shows they are finite (else TrainingDiverged)."""
+        if not outputs_are_finite(self.engine, self.objective, batch):
+            raise TrainingDiverged(
+                f"{self.stage} step {self.step}: the weights after its optimizer step give a non-finite loss or "
+                f"output, so step {self.step} was NOT checkpointed; "
+                f"{self.continue_hint(checkpoint.latest_tag(self.ckpt_dir))}, or check the shards")
+        self.save()
+
+    def save(self) -> None:
+        checkpoint.save(self.engine, self.ckpt_dir, self.step, self.reader.state_dict(),
+                        self.cfg.train.keep_checkpoints, self.recipe)
+        self.saved = self.step
+
+    def finish(self) -> Path:
+        """The final checkpoint (unless the last step saved it) and rank 0's export; returns the export directory."""
+        if self.saved != self.step:  # a run configured with 0 steps: its "final checkpoint" is the start
+            self.save()
+        if self.rank == 0:
+            checkpoint.export_checkpoint(self.cfg, self.stage)
         torch.distributed.barrier()
-        return checkpoint.export_dir(cfg, stage)
-    finally:
-        stop.restore()
-        bar.close()
-        reader.close()
+        return run_paths.export_dir(self.cfg, self.stage)
+
+    def continue_hint(self, good: str | None) -> str:
+        return continue_hint(self.stage, self.ckpt_dir, good)
+
+    def close(self) -> None:
+        """Restore the signal handlers, close the progress bar and stop the reader's loader processes."""
+        self.stop.restore()
+        self.bar.close()
+        self.reader.close()

@@ -1,7 +1,4 @@
-"""Memory per GPU and wall time of a cluster run, from the backbone's architecture alone (no weights).
-
-    t2t plan --config recipes/mistral-7b.yaml --nodes 2 --gpus-per-node 8
-    t2t plan --config recipes/llama3-8b.yaml --nodes 4 --gpus-per-node 8 --gpu-mem 80 --mfu 0.35 --json
+"""The memory model of `t2t plan`: a backbone's architecture and a ZeRO-3 config → bytes per GPU (no weights).
 
 The architecture comes from `<model.path>/config.json`, else `model.arch_config`, else `model.tiny`.
 The ZeRO-3 settings (precision, buckets, persistence threshold, offload) come from the recipe's
@@ -26,24 +23,17 @@ Memory, per GPU, W ranks, every parameter tensor of n elements sharded as ceil(n
   fp32 log-sum-exp, and four MLP tensors of width `intermediate_size`. tests/test_plan.py checks this
   against the bytes autograd saves on a tiny model.
 Offload moves the optimizer states and gradients (and with params, the parameter shard) to CPU RAM.
-
-Time: training FLOPs per token 6 N + 12 L S d_attn (N = decoder-layer matmul parameters; the embedding
-is a lookup and the LM head runs once per text: 6 |V| d per text); forward-only passes 2 N + 4 L S d_attn.
-Freezing the embeddings changes no term that matters: N never held them, and a frozen head saves only its
-weight-gradient matmul, 2 |V| d per text against 6 N S per text, so the 6 |V| d stays (an upper bound).
-Throughput = GPUs x peak x MFU. ZeRO-3 moves (2 bytes in bf16) x (W-1)/W x (2 x params + trainable params)
-per GPU per micro-step (every parameter all-gathered forward and backward, only trainable gradients
-reduce-scattered); a step takes the longer of compute and communication.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from t2t.config import Config, ModelConfig
+from t2t.config import ModelConfig
+from t2t.errors import UserError
 
 GiB = 1024**3
 CHARS_PER_TOKEN = 4.0
@@ -52,8 +42,6 @@ USABLE_GPU_FRACTION = 0.9
 """Share of --gpu-mem a run may plan on; the rest is CUDA context and allocator fragmentation."""
 QKV_BIAS = {"llama": False, "mistral": False, "qwen2": True}
 """Supported `model_type`s and whether their q/k/v projections carry a bias."""
-STAGE2_TARGET_PASSES = 2
-"""Model-derived targets read the corpus twice: the background mean, then the per-text targets."""
 MODES = ("no_offload", "offload_optimizer", "offload_optimizer_params")
 ON_CPU = {  # which items each mode keeps in CPU RAM instead of GPU memory
     "no_offload": set(),
@@ -84,7 +72,7 @@ class Arch:
     def from_hf(cls, d: dict, source: str) -> Arch:
         model_type = d.get("model_type")
         if model_type not in QKV_BIAS:
-            raise ValueError(f"{source}: model_type {model_type!r} is not supported by t2t plan "
+            raise UserError(f"{source}: model_type {model_type!r} is not supported by t2t plan "
                              f"(supported: {', '.join(QKV_BIAS)})")
 
         def size(key: str, default: int | None = None) -> int:
@@ -92,7 +80,7 @@ class Arch:
             if value is None and default is not None:
                 value = default
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{source}: {key} must be a positive integer, got {value!r}")
+                raise UserError(f"{source}: {key} must be a positive integer, got {value!r}")
             return value
 
         hidden, heads = size("hidden_size"), size("num_attention_heads")
@@ -149,15 +137,15 @@ def load_arch(m: ModelConfig) -> Arch:
             try:
                 return Arch.from_hf(json.loads(p.read_text()), str(p))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{p}: not valid JSON ({e})") from None
+                raise UserError(f"{p}: not valid JSON ({e})") from None
     if m.arch_config:
-        raise ValueError(f"model.arch_config {m.arch_config} does not exist")
+        raise UserError(f"model.arch_config {m.arch_config} does not exist")
     if m.tiny is not None:
         t = m.tiny
         return Arch("model.tiny (vocab: the tokenizer's target size)", "llama", t.hidden_size, t.num_layers,
                     t.num_heads, t.num_heads, t.hidden_size // t.num_heads, t.intermediate_size, t.vocab_size,
                     False, False)
-    raise ValueError(f"model.path {m.path} has no config.json and model.arch_config is not set: "
+    raise UserError(f"model.path {m.path} has no config.json and model.arch_config is not set: "
                      "t2t plan needs the backbone's sizes")
 
 
@@ -183,22 +171,22 @@ def read_ds_config(path: str | Path) -> ZeroSettings:
 
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"train.ds_config {p} does not exist")
+        raise UserError(f"train.ds_config {p} does not exist")
     try:
         raw = json.loads(p.read_text())
         zero = DeepSpeedZeroConfig(**raw.get("zero_optimization", {}))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from None
+        raise UserError(f"{p}: not valid JSON ({e})") from None
     except Exception as e:  # pydantic's ValidationError names the offending key
-        raise ValueError(f"{p}: invalid zero_optimization section: {e}") from None
+        raise UserError(f"{p}: invalid zero_optimization section: {e}") from None
     if int(zero.stage) != 3:
-        raise ValueError(f"{p}: zero_optimization.stage is {int(zero.stage)}; t2t plan models ZeRO stage 3")
+        raise UserError(f"{p}: zero_optimization.stage is {int(zero.stage)}; t2t plan models ZeRO stage 3")
     half = any(raw.get(k, {}).get("enabled", False) is True for k in ("bf16", "fp16", "bfloat16"))
     param_bytes = 2 if half else 4
     accum = raw.get("data_types", {}).get("grad_accum_dtype")
     grad_bytes = {None: param_bytes, "fp32": 4, "bf16": 2, "fp16": 2}.get(accum)
     if grad_bytes is None:
-        raise ValueError(f"{p}: data_types.grad_accum_dtype must be fp32, bf16 or fp16, got {accum!r}")
+        raise UserError(f"{p}: data_types.grad_accum_dtype must be fp32, bf16 or fp16, got {accum!r}")
     return ZeroSettings(str(p), param_bytes, grad_bytes, int(zero.prefetch_bucket_size),
                         int(zero.reduce_bucket_size), int(zero.param_persistence_threshold),
                         int(zero.model_persistence_threshold), int(zero.sub_group_size),
@@ -209,7 +197,7 @@ def read_ds_config(path: str | Path) -> ZeroSettings:
 def _offloaded(section, path: Path, key: str) -> bool:
     device = "none" if section is None else str(getattr(section.device, "value", section.device))
     if device not in ("none", "cpu"):
-        raise ValueError(f"{path}: zero_optimization.{key}.device={device} is not modelled by t2t plan (none or cpu)")
+        raise UserError(f"{path}: zero_optimization.{key}.device={device} is not modelled by t2t plan (none or cpu)")
     return device == "cpu"
 
 
@@ -290,193 +278,3 @@ def memory_plan(arch: Arch, zero: ZeroSettings, world: int, gpus_per_node: int, 
     out["recipe_mode"] = ("offload_optimizer_params" if zero.offload_param else
                           "offload_optimizer" if zero.offload_optimizer else "no_offload")
     return out
-
-
-# --------------------------------------------------------------------------- time
-
-
-@dataclass(frozen=True)
-class Cluster:
-    nodes: int
-    gpus_per_node: int
-    gpu_mem_gib: float = 80.0
-    gpu_tflops: float = 989.0
-    mfu: float = 0.4
-    link_gbps: float | None = None
-
-    def __post_init__(self):
-        for name, value in (("--nodes", self.nodes), ("--gpus-per-node", self.gpus_per_node)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, value in (("--gpu-mem", self.gpu_mem_gib), ("--gpu-tflops", self.gpu_tflops),
-                            ("--link-gbps", self.link_gbps if self.link_gbps is not None else 1.0)):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if not 0 < self.mfu <= 1:
-            raise ValueError(f"--mfu must be in (0, 1], got {self.mfu}")
-
-    @property
-    def world(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-    @property
-    def link(self) -> float:
-        """Gbit/s per GPU of the slowest link a collective crosses: InfiniBand NDR across nodes, NVLink 4 within."""
-        if self.link_gbps is not None:
-            return self.link_gbps
-        return 400.0 if self.nodes > 1 else 3600.0
-
-    @property
-    def flops(self) -> float:
-        """Sustained FLOP/s of the whole allocation."""
-        return self.world * self.gpu_tflops * 1e12 * self.mfu
-
-
-def train_stage_time(arch: Arch, zero: ZeroSettings, cluster: Cluster, steps: int, micro_batch: int,
-                     grad_accum: int, seq_len: int, train_embeddings: bool = False) -> dict:
-    global_batch = micro_batch * grad_accum * cluster.world
-    step_flops = global_batch * (3 * seq_len * arch.forward_flops_per_token(seq_len) + 3 * arch.head_flops_per_text)
-    compute = step_flops / cluster.flops
-    # Every parameter is gathered for forward and backward; only trainable gradients are reduce-scattered.
-    moved = 2 * arch.n_params + arch.n_trainable(train_embeddings)
-    comm_bytes = grad_accum * zero.param_bytes * moved * (cluster.world - 1) / cluster.world
-    comm = comm_bytes * 8 / (cluster.link * 1e9)
-    step = max(compute, comm)
-    return {"steps": steps, "global_batch": global_batch, "step_compute_s": compute, "step_comm_s": comm,
-            "bound": "compute" if compute >= comm else "communication", "seconds": steps * step,
-            "tokens_per_s": global_batch * seq_len / step}
-
-
-def forward_time(arch: Arch, cluster: Cluster, groups: list[tuple[float, int]], with_head: bool) -> float:
-    """Seconds of forward passes over (texts, tokens per text) groups on the whole allocation."""
-    flops = sum(n * (t * arch.forward_flops_per_token(t) + (arch.head_flops_per_text if with_head else 0))
-                for n, t in groups)
-    return flops / cluster.flops
-
-
-def mteb_text_groups(cfg: Config, tokens_of) -> tuple[list[dict], list[str]]:
-    """Texts mteb encodes for the recipe's evaluation, from the descriptive statistics mteb ships.
-
-    Every `*_statistics` block with a total and an average length is one group of texts (queries,
-    documents, sentence pairs ...) of the evaluated splits and subsets. Classification train samples
-    (at most 8 per label x 10 experiments) are not counted.
-    """
-    import mteb
-
-    if cfg.eval.benchmark:
-        try:
-            tasks = list(mteb.get_benchmark(cfg.eval.benchmark).tasks)
-        except Exception as e:
-            raise ValueError(f"eval.benchmark {cfg.eval.benchmark!r} is not an mteb benchmark: {e}") from None
-    else:
-        tasks = []
-        for name in cfg.eval.tasks:
-            try:
-                tasks.append(mteb.get_task(name))
-            except Exception:
-                tasks.append(name)
-    rows, missing = [], []
-    for task in tasks:
-        stats = None if isinstance(task, str) else task.metadata.descriptive_stats
-        if not stats:
-            missing.append(task if isinstance(task, str) else task.metadata.name)
-            continue
-        texts = chars = tokens = 0.0
-        for split in task.eval_splits:
-            s = stats.get(split, {})
-            per_subset = s.get("hf_subset_descriptive_stats", {})
-            parts = [per_subset[x] for x in task.hf_subsets if x in per_subset] or [s]
-            for part in parts:
-                for group in part.values():
-                    if isinstance(group, dict) and group.get("average_text_length"):
-                        n = group["total_text_length"] / group["average_text_length"]
-                        texts, chars = texts + n, chars + group["total_text_length"]
-                        tokens += n * tokens_of(group["average_text_length"])
-        rows.append({"task": task.metadata.name, "texts": round(texts), "chars": int(chars), "tokens": tokens})
-    return rows, missing
-
-
-def count_corpus(path: str, limit: int) -> int | None:
-    """Texts in a corpus, or None when it is not on this machine."""
-    from t2t.data.corpus import iter_texts
-
-    if not path or not Path(path).exists():
-        return None
-    return sum(1 for _ in iter_texts(path, limit=limit))
-
-
-def make_plan(cfg: Config, cluster: Cluster, recipe: str = "", tokens_per_text: int | None = None,
-              stage2_texts: int | None = None, with_eval: bool = True) -> dict:
-    """The whole plan as plain data (what `--json` prints)."""
-    t = cfg.train
-    if t.lora is not None or t.objective != "t2t":
-        raise ValueError("t2t plan models full-parameter training with the t2t objective; "
-                         "this recipe sets train.lora or train.objective=simcse")
-    if tokens_per_text is not None and tokens_per_text < 1:
-        raise ValueError(f"--tokens-per-text must be at least 1, got {tokens_per_text}")
-    arch = load_arch(cfg.model)
-    zero = read_ds_config(cfg.train.ds_config)
-    seq = tokens_per_text or cfg.model.max_length
-    memory = memory_plan(arch, zero, cluster.world, cluster.gpus_per_node, t.micro_batch_size, seq,
-                         cluster.gpu_mem_gib, t.train_embeddings)
-    # Target actors and eval workers each hold the whole model on one GPU, in model.dtype, without ZeRO.
-    memory["inference_weights"] = arch.n_params * (4 if cfg.model.dtype == "float32" else 2)
-    stage1, stage2 = (train_stage_time(arch, zero, cluster, s.steps, t.micro_batch_size, t.grad_accum_steps, seq,
-                                       t.train_embeddings) for s in (t.stage1, t.stage2))
-
-    corpus2 = cfg.data.stage2_corpus or cfg.data.stage1_corpus
-    if stage2_texts is not None:
-        n2, n2_source = stage2_texts, "--stage2-texts"
-    elif (counted := count_corpus(corpus2, cfg.data.texts_limit(2))) is not None:
-        n2, n2_source = counted, f"counted in {corpus2}"
-    elif cfg.data.texts_limit(2):
-        n2, n2_source = cfg.data.texts_limit(2), "data.stage2_max_texts or data.max_texts"
-    else:
-        n2 = stage2["steps"] * stage2["global_batch"]
-        n2_source = f"{corpus2 or 'the corpus'} is absent: texts stage-2 training reads"
-    targets2 = forward_time(arch, cluster, [(STAGE2_TARGET_PASSES * n2, seq)], with_head=True)
-
-    prompt_chars = len(cfg.model.template.replace("{text}", ""))
-
-    def tokens_of(chars: float) -> int:  # prompt and BOS included, truncated like the embedder does
-        return min(math.ceil((chars + prompt_chars) / CHARS_PER_TOKEN) + 1, cfg.model.max_length)
-
-    evaluation = None
-    if with_eval:
-        rows, missing = mteb_text_groups(cfg, tokens_of)
-        # Per task, the mean tokens per text: exact for the 2N term, the attention term uses the mean length.
-        groups = [(r["texts"], r["tokens"] / r["texts"]) for r in rows if r["texts"]]
-        evaluation = {
-            "benchmark": cfg.eval.benchmark or ", ".join(cfg.eval.tasks), "tasks": len(rows),
-            "texts": sum(r["texts"] for r in rows), "tokens": sum(r["tokens"] for r in rows),
-            "seconds": forward_time(arch, cluster, groups, with_head=False),
-            "not_counted": missing, "per_task": rows,
-        }
-    trainable = arch.n_trainable(t.train_embeddings)
-    return {
-        "recipe": recipe, "arch": asdict(arch) | {"n_params": arch.n_params, "matmul_params": arch.matmul_params},
-        "params": {"total": arch.n_params, "trainable": trainable, "frozen": arch.n_params - trainable,
-                   "frozen_what": "" if t.train_embeddings else
-                   "tied input embeddings / LM head" if arch.tie_word_embeddings else "input embeddings, LM head",
-                   "train_embeddings": t.train_embeddings},
-        "zero": asdict(zero), "cluster": asdict(cluster) | {"world": cluster.world, "link_gbps": cluster.link},
-        "batch": {"micro_batch": t.micro_batch_size, "grad_accum": t.grad_accum_steps,
-                  "global_batch": stage1["global_batch"], "tokens_per_text": seq,
-                  "tokens_per_text_source": "--tokens-per-text" if tokens_per_text else
-                  "model.max_length, the padded upper bound"},
-        "memory": memory,
-        "time": {"train_flops_per_token": 3 * arch.forward_flops_per_token(seq),
-                 "stage1": stage1, "stage2": stage2,
-                 "targets_stage1": {"texts": stage1["steps"] * stage1["global_batch"], "seconds": None},
-                 "targets_stage2": {"texts": n2, "texts_source": n2_source, "passes": STAGE2_TARGET_PASSES,
-                                    "seconds": targets2},
-                 "eval": evaluation},
-        "assumptions": [
-            f"MFU {cluster.mfu:g} of {cluster.gpu_tflops:g} TFLOP/s per GPU for training and forward passes",
-            f"{cluster.link:g} Gbit/s per GPU for ZeRO-3 collectives; a step takes max(compute, communication)",
-            f"a plan fits when its peak is at most {USABLE_GPU_FRACTION:.0%} of --gpu-mem",
-            f"MTEB texts from mteb's descriptive statistics; {CHARS_PER_TOKEN:g} characters per token plus the "
-            f"prompt and BOS, truncated at model.max_length; encoder compute only (mteb's scoring not counted)",
-            "stage-1 targets are CPU tokenization (no GPU time modelled)",
-        ],
-    }

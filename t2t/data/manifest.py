@@ -1,0 +1,392 @@
+"""The shard manifest: the contract between a target job and the trainer, written, read and checked here.
+
+`<shards_dir>/<stage>/manifest.json` (written atomically; `complete` turns true only when every shard is there):
+
+    format          "t2t-targets/2" ("t2t-targets/1": the same without shard sizes and checksums)
+    code_version    t2t.__version__ of the writer
+    complete        false while the job runs, true at the end
+    stage           the stage name the targets were made for
+    params          everything that decides the targets; a rerun with other params recomputes:
+      stage           the stage name
+      target          the kind's parameters (`TargetKind.manifest_params`), e.g. {kind: data-driven, stopwords,
+                      stopwords_sha256, max_target_tokens, weighting} or {kind: model-derived, tau, delta, top_k, epsilon}
+      tokenizer       {fingerprint (t2t.data.tokens.tokenizer_fingerprint), vocab_size (len(tokenizer))}
+      vocab_size      rows of the LM head (config.json vocab_size): every id is below it
+      backbone_revision  hash of the backbone's files (weights included for kinds that run the model)
+      embedding       kinds that run the model: the `EmbeddingIdentity` they embedded with; else null
+      corpus_sha256   hash of the corpus files' names and contents
+      max_texts       the cap on texts read in effect (0 = all)
+      shard_size      samples per shard
+    tokenizer_name  where the tokenizer was loaded from
+    backbone        {path, revision_covers}
+    corpus          {path, files: [{name, bytes}], counters: {read, skipped_empty, invalid_utf8, truncated}}
+    <pass name>     per corpus pass of the kind (`background`: θ, `idf`): {file, sha256, texts} of its float64 .npy
+    ...             what the kind's `summary` adds (model-derived: dropped_mass {bound, delta_bound, mean,
+                    texts_cut_by_top_k})
+    shards          [{name, samples, bytes, sha256}] in index order, recorded by the worker that wrote each. The
+                    trainer checks every shard's size when it opens the directory; a rerun of `t2t targets`
+                    checks sizes and sha256 and recomputes the shards that fail.
+    samples         total samples; empty_targets: how many have no target ids
+
+Next to it: `ledger.jsonl` (finished shards of an unfinished job), the corpus passes' files and partial
+sums, and `targets.lock` (the one job writing the directory). Torch-free; no Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import t2t
+from t2t.config import Config
+from t2t.data.corpus import CorpusStats, corpus_files
+from t2t.data.files import atomic_path, hash_into, write_json_atomic
+from t2t.data.ledger import Ledger
+from t2t.data.shards import shard_name, shard_problem
+from t2t.errors import UserError
+from t2t.identity import EmbeddingIdentity
+from t2t.run_paths import corpus_of, for_stage, shards_dir, texts_limit
+from t2t.targets.kinds import TargetKind, target_kind
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "t2t-targets/2"
+LEGACY_FORMATS = ("t2t-targets/1",)
+"""Older formats still read: their shard entries carry no size or checksum, so nothing vouches for the files."""
+REQUIRED = ("format", "code_version", "complete", "stage", "params", "shards", "samples")
+LEDGER = "ledger.jsonl"
+LOCK_FILE = "targets.lock"
+"""In the shard directory: `--overwrite` removes only the job's outputs (`_outputs`), never it or the directory."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json")
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def write_manifest(shard_dir: str | Path, manifest: dict) -> None:
+    """Write `<shard_dir>/manifest.json` atomically."""
+    missing = [k for k in REQUIRED if k not in manifest]
+    assert not missing, f"manifest lacks {missing}"
+    write_json_atomic(Path(shard_dir) / MANIFEST, manifest)
+
+
+def read_manifest(shard_dir: str | Path) -> dict:
+    """The manifest of a shard directory; a UserError names the file when it is missing or invalid."""
+    path = Path(shard_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: not a t2t shard directory (run `t2t targets` first)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path} must hold a JSON object")
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise UserError(f"{path} is missing {', '.join(missing)}")
+    if manifest["format"] != MANIFEST_FORMAT and manifest["format"] not in LEGACY_FORMATS:
+        raise UserError(f"{path}: format {manifest['format']!r} is not {MANIFEST_FORMAT!r}")
+    return manifest
+
+
+def model_vocab_size(model_dir: str | Path) -> int:
+    """Rows of the LM head, from the model directory's config.json."""
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read the model's vocabulary size from {path}: {e}") from None
+    size = config.get("vocab_size", (config.get("text_config") or {}).get("vocab_size"))
+    if not isinstance(size, int):
+        raise UserError(f"{path} has no integer vocab_size")
+    return size
+
+
+def check_manifest(manifest: dict, model_cfg, tokenizer, where: str) -> None:
+    """Raise a UserError naming `where` and every way these targets do not fit this model (before training).
+
+    Checked: the job finished; vocab size and tokenizer hash; for targets a model derived (`embedding` set), the
+    embedding fields they must share with the student (`EmbeddingIdentity.TARGET_FIELDS`).
+    """
+    from t2t.data.tokens import tokenizer_fingerprint
+
+    params = manifest["params"]
+    problems = []
+    if not manifest.get("complete"):
+        problems.append("the precompute that wrote it did not finish (complete=false); rerun `t2t targets`")
+    model_vocab = model_vocab_size(model_cfg.path)
+    if params["vocab_size"] != model_vocab:
+        problems.append(f"vocab size {params['vocab_size']} != model's {model_vocab} ({model_cfg.path})")
+    if params["tokenizer"]["vocab_size"] != len(tokenizer):
+        problems.append(f"tokenizer size {params['tokenizer']['vocab_size']} != model tokenizer's {len(tokenizer)}")
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if params["tokenizer"]["fingerprint"] != fingerprint:
+        problems.append(f"tokenizer hash {params['tokenizer']['fingerprint']} != model tokenizer's {fingerprint}")
+    if params.get("embedding") is not None:
+        made_with = EmbeddingIdentity.from_dict(params["embedding"])
+        problems += [f"{d} (targets → model config)" for d in
+                     made_with.differences(EmbeddingIdentity.of(model_cfg), fields=EmbeddingIdentity.TARGET_FIELDS)]
+    if problems:
+        raise UserError(f"shards in {where} do not match the model: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- what decides the targets
+
+
+@dataclass
+class Plan:
+    """Everything a target job decides before it starts: paths, the kind, and the params the manifest records."""
+
+    cfg: Config
+    """The recipe as the stage runs it (`run_paths.for_stage`)."""
+    stage: str
+    kind: TargetKind
+    spec: object
+    """The stage's `targets` section (the kind's spec dataclass)."""
+    corpus: Path
+    out: Path
+    model_dir: Path
+    tokenizer_name: str
+    params: dict
+    corpus_listing: list[dict]
+    """[{name, bytes}] of the corpus files."""
+    revision_covers: str
+    """Which backbone files `params["backbone_revision"]` hashes."""
+
+    @property
+    def max_texts(self) -> int:
+        return self.params["max_texts"]
+
+
+def hash_files(files: list[tuple[str, Path]]) -> str:
+    """sha256 over (label, size, content) of each file, streamed in 1 MiB blocks."""
+    h = hashlib.sha256()
+    for label, path in files:
+        h.update(f"{label}\0{path.stat().st_size}\0".encode())
+        hash_into(h, path)
+    return h.hexdigest()[:24]
+
+
+def corpus_hash(corpus: Path) -> tuple[str, list[dict]]:
+    """(hash of the corpus files' names and contents, [{name, bytes}])."""
+    files = corpus_files(corpus)
+    labelled = [(f.name if corpus.is_file() else str(f.relative_to(corpus)), f) for f in files]
+    return hash_files(labelled), [{"name": label, "bytes": f.stat().st_size} for label, f in labelled]
+
+
+def backbone_revision(model_dir: Path, with_weights: bool) -> tuple[str, str]:
+    """(hash of the backbone's files, what it covers). Targets from the tokenizer depend only on config and
+    tokenizer; targets the model derives on the weights too (for a 7B model that is ~15 GB read, some seconds)."""
+    names = ["config.json", *TOKENIZER_FILES]
+    files = [(n, model_dir / n) for n in names if (model_dir / n).is_file()]
+    if with_weights:
+        files += [(f.name, f) for f in sorted(model_dir.iterdir()) if f.name.endswith(WEIGHT_SUFFIXES)]
+    covers = "config, tokenizer" + (", weights" if with_weights else "")
+    return hash_files(files), covers
+
+
+def plan(recipe: Config, stage: str, corpus: str | None = None, out: str | None = None) -> Plan:
+    """Resolve paths, load the tokenizer and compute the params that decide stage `stage`'s targets."""
+    from t2t.data.tokens import load_tokenizer, tokenizer_fingerprint
+
+    cfg = for_stage(recipe, stage)
+    spec = cfg.stage(stage).targets
+    kind = target_kind(spec.kind, f"stages.{stage}.targets.kind")
+    corpus = corpus or corpus_of(cfg, stage)
+    if not corpus:
+        raise UserError(f"no corpus: set data.corpus or stages.{stage}.targets.corpus in the recipe, or pass --corpus")
+    corpus_sha, corpus_listing = corpus_hash(Path(corpus))
+    model_dir = Path(cfg.model.path)
+    if not (model_dir / "config.json").is_file():  # the driver builds or converts the base model before planning
+        raise UserError(f"{model_dir} holds no model (no config.json); stage {stage} computes its targets with it")
+    tokenizer = load_tokenizer(model_dir, cfg.model.padding_side)
+    embedding = EmbeddingIdentity.of(cfg.model).as_dict() if kind.runs_model else None
+    revision, covers = backbone_revision(model_dir, with_weights=kind.runs_model)
+    params = dict(stage=stage, target=kind.manifest_params(spec),
+                  tokenizer=dict(fingerprint=tokenizer_fingerprint(tokenizer), vocab_size=len(tokenizer)),
+                  vocab_size=model_vocab_size(model_dir), backbone_revision=revision, embedding=embedding,
+                  corpus_sha256=corpus_sha, max_texts=texts_limit(cfg, stage), shard_size=cfg.targets.shard_size)
+    params = json.loads(json.dumps(params))  # the form it has when read back from manifest.json
+    return Plan(cfg, stage, kind, spec, Path(corpus), Path(out) if out else shards_dir(cfg, stage), model_dir,
+                str(getattr(tokenizer, "name_or_path", model_dir)), params, corpus_listing, covers)
+
+
+def is_complete(cfg: Config, stage: str, out: str | None = None) -> bool:
+    """True only if `out` holds a finished job made with exactly the params `cfg` would use now.
+
+    Every shard must be there with the byte size its manifest records (a cheap check; `run_targets`
+    also compares checksums)."""
+    out_dir = Path(out) if out else shards_dir(cfg, stage)
+    try:
+        manifest = read_manifest(out_dir)
+    except ValueError:
+        return False
+    if not manifest.get("complete") or not (Path(for_stage(cfg, stage).model.path) / "config.json").is_file():
+        return False
+    try:
+        params = plan(cfg, stage, out=str(out_dir)).params
+    except ValueError:
+        return False
+    return manifest["params"] == params and all(shard_problem(out_dir, s, checksum=False) is None
+                                                 for s in manifest["shards"])
+
+
+# --------------------------------------------------------------------------- the job directory
+
+
+def _outputs(p: Plan) -> list[Path]:
+    names = {MANIFEST, LEDGER}
+    for corpus_pass in p.kind.corpus_passes(p.spec):
+        names |= {corpus_pass.file, partial_file(corpus_pass.name)}
+    return sorted(p.out.glob("t2t-*.tar")) + [p.out / n for n in sorted(names) if (p.out / n).exists()]
+
+
+def partial_file(pass_name: str) -> str:
+    """The running sum of an unfinished corpus pass, next to the shards."""
+    return f"{pass_name}_partial.npz"
+
+
+def _param_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    diffs = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _param_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            diffs.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return diffs
+
+
+def prepare_out(p: Plan, overwrite: bool) -> dict | None:
+    """The finished manifest if `p.out` already holds this exact job, every shard verified; otherwise get
+    the directory ready.
+
+    Shards of the same job are checked against their recorded size and sha256 (the manifest's when
+    it is complete, else the ledger's); those that fail are removed, named in a warning, and redone.
+    Shards of a different job (or of unknown provenance) are refused unless `overwrite`.
+    The caller holds the directory's lock.
+    """
+    p.out.mkdir(parents=True, exist_ok=True)
+    for stale in [*p.out.glob("t2t-*.tar.tmp*"), *p.out.glob("*.json*.tmp*"), *p.out.glob("*.np[yz].tmp*")]:
+        stale.unlink()  # left by a process killed mid-write; never a finished file
+    existing = _outputs(p)
+    try:
+        manifest = read_manifest(p.out)
+    except ValueError as e:
+        manifest, problem = None, str(e)
+    if manifest is not None and manifest["params"] == p.params:
+        ledger = Ledger(p.out / LEDGER)
+        if manifest["complete"]:
+            entries = dict(enumerate(manifest["shards"]))
+        else:  # unfinished: resume from the ledger, redoing missing shards anyway
+            entries = {i: dict(e, name=shard_name(i)) for i, e in ledger.entries.items()
+                       if (p.out / shard_name(i)).is_file()}
+        bad = {i: problem for i, e in sorted(entries.items()) if (problem := shard_problem(p.out, e)) is not None}
+        if manifest["complete"] and not bad:
+            return manifest
+        _forget_shards(p, ledger, entries, bad)
+        return None
+    if not existing:
+        return None
+    if not overwrite:
+        why = ("its manifest differs: " + "; ".join(_param_diff(manifest["params"], p.params))
+               if manifest is not None else problem)
+        raise UserError(f"{p.out} already holds shards of another job ({why}); "
+                        "pass --overwrite to replace them, or choose another --out")
+    log.warning("--overwrite: removing %d files of another job from %s", len(existing), p.out)
+    for f in existing:
+        f.unlink()
+    return None
+
+
+def _forget_shards(p: Plan, ledger: Ledger, entries: dict[int, dict], bad: dict[int, str]) -> None:
+    """Remove shards that failed verification and their ledger lines, so that the job recomputes them."""
+    if not bad:
+        return
+    shown = list(bad.items())[:20]
+    for i, problem in shown:
+        log.warning("%s: recomputing %s: %s", p.out, entries[i]["name"], problem)
+    if len(bad) > len(shown):
+        log.warning("%s: recomputing %d more shard(s) that fail verification", p.out, len(bad) - len(shown))
+    log.warning("%s: %d of %d finished shard(s) failed verification and will be recomputed", p.out, len(bad),
+                len(entries))
+    for i in bad:
+        (p.out / entries[i]["name"]).unlink(missing_ok=True)
+    ledger.forget(bad)
+
+
+def restart_shards(p: Plan, manifest: dict, ledger: Ledger, pass_name: str) -> None:
+    """A new corpus-pass vector (θ, IDF) invalidates every shard made with the old one: forget them, then record
+    the new vector."""
+    for i in list(ledger.entries):
+        (p.out / shard_name(i)).unlink(missing_ok=True)
+    ledger.entries.clear()
+    ledger.path.unlink(missing_ok=True)
+    write_manifest(p.out, manifest)
+    (p.out / partial_file(pass_name)).unlink(missing_ok=True)
+
+
+def write_array(out: Path, name: str, array: np.ndarray, texts: int) -> dict:
+    """Save a float64 vector (θ or IDF) atomically next to the shards; returns its manifest entry."""
+    path = out / name
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array.astype(np.float64), allow_pickle=False)
+    return dict(file=name, sha256=hash_files([(name, path)]), texts=texts)
+
+
+def array_intact(out: Path, entry: dict | None) -> bool:
+    """True if the manifest entry of θ / IDF names a file that is there with the recorded hash."""
+    if not entry or not (out / entry["file"]).is_file():
+        return False
+    return hash_files([(entry["file"], out / entry["file"])]) == entry["sha256"]
+
+
+# --------------------------------------------------------------------------- start and finish
+
+
+def start_manifest(p: Plan) -> dict:
+    """The manifest of a job about to run: incomplete, with the corpus passes a resumed job already finished."""
+    old = None
+    try:
+        old = read_manifest(p.out)
+    except ValueError:
+        pass
+    resumed = old if old is not None and old["params"] == p.params else {}
+    manifest = dict(format=MANIFEST_FORMAT, code_version=t2t.__version__, complete=False, stage=p.stage,
+                    params=p.params, tokenizer_name=p.tokenizer_name,
+                    backbone=dict(path=str(p.model_dir), revision_covers=p.revision_covers),
+                    corpus=dict(path=str(p.corpus), files=p.corpus_listing, counters=None))
+    for corpus_pass in p.kind.corpus_passes(p.spec):
+        manifest[corpus_pass.name] = resumed.get(corpus_pass.name)
+    manifest.update(shards=[], samples=0, empty_targets=0)
+    return manifest
+
+
+def finish_manifest(p: Plan, manifest: dict, stats: CorpusStats) -> dict:
+    """Record every shard of the ledger, the corpus counters and the kind's summary; `complete` turns true."""
+    ledger = Ledger(p.out / LEDGER)
+    indices = sorted(ledger.entries)
+    assert indices == list(range(len(indices))), f"ledger of {p.out} has gaps: {indices}"
+    entries = [ledger.entries[i] for i in indices]
+    stats.truncated = sum(e["truncated"] for e in entries)
+    shards = [dict(name=shard_name(e["index"]), samples=e["samples"], bytes=e["bytes"], sha256=e["sha256"])
+              for e in entries]
+    manifest.update(complete=True, shards=shards,
+                    samples=sum(e["samples"] for e in entries), empty_targets=sum(e["empty"] for e in entries))
+    manifest["corpus"]["counters"] = stats.as_dict()
+    manifest.update(p.kind.summary(entries, p.params) or {})
+    write_manifest(p.out, manifest)
+    c = stats.as_dict()
+    log.info("%s targets: %d samples in %d shards at %s; texts read %d, skipped empty %d, invalid UTF-8 "
+             "replaced %d, truncated %d; empty targets %d", p.stage, manifest["samples"], len(entries), p.out,
+             c["read"], c["skipped_empty"], c["invalid_utf8"], c["truncated"], manifest["empty_targets"])
+    return manifest

@@ -1,0 +1,65 @@
+"""Pooling modes: how the final hidden states of a prompted text become one vector, as a registry (`model.pooling`).
+
+A mode owns its pooling function and what else it decides: whether the tokenizer appends an EOS token to pool
+at, the prompt it defaults to, and the sentence-transformers pooling mode that reproduces it in a plain
+`SentenceTransformer` (None: only t2t's own module does). A new mode is a `Pooling` registered here.
+
+No torch at import: the recipe loader validates `model.pooling` against this registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from t2t.errors import UserError
+
+PROMPT_EOL = 'This sentence : "{text}" means in one word:"'
+"""The PromptEOL template used with `last` pooling (Jiang et al., 2023)."""
+
+
+@dataclass(frozen=True)
+class Pooling:
+    name: str
+    pool: Callable
+    """(hidden (B, L, d), attention_mask (B, L)) → (B, d), over the non-pad positions, for either padding side."""
+    default_prompt: str = "{text}"
+    """The prompt template when `model.prompt` is not set."""
+    appends_eos: bool = False
+    """Tokenization appends the EOS token (kept when truncating) for the mode to pool at."""
+    st_mode: str | None = None
+    """The sentence-transformers `Pooling` mode that gives the same vectors, if one does."""
+
+
+def mean_of_tokens(hidden, attention_mask):
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def last_token(hidden, attention_mask):
+    import torch
+
+    # Index of the last real token, valid for either padding side.
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask.long() * positions).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+POOLINGS: dict[str, Pooling] = {}
+
+
+def register_pooling(mode: Pooling) -> Pooling:
+    assert mode.name not in POOLINGS, f"pooling {mode.name} registered twice"
+    POOLINGS[mode.name] = mode
+    return mode
+
+
+def pooling_mode(name: str) -> Pooling:
+    if name not in POOLINGS:
+        raise UserError(f"unknown pooling {name!r}; registered: {', '.join(POOLINGS)}")
+    return POOLINGS[name]
+
+
+register_pooling(Pooling("mean", mean_of_tokens, st_mode="mean"))
+register_pooling(Pooling("last", last_token, default_prompt=PROMPT_EOL, st_mode="lasttoken"))
+register_pooling(Pooling("eos", last_token, appends_eos=True))

@@ -1,0 +1,53 @@
+"""The one policy for starting or joining Ray.
+
+A job joins the cluster it is given (`--ray-address`, else `$RAY_ADDRESS`) and otherwise starts a
+private local Ray with `address="local"`: a bare `ray.init()` would silently join whatever cluster
+a `ray start` left running on the machine, with its CPUs, its other jobs and its stale code.
+A process already connected to Ray (the pipeline holds one session for all its steps) is left as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+from t2t.errors import UserError
+
+
+def cluster_address(given: str | None) -> str | None:
+    """The cluster to join (`given`, else $RAY_ADDRESS), or None for a private local Ray."""
+    address = given or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith(("http://", "https://")):
+        raise UserError(f"Ray address {address} is a dashboard (job API) address: submit with "
+                        "launchers/submit_targets.sh, or give the cluster's GCS address (HOST:6379)")
+    return address
+
+
+def start_or_join(address: str | None, num_cpus: int | None) -> bool:
+    """Join `address` (see `cluster_address`) or start a local Ray with `num_cpus` CPUs (None: all the machine's);
+    True if this call started or joined it (and so should shut it down), False if the process was already connected."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cluster_address(address)
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
+    """Ray for the `with` block: joined or started here (and shut down after), or the caller's own."""
+    import ray
+
+    started = start_or_join(address, num_cpus)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

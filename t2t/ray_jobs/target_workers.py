@@ -1,0 +1,90 @@
+"""What runs inside the Ray actors of a target job (the driver is `t2t.ray_jobs.targets`).
+
+Each actor builds its stage's target-kind builder once (`TargetKind.builder`: the tokenizer, or the frozen
+start model on the GPU Ray gave it), then takes chunk after chunk: `reduce` returns a corpus pass's sum over a
+chunk, `shard` computes the chunk's targets and writes the shard itself (atomically, see
+`t2t.data.shards.write_shard_entry`), returning its ledger entry: index, samples, the file's byte size and sha256
+(hashed as written, for the manifest), empty targets, the worker's CPU and wall seconds, and the kind's counts
+(texts truncated; for model-derived targets the dropped mass and texts cut by top_k). Ray re-runs `__init__`
+when it restarts a dead actor, and no result depends on state kept between calls, so a retried chunk returns
+(and writes) what the first attempt would have.
+
+Fault injection, for the worker-death tests only: with `T2T_FAULT_INJECT=PASS:INDEX:MARKER` in the driver's
+environment, the worker that first takes chunk INDEX of PASS (`shards`, or a corpus pass: `background`, `idf`)
+exits abruptly, once (MARKER records that it did). It is read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from t2t.data.shards import shard_name, write_shard_entry
+from t2t.errors import UserError
+from t2t.targets.kinds import target_kind
+
+FAULT_ENV = "T2T_FAULT_INJECT"
+
+
+def start_workers(p) -> list:
+    """`targets.workers` actors for plan `p` (a `t2t.data.manifest.Plan`)."""
+    t = p.cfg.targets
+    options = dict(num_cpus=1, num_gpus=t.gpus_per_worker if p.kind.runs_model else 0,
+                   max_restarts=t.max_retries, max_task_retries=t.max_retries)
+    if os.environ.get(FAULT_ENV):  # the tests' hook reaches the workers whatever Ray session they run in
+        _fault(os.environ[FAULT_ENV])
+        options["runtime_env"] = {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}
+    actor = TargetWorker.options(**options)
+    return [actor.remote(p.kind.name, p.cfg.model, str(p.model_dir), p.spec, p.params["vocab_size"],
+                         t.batch_size) for _ in range(t.workers)]
+
+
+@ray.remote
+class TargetWorker:
+    """One kind's builder, held for the whole job."""
+
+    def __init__(self, kind: str, model_cfg, model_dir: str, spec, vocab_size: int, batch_size: int):
+        self.builder = target_kind(kind).builder(model_cfg, model_dir, spec, vocab_size, batch_size)
+
+    def reduce(self, pass_name: str, index: int, texts: list[str]) -> tuple[int, tuple[np.ndarray, int]]:
+        """(index, (this chunk's sum for the corpus pass, texts counted))."""
+        _maybe_die(pass_name, index)
+        return index, self.builder.reduce(pass_name, texts)
+
+    def shard(self, index: int, keys: list[str], texts: list[str], arrays: dict, out: str) -> tuple[int, dict]:
+        """(index, ledger entry) of shard `index`, written to `out`."""
+        _maybe_die("shards", index)
+        started = _clocks()
+        batch, counts = self.builder.targets(texts, arrays)
+        shard = write_shard_entry(Path(out) / shard_name(index), batch.samples(keys, texts))
+        cpu, wall = (now - then for now, then in zip(_clocks(), started))
+        return index, dict(index=index, samples=shard["samples"], bytes=shard["bytes"], sha256=shard["sha256"],
+                           empty=batch.empty_count, cpu_s=round(cpu, 3), wall_s=round(wall, 3), **counts)
+
+
+def _clocks() -> tuple[float, float]:
+    return time.process_time(), time.perf_counter()
+
+
+def _fault(spec: str) -> tuple[str, int, str]:
+    try:
+        name, index, marker = spec.split(":", 2)
+        return name, int(index), marker
+    except ValueError:
+        raise UserError(f"{FAULT_ENV}={spec!r} must look like PASS:INDEX:MARKER_FILE") from None
+
+
+def _maybe_die(pass_name: str, index: int) -> None:
+    """Exit this worker process abruptly if the fault hook names this chunk and has not fired yet."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name, at, marker = _fault(spec)
+    if (name, at) != (pass_name, index) or Path(marker).exists():
+        return
+    Path(marker).write_text(f"worker {os.getpid()} died on {pass_name} chunk {index}\n")
+    os._exit(1)  # no cleanup, no exception: what a killed or OOM-ed worker looks like to Ray
