@@ -75,7 +75,7 @@ class Stage1Builder:
     def __init__(self, tokenizer, targets, vocab_size: int):
         """`targets`: a `DataDrivenTargets` (stopwords, max_target_tokens, weighting)."""
         if len(tokenizer) > vocab_size:
-            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's LM head only {vocab_size}")
+            raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's LM head only {vocab_size}")
         self.tokenizer = tokenizer
         self.max_tokens = targets.max_target_tokens
         self.weighting = targets.weighting

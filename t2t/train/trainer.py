@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 
 from t2t import run_paths
 from t2t.config import Config
+from t2t.data.files import write_text_atomic
 from t2t.train import checkpoint
 from t2t.train.loss import check_objectives, objective_for
 from t2t.train.signals import STOP_SIGNALS, StopSignals  # noqa: F401 - StopSignals lives there (re-exported)
@@ -60,9 +60,7 @@ class MetricsLog:
         if path.exists():
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= resumed_step]
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
