@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, MistralConfig, Qwen2Config, AutoModelForCausalLM
 
-from t2t.model import Embedder, EmbedSettings, export, load, load_lm, load_tokenizer, pool, set_attention
+from t2t.model import Embedder, EmbeddingIdentity, export, load, load_lm, load_tokenizer, pool, set_attention
 
 FAMILIES = {
     "llama": LlamaConfig,
@@ -60,7 +60,7 @@ def test_pooling_ignores_padding_either_side():
 @pytest.mark.parametrize("pooling", ["mean", "last", "eos"])
 def test_batch_independent_embeddings(tiny_model_dir, pooling):
     prompt = '"{text}" means:' if pooling == "last" else "{text}"
-    emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbedSettings(pooling=pooling, prompt=prompt))
+    emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbeddingIdentity(pooling=pooling, prompt=prompt))
     texts = ["short", "a considerably longer sentence about the history of the city", "mid length text"]
     together = emb.encode(texts, batch_size=3)
     alone = np.stack([emb.encode([t])[0] for t in texts])
@@ -68,7 +68,7 @@ def test_batch_independent_embeddings(tiny_model_dir, pooling):
 
 
 def test_encode_order_normalize_empty_and_truncation(tiny_model_dir):
-    emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbedSettings(max_length=8))
+    emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbeddingIdentity(max_length=8))
     texts = ["one", "two words here and many more words after them", "three"]
     v = emb.encode(texts, batch_size=2, normalize=True)
     assert v.shape == (3, 64) and v.dtype == np.float32
@@ -79,7 +79,7 @@ def test_encode_order_normalize_empty_and_truncation(tiny_model_dir):
 
 
 def test_eos_pooling_keeps_eos_after_truncation(tiny_model_dir):
-    emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbedSettings(pooling="eos", max_length=8))
+    emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbeddingIdentity(pooling="eos", max_length=8))
     batch = emb.tokenize(["a long text that is going to be cut short for sure", "hi"])
     last = batch["input_ids"][:, -1]  # left padding: the last column is the pooled one
     assert (last == emb.tokenizer.eos_token_id).all()
@@ -87,7 +87,7 @@ def test_eos_pooling_keeps_eos_after_truncation(tiny_model_dir):
 
 def test_forward_logits_are_fp32_from_the_head(tiny_model_dir):
     lm = load_lm(tiny_model_dir, dtype="bfloat16")
-    emb = Embedder(lm, load_tokenizer(tiny_model_dir), EmbedSettings())
+    emb = Embedder(lm, load_tokenizer(tiny_model_dir), EmbeddingIdentity())
     batch = emb.tokenize(["hello world"])
     h, z = emb(**batch)
     assert z.dtype == torch.float32 and z.shape == (1, lm.config.vocab_size)
@@ -98,10 +98,10 @@ def test_forward_logits_are_fp32_from_the_head(tiny_model_dir):
 @pytest.mark.parametrize(
     "settings,trust",
     [
-        (EmbedSettings(pooling="mean"), False),  # stock Transformer + Pooling modules
-        (EmbedSettings(pooling="last", prompt='This sentence : "{text}" means in one word:"'), True),
-        (EmbedSettings(pooling="mean", attention="bidirectional"), True),
-        (EmbedSettings(pooling="eos"), True),
+        (EmbeddingIdentity(pooling="mean"), False),  # stock Transformer + Pooling modules
+        (EmbeddingIdentity(pooling="last", prompt='This sentence : "{text}" means in one word:"'), True),
+        (EmbeddingIdentity(pooling="mean", attention="bidirectional"), True),
+        (EmbeddingIdentity(pooling="eos"), True),
     ],
 )
 def test_export_matches_sentence_transformers(tiny_model_dir, tmp_path, settings, trust):
@@ -143,7 +143,7 @@ def test_tokenizer_without_pad_gets_eos_once(tiny_model_dir, tmp_path, caplog):
 def test_inspect_cli(tiny_model_dir, tmp_path, capsys):
     from t2t.cli import main
 
-    out = export(Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbedSettings()), tmp_path / "m")
+    out = export(Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbeddingIdentity()), tmp_path / "m")
     assert main(["inspect", "--model", str(out), "--top-k", "3", "The history of Rome"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "The history of Rome" and len(lines) == 4
@@ -155,7 +155,7 @@ def test_inspect_cli(tiny_model_dir, tmp_path, capsys):
     lm = load_lm(tiny_model_dir)
     with torch.no_grad():
         lm.model.norm.weight.fill_(float("nan"))  # what a diverged run exports
-    broken = export(Embedder(lm, load_tokenizer(tiny_model_dir), EmbedSettings()), tmp_path / "broken")
+    broken = export(Embedder(lm, load_tokenizer(tiny_model_dir), EmbeddingIdentity()), tmp_path / "broken")
     assert main(["inspect", "--model", str(broken), "a", "b"]) == 1
     captured = capsys.readouterr()
     assert "NaN or infinite" in captured.out and "for 2 of 2 texts; it is not usable" in captured.err

@@ -98,12 +98,13 @@ def test_model_states_match_a_real_zero3_run(tmp_path, train_embeddings):
 
 def test_activation_bytes_match_autograd(tiny_model_dir, tmp_path):
     """Bytes autograd keeps for backward on a bf16 tiny Llama with padding vs the planner's formula."""
-    from t2t.model.embedder import Embedder, EmbedSettings
+    from t2t.identity import EmbeddingIdentity
+    from t2t.model.embedder import Embedder
     from t2t.model.io import load_lm, load_tokenizer
 
     batch, seq = 4, 48
     lm = load_lm(tiny_model_dir).to(torch.bfloat16)  # bf16 even on a CPU where load_lm would fall back to fp32
-    embedder = Embedder(lm, load_tokenizer(tiny_model_dir), EmbedSettings(pooling="mean", max_length=seq))
+    embedder = Embedder(lm, load_tokenizer(tiny_model_dir), EmbeddingIdentity(pooling="mean", max_length=seq))
     ids = torch.randint(5, lm.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(batch, seq, dtype=torch.long)
     mask[1, :10] = 0  # left padding: the 4-D mask is materialised, as in training batches

@@ -13,10 +13,10 @@ import webdataset as wds
 from t2t.config import ModelConfig
 from t2t.data.shards import decode_sample
 from t2t.data.stream import TargetReader, expand_shards, open_stage_shards
-from t2t.model import EmbedSettings, load_tokenizer
+from t2t.model import EmbeddingIdentity, load_tokenizer
 from train_support import write_stage_shards
 
-SETTINGS = EmbedSettings(pooling="mean", max_length=32)
+SETTINGS = EmbeddingIdentity(pooling="mean", max_length=32)
 
 
 @pytest.fixture(scope="module")

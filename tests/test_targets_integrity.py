@@ -27,14 +27,14 @@ from t2t.data.files import exclusive_lock, file_digest
 from t2t.data.shards import write_shard
 from t2t.data.manifest import read_manifest
 from t2t.data.stream import TargetReader, open_stage_shards
-from t2t.model import EmbedSettings, load_tokenizer
+from t2t.model import EmbeddingIdentity, load_tokenizer
 from t2t.data.manifest import LOCK_FILE
 from t2t.ray_jobs.targets import run_targets
 from t2t.targets.stage1 import Stage1Builder
 from test_targets_ray import clean, corpus, make_cfg, shard_bytes  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = EmbedSettings(pooling="mean", max_length=32)
+SETTINGS = EmbeddingIdentity(pooling="mean", max_length=32)
 
 
 @pytest.fixture(scope="module")

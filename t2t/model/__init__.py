@@ -1,13 +1,12 @@
 """Embedding core: load a backbone, embed texts, read the tokens an embedding points to, export.
 
 `load_tokenizer`, `tokenizer_fingerprint` and `tokenize_texts` live in the torch-free `t2t.data.tokens`, and
-`EmbeddingIdentity` in `t2t.identity`; they are re-exported here. `EmbedSettings` and `settings_from_config`
-are deprecated aliases of `EmbeddingIdentity` and `EmbeddingIdentity.of`.
+`EmbeddingIdentity` in `t2t.identity`; they are re-exported here.
 """
 
 from t2t.data.tokens import load_tokenizer, tokenize_texts, tokenizer_fingerprint
 from t2t.identity import EmbeddingIdentity
-from t2t.model.embedder import Embedder, EmbedSettings, pool, set_attention
+from t2t.model.embedder import Embedder, pool, set_attention
 from t2t.model.io import (
     check_model_dir,
     export,
@@ -15,11 +14,10 @@ from t2t.model.io import (
     load,
     load_lm,
     resolve_model_dir,
-    settings_from_config,
 )
 
 __all__ = [
-    "Embedder", "EmbeddingIdentity", "EmbedSettings", "pool", "set_attention", "check_model_dir", "export",
-    "from_config", "load", "load_lm", "load_tokenizer", "resolve_model_dir", "settings_from_config",
+    "Embedder", "EmbeddingIdentity", "pool", "set_attention", "check_model_dir", "export",
+    "from_config", "load", "load_lm", "load_tokenizer", "resolve_model_dir",
     "tokenize_texts", "tokenizer_fingerprint",
 ]

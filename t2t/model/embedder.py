@@ -21,8 +21,6 @@ from t2t.pooling import pooling_mode
 
 log = logging.getLogger(__name__)
 
-EmbedSettings = EmbeddingIdentity
-"""Deprecated alias of `t2t.identity.EmbeddingIdentity`, kept while callers outside t2t.model still use the name."""
 
 
 class Fp32Head(nn.Linear):

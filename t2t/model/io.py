@@ -55,11 +55,6 @@ def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
     return p
 
 
-def settings_from_config(m: ModelConfig) -> EmbeddingIdentity:
-    """Deprecated alias of `EmbeddingIdentity.of`, kept while callers outside t2t.model still use the name."""
-    return EmbeddingIdentity.of(m)
-
-
 def resolve_model_dir(m: ModelConfig) -> Path:
     """The backbone directory of a model config, building the tiny model or converting the GGUF first if configured."""
     if m.tiny is not None:
