@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal
 
@@ -81,7 +82,7 @@ class CorpusPass:
     """(sum over the corpus, texts counted) → the vector the targets use."""
 
 
-class TargetKind:
+class TargetKind(ABC):
     """One kind of target distribution; subclasses set the class attributes and implement the methods."""
 
     name: ClassVar[str]
@@ -91,11 +92,13 @@ class TargetKind:
     embedding identity decide the targets; otherwise only the tokenizer does."""
 
     def validate(self, spec: TargetsSpec, key: str) -> None:
-        """Raise a ConfigError naming `key` (e.g. `stages.stage2.targets`) for a bad parameter."""
+        """Raise a ConfigError naming `key` (e.g. `stages.stage2.targets`) for a bad parameter. A kind whose
+        parameters are all checked by their types (Literal, int) keeps this default, which accepts them."""
+        return None
 
+    @abstractmethod
     def manifest_params(self, spec: TargetsSpec) -> dict:
         """Every parameter that decides the targets' bytes, for the shard manifest."""
-        raise NotImplementedError
 
     def corpus_passes(self, spec: TargetsSpec) -> list[CorpusPass]:
         return []
