@@ -64,6 +64,9 @@ class Pipeline:
         # A bad DeepSpeed JSON or objective stops the run here, before any step touches old outputs.
         build_ds_config(self.cfg)
         check_objectives(self.cfg)
+        for stage in self.cfg.stages:
+            if stage.start == "base":
+                run_paths.check_start_attention(self.cfg, stage.name)
         self.ray_address = ray_address
         self.run_dir = Path(self.cfg.run_dir)
         self.logs = self.run_dir / "logs"

@@ -10,7 +10,7 @@ from t2t import run_paths
 from t2t.config import Config
 from t2t.data.files import write_text_atomic
 
-LOSS_LABELS = {"t2t": "KL(target ‖ student)", "simcse": "InfoNCE (SimCSE)"}
+LOSS_LABELS = {"t2t": "KL(target ‖ student)", "simcse": "InfoNCE (SimCSE)", "mntp": "CE at masked tokens (MNTP)"}
 """The y-axis label of an objective's loss curve; an objective not listed is labelled `<name> loss`."""
 START_MODEL = "{name}-M0-start"
 """The name the pipeline evaluates the untrained backbone under (`t2t.pipeline.Pipeline.step_eval`)."""

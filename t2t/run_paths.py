@@ -17,6 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from t2t.config import Config
+from t2t.errors import UserError
 
 BASE = "base"
 """The name a stage's `start` gives the recipe's own backbone (M0)."""
@@ -62,6 +63,23 @@ def for_stage(cfg: Config, stage: str) -> Config:
         return cfg
     model = dataclasses.replace(cfg.model, path=str(export_dir(cfg, start)), tiny=None, gguf="")
     return dataclasses.replace(cfg, model=model)
+
+
+def check_start_attention(cfg: Config, stage: str) -> None:
+    """Refuse to train stage `stage` with another attention mode than the exported model it starts from was trained
+    with (its `t2t_config.json`): a model adapted to bidirectional attention, run causally (or the reverse), is
+    not the model that was trained. Within one recipe every stage shares `model.attention`; this catches a start
+    from another run's export."""
+    import json
+
+    start = for_stage(cfg, stage).model.path
+    exported = Path(start) / "t2t_config.json"
+    if not exported.is_file():
+        return
+    trained = json.loads(exported.read_text()).get("attention", "causal")
+    if trained != cfg.model.attention:
+        raise UserError(f"stages.{stage} starts from {start}, trained with {trained} attention ({exported}), but "
+                        f"model.attention is {cfg.model.attention}; set model.attention={trained}")
 
 
 def texts_limit(cfg: Config, stage: str) -> int:

@@ -5,8 +5,8 @@ Run by tests/test_train_sharding.py, once as 2 ranks and once as 1 process (the 
     torchrun --standalone --nproc_per_node 2 tests/dist_step_check.py RECIPE OUT.pt
     python tests/dist_step_check.py RECIPE OUT.pt
 
-`t2t`: 2 ranks × 2 micro-steps of 2 texts against 1 process × 1 micro-step of 8 (the loss has
-no in-batch negatives, so accumulation is exact too). `simcse`: 2 ranks × 1 micro-step of 4
+`t2t` and `mntp`: 2 ranks × 2 micro-steps of 2 texts against 1 process × 1 micro-step of 8 (neither loss has
+in-batch negatives, so accumulation is exact too; mntp's masks are a function of each text, not of the split). `simcse`: 2 ranks × 1 micro-step of 4
 against 1 process × 1 micro-step of 8: the contrastive batch is one micro-step gathered over
 ranks, so only the rank split is exact. Its dropout is 0, making the two views deterministic.
 Both objectives run in one launch, each on a freshly built engine, to pay the start-up once.
@@ -21,7 +21,7 @@ import torch
 import webdataset as wds
 
 GLOBAL_BATCH = 8
-MICRO_STEPS = {"t2t": 2, "simcse": 1}  # with 2 ranks; a lone process takes the global batch in one micro-step
+MICRO_STEPS = {"t2t": 2, "simcse": 1, "mntp": 2}  # with 2 ranks; a lone process takes the global batch in one micro-step
 
 
 def one_step(recipe: str, objective_name: str, samples: list, rank: int, world: int) -> dict:
@@ -37,8 +37,10 @@ def one_step(recipe: str, objective_name: str, samples: list, rank: int, world: 
 
     micro_steps = MICRO_STEPS[objective_name] if world > 1 else 1
     per_micro = GLOBAL_BATCH // (world * micro_steps)
+    attention = "bidirectional" if objective_name == "mntp" else "causal"
     cfg = load_config(recipe, [f"train.micro_batch_size={per_micro}", f"train.grad_accum_steps={micro_steps}",
-                               f"stages.stage1.objective={objective_name}", "train.simcse_dropout=0"])
+                               f"stages.stage1.objective={objective_name}", "train.simcse_dropout=0",
+                               f"model.attention={attention}"])
     stage = cfg.stage("stage1")
     settings = EmbeddingIdentity.of(cfg.model)
     tokenizer = load_tokenizer(cfg.model.path, settings.padding_side)
@@ -47,8 +49,9 @@ def one_step(recipe: str, objective_name: str, samples: list, rank: int, world: 
 
     torch.manual_seed(0)
     engine, embedder = build_engine(cfg, stage, Path(cfg.model.path), build_ds_config(cfg))
-    objective = objective_for(stage.objective, cfg.train, stage.name)
+    objective = objective_for(stage.objective, cfg.train, stage.name, cfg.seed)
     objective.prepare(engine.module)
+    micro = [objective.prepare_batch(b) for b in micro]
     engine.train()
     grads = {}
 

@@ -22,7 +22,8 @@ from t2t.model.gguf import locate
 from t2t.plan import load_arch, read_ds_config
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes").glob("*.yaml")) + [REPO / "bench" / "quality" / "study.yaml"]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml")) + [REPO / "bench" / "quality" / "study.yaml",
+                                                       REPO / "bench" / "quality" / "smollm2" / "text2token.yaml"]
 CLUSTER = {  # recipe -> (backbone directory name, parameters of the published architecture)
     "mistral-7b.yaml": ("Mistral-7B-Instruct-v0.2", 7_241_732_096),
     "llama3-8b.yaml": ("Meta-Llama-3-8B-Instruct", 8_030_261_248),
@@ -30,7 +31,7 @@ CLUSTER = {  # recipe -> (backbone directory name, parameters of the published a
 
 
 def test_the_recipes_are_there():
-    assert {"demo.yaml", "tiny.yaml", "smollm2-lora.yaml", *CLUSTER} <= {p.name for p in RECIPES}
+    assert {"demo.yaml", "tiny.yaml", "smollm2-lora.yaml", "llm2vec.yaml", *CLUSTER} <= {p.name for p in RECIPES}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO)))

@@ -4,7 +4,7 @@ One uninterrupted run (module fixture) serves several assertions; a second run r
 the first one's step-6 checkpoint (the data stream crosses an epoch boundary there, through a
 loader process) and must log exactly the first run's losses for the steps after it. The SimCSE
 objective gets the same treatment in one test: `t2t train --set stages.stage1.objective=simcse`, then a
-resumed run that must reproduce its losses, dropout masks included. Stage 2 then trains stage 1's export by
+resumed run that must reproduce its losses, dropout masks included; so does MNTP, its token masks included. Stage 2 then trains stage 1's export by
 name alone (`--stage stage2`, no model.path override). The stop on SIGUSR1 and the
 requeued resume are tested through Slurm in test_train_slurm.py.
 """
@@ -233,6 +233,35 @@ def test_simcse_trains_resumes_exactly_and_exports(setup):
     base = from_config(load_config(recipe, ["model.attention=bidirectional"]).model)
     before, after = simcse_mean_loss(base, texts, 0.1), simcse_mean_loss(exported, texts, 0.1)
     assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.slow
+def test_mntp_trains_resumes_exactly_and_exports(setup):
+    """`t2t train --set stages.stage1.objective=mntp` (bidirectional, 2 ranks × 2 micro-steps, a loader process),
+    then a resume at step 2 must log the same losses: the masks of the steps after it are drawn again exactly."""
+    from t2t.model import load
+
+    root, recipe = setup
+    steps = 4
+    overrides = ["stages.stage1.objective=mntp", "model.attention=bidirectional", f"stages.stage1.steps={steps}"]
+    args = TRAIN_ARGS + [str(recipe)] + [a for o in overrides for a in ("--set", o)]
+    run_a, run_b = root / "mntp_a", root / "mntp_b"
+    torchrun(2, args + ["--set", f"run_dir={run_a}"], root / "mntp_a.log")
+    lines = metrics(run_a)
+    assert [m["step"] for m in lines] == list(range(1, steps + 1))
+    assert all(m["loss"] > 0 and m["grad_norm"] > 0 and m["texts_counted"] > 16 for m in lines)  # masked tokens
+    assert lines[-1]["loss"] < lines[0]["loss"]
+
+    a_ckpt, b_ckpt = run_a / "stage1" / "checkpoints", run_b / "stage1" / "checkpoints"
+    shutil.copytree(a_ckpt / "step00000002", b_ckpt / "step00000002")  # as after a crash right after step 2
+    (b_ckpt / "latest").write_text("step00000002")
+    torchrun(2, args + ["--set", f"run_dir={run_b}"], root / "mntp_b.log")
+    assert "resumed from" in (root / "mntp_b.log").read_text()
+    assert [(m["loss"], m["texts_counted"]) for m in metrics(run_b)] == \
+        [(m["loss"], m["texts_counted"]) for m in lines[2:]]
+    exported = load(run_a / "stage1" / "model")
+    assert exported.settings.attention == "bidirectional"
+    assert exported.encode(["The river flows through the old town."]).shape == (1, 64)
 
 
 @pytest.mark.slow

@@ -25,10 +25,10 @@ def arm_of(model: str) -> str:
     return re.sub(r"-seed\d+$", "", model)
 
 
-def arms_in(table: dict) -> list[tuple[str, str]]:
-    """(arm, label) of every arm present in the table, in the study's order."""
+def arms_in(table: dict, arms: list[tuple[str, str]] = ARMS) -> list[tuple[str, str]]:
+    """(arm, label) of every arm of `arms` present in the table, in that order."""
     present = {arm_of(m["name"]) for m in table["models"]}
-    return [(arm, label) for arm, label in ARMS if arm in present]
+    return [(arm, label) for arm, label in arms if arm in present]
 
 
 def _summary(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -44,11 +44,11 @@ def _cell(mean: float | None, spread: float | None, scale: float = 1.0) -> str:
     return f"{mean * scale:.2f}" + (f" [{spread * scale:.2f}]" if spread is not None else "")
 
 
-def summarise(table: dict, alignment: dict) -> dict:
+def summarise(table: dict, alignment: dict, arms: list[tuple[str, str]] = ARMS) -> dict:
     """Per arm: seeds, per-category and overall means over seeds (with spread), alignment."""
     categories = list(dict.fromkeys(t["category"] for t in table["tasks"]))
     result = {}
-    for arm, _ in arms_in(table):
+    for arm, _ in arms_in(table, arms):
         members = [m["name"] for m in table["models"] if arm_of(m["name"]) == arm]
         row = {"models": members,
                "overall": _summary([table["overall_mean"][m] for m in members]),
@@ -61,7 +61,7 @@ def summarise(table: dict, alignment: dict) -> dict:
     return result
 
 
-def plot(summary: dict, path: Path) -> None:  # summary keeps arms_in's order
+def plot(summary: dict, path: Path, title: str = "Quality study: category means") -> None:  # in arms_in's order
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,7 +80,7 @@ def plot(summary: dict, path: Path) -> None:  # summary keeps arms_in's order
         ax.bar(x + (i - (len(arms) - 1) / 2) * width, means, width, yerr=spreads, capsize=2, label=arm)
     ax.set_xticks(x, categories, rotation=20, ha="right")
     ax.set_ylabel("main score (x100), mean over seeds")
-    ax.set_title("Quality study: category means (error bars: half the spread over seeds)")
+    ax.set_title(f"{title} (error bars: half the spread over seeds)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # clear of the bars
     fig.tight_layout()
     fig.savefig(path, dpi=120)

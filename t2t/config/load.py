@@ -220,6 +220,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.simcse_temperature must be > 0, got {cfg.train.simcse_temperature}")
     if not 0 <= cfg.train.simcse_dropout < 1:
         raise ConfigError(f"train.simcse_dropout must be in [0, 1), got {cfg.train.simcse_dropout}")
+    if not 0 < cfg.train.mntp_probability < 1:
+        raise ConfigError(f"train.mntp_probability must be in (0, 1), got {cfg.train.mntp_probability}")
+    if not cfg.train.mntp_mask_token:
+        raise ConfigError("train.mntp_mask_token must name a token of the vocabulary, got an empty string")
     validate_stages(cfg)
 
 

@@ -125,8 +125,9 @@ class StageConfig:
     """`base` (the recipe's backbone, M0) or the name of an earlier stage whose exported model this stage trains
     and, for model-derived targets, computes its targets with."""
     objective: str = "t2t"
-    """Training objective (registered in `t2t.train.loss.OBJECTIVES`): `t2t` (KL to the target tokens) or
-    `simcse` (unsupervised contrastive; reads only the texts of the stage's shards)."""
+    """Training objective (registered in `t2t.train.loss.OBJECTIVES`): `t2t` (KL to the target tokens), `simcse`
+    (unsupervised contrastive) or `mntp` (LLM2Vec's masked next-token prediction); the last two read only the texts
+    of the stage's shards."""
     targets: TargetsSpec = field(default_factory=DataDrivenTargets)
     """The stage's targets: `kind` (registered in `t2t.targets.kinds`), the corpus, and the kind's parameters."""
     steps: int = 100
@@ -196,6 +197,11 @@ class TrainConfig:
     """Temperature of the SimCSE objective (cosine similarities are divided by it)."""
     simcse_dropout: float = 0.1
     """SimCSE only: attention dropout set on the backbone during training; it makes the two views of a text differ."""
+    mntp_probability: float = 0.2
+    """MNTP only: share of each text's tokens that are selected and predicted (LLM2Vec: 0.2 for Llama-family
+    models); 80% of them become `mntp_mask_token`, 10% a random token, 10% stay."""
+    mntp_mask_token: str = "_"
+    """MNTP only: the vocabulary token that masks a selected token (LLM2Vec's `mask_token_type: blank` is `_`)."""
 
 
 @dataclass

@@ -258,6 +258,7 @@ class _ShardDataset(IterableDataset):
         while True:
             chunk = list(itertools.islice(stream, self.layout.batch_size))
             batch = collate([s for s, _, _ in chunk], self.tokenizer, self.settings)
+            batch["epochs"] = [epoch for _, epoch, _ in chunk]  # per sample: what an objective's masks draw from
             batch["position"] = (worker, chunk[-1][1], chunk[-1][2])
             batch["skipped_shards"] = sorted(unit_stream.skipped)
             yield batch

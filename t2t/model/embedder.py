@@ -97,9 +97,18 @@ class Embedder(nn.Module):
         out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return pool(out.last_hidden_state, attention_mask, self.settings.pooling)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (h, z): pooled states (B, d) and fp32 logits (B, |V|), the head called inside this forward."""
-        h = self.embed(input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                positions: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (h, z): pooled states (B, d) and fp32 logits (B, |V|), the head called inside this forward.
+
+        With `positions` (rows, columns), h is instead the last hidden states at those N token positions (N, d) and
+        z their logits (N, |V|): token-level objectives (mntp) go through the same forward, and so through
+        DeepSpeed's engine, without ever computing the head at every position."""
+        if positions is None:
+            h = self.embed(input_ids, attention_mask)
+        else:
+            out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            h = out.last_hidden_state[positions]
         return h, self.lm.get_output_embeddings()(h)
 
     # ------------------------------------------------------------------ text

@@ -1,4 +1,5 @@
-"""Training objectives (`train.objective`): `t2t` (Text2Token) and `simcse` (the unsupervised contrastive baseline).
+"""Training objectives (a stage's `objective`): `t2t` (Text2Token), `simcse` (the unsupervised contrastive baseline)
+and `mntp` (LLM2Vec's masked next-token prediction, in t2t/train/mntp.py).
 
 **t2t**: forward KL from a sparse target t(x) to softmax(z(x)) (docs/DESIGN.md §1).
 
@@ -40,7 +41,6 @@ negatives), even when the micro-batches hold different numbers of empty targets.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -49,6 +49,8 @@ import torch.nn.functional as F
 
 from t2t.config import TrainConfig
 from t2t.errors import UserError
+from t2t.train.mntp import MaskedNextToken, mntp_loss, selected_tokens
+from t2t.train.objective import LossParts, Objective  # noqa: F401 - part of t2t.train.loss
 
 log = logging.getLogger(__name__)
 
@@ -86,34 +88,6 @@ def sparse_kl(z: torch.Tensor, ids: torch.Tensor, w: torch.Tensor, mask: torch.T
     w = torch.where(mask, w.float(), 0.0)
     ids = torch.where(mask, ids, 0)  # padded columns point at id 0 with weight 0
     return _SparseKL.apply(z.float(), ids, w)
-
-
-@dataclass
-class LossParts:
-    """A micro-batch's loss as a sum over the texts that count, and their number."""
-
-    total: torch.Tensor
-    """Sum of per-text losses (a scalar with grad)."""
-    count: int
-    """Texts that contributed (t2t: those with a non-empty target; simcse: all)."""
-
-
-def _no_preparation(embedder) -> None:
-    pass
-
-
-@dataclass(frozen=True)
-class Objective:
-    """A training objective: its loss, how many texts of a batch it counts (known before the forward),
-    and what it changes on the model before training."""
-
-    name: str
-    loss: Callable[[Callable, dict], LossParts]
-    count: Callable[[dict], int]
-    prepare: Callable[[torch.nn.Module], None] = _no_preparation
-    """Called once on the Embedder (inside the engine) before the first step."""
-    pooling: str | None = None
-    """The `model.pooling` it needs, if any."""
 
 
 def counted_texts(batch: dict) -> int:
@@ -180,28 +154,41 @@ def set_attention_dropout(embedder: torch.nn.Module, p: float) -> int:
     return len(layers)
 
 
-OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
-    "t2t": lambda train: Objective("t2t", text2token_loss, counted_texts),
-    "simcse": lambda train: Objective("simcse", partial(simcse_loss, temperature=train.simcse_temperature),
-                                      batch_texts, partial(set_attention_dropout, p=train.simcse_dropout), "mean"),
+def masked_next_token(train: TrainConfig, seed: int) -> Objective:
+    """The mntp objective: its masks drawn from `seed`, its mask token resolved by `prepare` from the tokenizer."""
+    state = MaskedNextToken(probability=train.mntp_probability, token=train.mntp_mask_token, seed=seed)
+    return Objective("mntp", mntp_loss, selected_tokens, state.prepare, state.prepare_batch,
+                     attention="bidirectional")
+
+
+OBJECTIVES: dict[str, Callable[[TrainConfig, int], Objective]] = {
+    "t2t": lambda train, seed: Objective("t2t", text2token_loss, counted_texts),
+    "simcse": lambda train, seed: Objective("simcse", partial(simcse_loss, temperature=train.simcse_temperature),
+                                            batch_texts, partial(set_attention_dropout, p=train.simcse_dropout),
+                                            pooling="mean"),
+    "mntp": masked_next_token,
 }
-"""A stage's `objective` → a builder of its Objective from the `train` section (temperature, dropout)."""
+"""A stage's `objective` → a builder of its Objective from the `train` section (temperature, dropout, masking) and
+the recipe's seed."""
 
 
-def objective_for(name: str, train: TrainConfig | None = None, stage: str | None = None) -> Objective:
-    """The Objective `name` with its settings from `train` (the defaults when None); a UserError naming
-    `stages.<stage>.objective` for unknown names."""
+def objective_for(name: str, train: TrainConfig | None = None, stage: str | None = None, seed: int = 0) -> Objective:
+    """The Objective `name` with its settings from `train` (the defaults when None) and the recipe's `seed`; a
+    UserError naming `stages.<stage>.objective` for unknown names."""
     if name not in OBJECTIVES:
         raise UserError(f"stages.{stage or '<name>'}.objective={name!r} is not implemented by the trainer "
                         f"(available: {', '.join(OBJECTIVES)})")
-    return OBJECTIVES[name](train if train is not None else TrainConfig())
+    return OBJECTIVES[name](train if train is not None else TrainConfig(), seed)
 
 
 def check_objectives(cfg) -> None:
-    """Every stage's objective is registered and fits the recipe (e.g. simcse needs mean pooling); a UserError naming
-    the stage otherwise. Called by the verbs that train or plan, before anything runs."""
+    """Every stage's objective is registered and fits the recipe (simcse needs mean pooling, mntp bidirectional
+    attention); a UserError naming the stage otherwise. Called by the verbs that train or plan, before anything runs."""
     for stage in cfg.stages:
         objective = objective_for(stage.objective, cfg.train, stage.name)
         if objective.pooling is not None and cfg.model.pooling != objective.pooling:
             raise UserError(f"stages.{stage.name}.objective={stage.objective} uses {objective.pooling} pooling; "
                             f"set model.pooling={objective.pooling}")
+        if objective.attention is not None and cfg.model.attention != objective.attention:
+            raise UserError(f"stages.{stage.name}.objective={stage.objective} needs {objective.attention} attention "
+                            f"(model.attention is {cfg.model.attention}); set model.attention={objective.attention}")

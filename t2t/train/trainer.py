@@ -136,8 +136,8 @@ def outputs_are_finite(engine, objective, batch: dict) -> bool:
     parameters from every rank."""
     outputs = []
 
-    def model(*args):
-        out = engine(*args)
+    def model(*args, **kwargs):
+        out = engine(*args, **kwargs)
         outputs.extend(out if isinstance(out, (tuple, list)) else [out])
         return out
 
@@ -201,9 +201,10 @@ def train(cfg: Config, stage: str, resume: str = "auto") -> Path | None:
     Returns the export directory, or None when stopped by a signal."""
     from t2t.train.engine import init_distributed
 
+    run_paths.check_start_attention(cfg, stage)
     cfg = run_paths.for_stage(cfg, stage)
     check_objectives(cfg)
-    objective = objective_for(cfg.stage(stage).objective, cfg.train, stage)
+    objective = objective_for(cfg.stage(stage).objective, cfg.train, stage, cfg.seed)
     rank, world = init_distributed()
     try:
         state = TrainState.build(cfg, stage, resume, objective, rank, world)
@@ -260,6 +261,8 @@ class TrainState:
 
         own = cfg.stage(stage)
         model_dir = rank0_first(lambda: resolve_model_dir(cfg.model))
+        if rank == 0:
+            log.info("%s: trains %s (start: %s) with the %s objective", stage, model_dir, own.start, own.objective)
         settings = EmbeddingIdentity.of(cfg.model)
         tokenizer = load_tokenizer(model_dir, settings.padding_side)
         shards = open_stage_shards(run_paths.shards_dir(cfg, stage), cfg.model, tokenizer, cfg.data.on_bad_shard)
@@ -303,7 +306,7 @@ class TrainState:
         # Starting the loader draws its worker seed from the global RNG; fenced off, dropout sees the
         # same random stream in a resumed run (restored RNG, new loader) as in the uninterrupted one.
         with torch.random.fork_rng(devices=[]):
-            micro = [next(self.reader) for _ in range(train.grad_accum_steps)]
+            micro = [self.objective.prepare_batch(next(self.reader)) for _ in range(train.grad_accum_steps)]
         try:
             result = train_step(self.engine, self.objective, micro, self.world,
                                 flags=[len(self.reader.skipped), sum(b["truncated"] for b in micro)],

@@ -1,0 +1,45 @@
+"""What an objective is to the trainer: its loss as a sum and a count, and the hooks it may set (registered in
+`t2t.train.loss.OBJECTIVES`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class LossParts:
+    """A micro-batch's loss as a sum over the texts that count, and their number."""
+
+    total: torch.Tensor
+    """Sum of per-text losses (a scalar with grad)."""
+    count: int
+    """Texts (or, for mntp, tokens) that contributed (t2t: texts with a non-empty target; simcse: all texts)."""
+
+
+def _no_preparation(embedder) -> None:
+    pass
+
+
+def _as_read(batch: dict) -> dict:
+    return batch
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A training objective: its loss, how many texts of a batch it counts (known before the forward),
+    and what it changes on the model before training."""
+
+    name: str
+    loss: Callable[[Callable, dict], LossParts]
+    count: Callable[[dict], int]
+    prepare: Callable[[torch.nn.Module], None] = _no_preparation
+    """Called once on the Embedder (inside the engine) before the first step."""
+    prepare_batch: Callable[[dict], dict] = _as_read
+    """Called on every micro-batch as the reader hands it out, before counting (mntp masks tokens here)."""
+    pooling: str | None = None
+    """The `model.pooling` it needs, if any."""
+    attention: str | None = None
+    """The `model.attention` it needs, if any."""
