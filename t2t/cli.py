@@ -1,6 +1,7 @@
 """The `t2t` command line: one verb per job.
 
     t2t pipeline [--config R]                 the whole recipe end to end, resumable (default: recipes/demo.yaml)
+    t2t sweep --config R --grid KEY=V1,V2     a grid of pipelines on Ray, identical steps shared, one table
     t2t targets --config R --stage NAME       precompute a stage's sparse targets into WebDataset shards (Ray)
     t2t train --config R --stage NAME         one rank of DeepSpeed ZeRO-3 training (under torchrun/deepspeed)
     t2t export --config R --stage NAME        consolidate the newest checkpoint into a model directory
@@ -37,6 +38,7 @@ VERBS = [
     "t2t.commands.export_cmd",
     "t2t.commands.plan_cmd",
     "t2t.commands.pipeline_cmd",
+    "t2t.commands.sweep_cmd",
 ]
 
 
