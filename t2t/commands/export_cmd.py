@@ -3,6 +3,7 @@
     t2t export --config recipes/demo.yaml --stage base      # the untrained start M0 → runs/demo/base_export
     t2t export --config recipes/demo.yaml --stage stage1    # its newest checkpoint → runs/demo/stage1/model
     t2t export --config recipes/demo.yaml --stage stage1 --checkpoint runs/demo/stage1/checkpoints/step00000100 --out m100
+    t2t export --config recipes/demo.yaml --stage stage1 --best SciFact   # the best step of `t2t eval --checkpoints`
 
 Consolidates the fp32 master weights with DeepSpeed's zero_to_fp32 reader (one process, no
 GPU), merges LoRA adapters, and writes the `t2t.model.export` format that
@@ -28,6 +29,10 @@ def register(sub) -> None:
                         "backbone as it is, no checkpoint")
     p.add_argument("--checkpoint", help="checkpoints directory (its newest) or one stepNNNNNNNN checkpoint "
                                         "(default: the stage's newest)")
+    p.add_argument("--best", metavar="TASK",
+                   help="export the stage's best checkpoint on TASK (or `mean`) from its checkpoint series "
+                        "(`t2t eval --checkpoints`); default --out: <run_dir>/<stage>/best-<TASK>")
+    p.add_argument("--series", metavar="DIR", help="with --best: the series' directory (default <run_dir>/<stage>/series)")
     p.add_argument("--out", help="output directory (default: <run_dir>/<stage>/model, <run_dir>/base_export for "
                                  "base)")
     p.set_defaults(run=run)
@@ -41,9 +46,19 @@ def run(args) -> int:
 
     cfg = load_recipe(args)
     if args.stage in BASE_NAMES:
-        if args.checkpoint:
-            raise UserError("--checkpoint belongs to a training stage; --stage base exports the recipe's backbone")
+        if args.checkpoint or args.best:
+            raise UserError("--checkpoint and --best belong to a training stage; --stage base exports the recipe's backbone")
         out = export(from_config(cfg.model, dtype="float32"), args.out or base_export_dir(cfg))
+    elif args.best:
+        from t2t.eval.series import best_checkpoint
+        from t2t.run_paths import stage_dir
+
+        if args.checkpoint:
+            raise UserError("--best picks the checkpoint itself; give --checkpoint or --best, not both")
+        stage = stage_name(cfg, args.stage)
+        checkpoint, step = best_checkpoint(cfg, stage, args.best, args.series)
+        out = export_checkpoint(cfg, stage, checkpoint, args.out or stage_dir(cfg, stage) / f"best-{args.best}")
+        print(f"best on {args.best}: step {step}")
     else:
         out = export_checkpoint(cfg, stage_name(cfg, args.stage), args.checkpoint, args.out)
     print(out)

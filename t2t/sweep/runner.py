@@ -1,14 +1,15 @@
-"""`t2t sweep`: the points of a grid, their shared steps once, scheduled on Ray, then one evaluation and one table.
+"""`t2t sweep`: the points of a grid, their shared steps once, scheduled on Ray or Slurm, then one table.
 
-Every distinct step (see `t2t.sweep.store`) is a Ray task that runs the same `t2t pipeline --until STEP` a user
-would run in the point's directory, holding the resources the step needs: a training step `train.nproc` CPUs
-(GPUs where the cluster has them) for its torchrun ranks, a targets step none of its own (its Ray workers
-claim theirs). Ray's resource accounting is the scheduler: on a laptop the sweep starts a local Ray with the
-machine's CPUs, so points run as far as the machine allows and never oversubscribe it; `--ray-address`
-spreads them over a cluster (the sweep directory must then be on a filesystem every node sees).
+Every distinct step (see `t2t.sweep.store`) is one job, `python -m t2t.sweep.node SWEEP STEP`, which runs
+the same `t2t pipeline --until STEP` a user would run in its point's directory. On Ray (the default; a local
+Ray with the machine's CPUs on a laptop) each job is a Ray task holding what the step needs: a training step
+`train.nproc` CPUs, or GPUs where the cluster has them, for its torchrun ranks; a targets step none of its own
+(its Ray workers claim theirs). Ray's resource accounting is the scheduler, so points run as far as the
+machine allows and never oversubscribe it. With `--backend slurm` (t2t/sweep/slurm.py) the jobs are sbatch
+submissions chained by `--dependency=afterok`, training through `launchers/train.slurm`.
 
-A failing step fails only the points that contain it, recorded with the step and its log; the other points
-finish. A rerun runs only what is missing or failed: finished steps are recorded in `nodes.json`, and
+A failing step fails only the points that have it, recorded with the step and its log; the other points
+finish. A rerun runs only what is missing or failed: each step's status is a file in `nodes/`, and
 evaluation results are cached per model and task.
 """
 
@@ -28,7 +29,7 @@ from t2t.sweep.grid import expand, parse_grid
 from t2t.sweep.store import Node, PointRun, Store, sweep_overrides
 
 CARRIED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "DS_ACCELERATOR",
-               "TOKENIZERS_PARALLELISM", "PYTHONPATH", "T2T_FAULT_INJECT")
+               "TOKENIZERS_PARALLELISM", "PYTHONPATH")
 """The driver's environment a step's process gets wherever Ray runs it."""
 
 STOP_GRACE_S = 120
@@ -36,7 +37,7 @@ STOP_GRACE_S = 120
 
 
 def run_step_process(cmd: list[str], cwd: str, env: dict, log_file: str) -> int:
-    """Run one pipeline step as a child process (inside a Ray task); a cancelled task passes SIGTERM on, so the
+    """Run one step's job as a child process (inside a Ray task); a cancelled task passes SIGTERM on, so the
     training ranks checkpoint, and waits for the child to finish before giving up."""
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:
@@ -53,23 +54,20 @@ def run_step_process(cmd: list[str], cwd: str, env: dict, log_file: str) -> int:
 
 
 class Sweep:
-    def __init__(self, recipe: str, overrides: list[str], grid_flags: list[str], sweep_dir: str | None = None,
-                 ray_address: str | None = None, overwrite: bool = False):
+    def __init__(self, recipe: str, overrides: list[str], grid: dict[str, list[str]], sweep_dir: str | None = None):
         from t2t.pipeline import Pipeline
 
-        self.recipe, self.overrides = recipe, list(overrides)
-        self.grid = parse_grid(grid_flags)
-        points, self.notes = expand(recipe, self.overrides, self.grid)
+        self.recipe, self.overrides, self.grid = str(recipe), list(overrides), grid
+        points, self.notes = expand(self.recipe, self.overrides, grid)
         base_cfg = points[0].cfg
         self.dir = Path(sweep_dir) if sweep_dir else Path(base_cfg.run_dir).parent / f"{base_cfg.name}-sweep"
-        self.ray_address = ray_address
-        self.check_grid_file(overwrite)
-        self.points: list[PointRun] = []
-        self.nodes: dict[str, Node] = {}
+        self.assignments = {p.name: p.assignments for p in points}
+        self.points: dict[str, PointRun] = {}
+        self.nodes: dict[str, Node] = {}  # by key, in the order the first point meets them
         for point in points:
             point_overrides = [*self.overrides, *point.overrides, *sweep_overrides(self.dir, point.name)]
             try:
-                pipeline = Pipeline(recipe, point_overrides)  # validates the DeepSpeed JSON, objectives, starts
+                pipeline = Pipeline(self.recipe, point_overrides)  # validates DeepSpeed JSON, objectives, starts
             except UserError as e:
                 raise type(e)(f"grid point {point.name}: {e}") from None
             fingerprints = pipeline.fingerprints()
@@ -77,161 +75,172 @@ class Sweep:
             for step in pipeline.steps:
                 if step in ("eval", "report"):
                     continue  # the sweep evaluates every point's final model together
-                node = self.nodes.setdefault(f"{step}@{fingerprints[step]}", Node(step, fingerprints[step]))
+                node = Node(step, fingerprints[step])
+                node = self.nodes.setdefault(node.key, node)
                 node.points.append(point.name)
                 chain.append(node)
-            self.points.append(PointRun(point.name, point_overrides, pipeline.cfg, chain))
-        self.assignments = {p.name: p.assignments for p in points}
-        self.store = Store(self.dir)
-        self.failed_now: set[str] = set()
-        """Nodes that failed in this run (a rerun retries what failed before it)."""
+            self.points[point.name] = PointRun(point.name, point_overrides, pipeline, chain)
+        self.store = Store(self.dir, self.points)
 
     # ------------------------------------------------------------------ the grid file
 
-    def check_grid_file(self, overwrite: bool) -> None:
+    @property
+    def grid_file(self) -> Path:
+        return self.dir / "grid.json"
+
+    def claim(self, overwrite: bool) -> None:
         """A sweep directory belongs to one grid: another one is refused unless `overwrite`."""
-        grid_file = self.dir / "grid.json"
-        mine = dict(recipe=str(Path(self.recipe).resolve()), overrides=self.overrides, grid=self.grid)
-        if grid_file.exists():
-            theirs = json.loads(grid_file.read_text())
-            if theirs != mine and not overwrite:
-                raise UserError(f"{self.dir} holds a sweep of another grid or recipe ({grid_file}: {theirs}); "
+        mine = dict(recipe=str(Path(self.recipe).resolve()), overrides=self.overrides, grid=self.grid,
+                    cwd=os.getcwd())
+        if self.grid_file.exists():
+            theirs = json.loads(self.grid_file.read_text())
+            if {**theirs, "cwd": mine["cwd"]} != mine and not overwrite:
+                raise UserError(f"{self.dir} holds a sweep of another grid or recipe ({self.grid_file}: {theirs}); "
                                 "pass --overwrite to sweep this one there (finished steps it shares are kept), "
                                 "or --name another sweep")
         self.dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(grid_file, mine)
+        write_json_atomic(self.grid_file, mine)
 
-    # ------------------------------------------------------------------ running
+    @classmethod
+    def load(cls, sweep_dir: str | Path) -> "Sweep":
+        """The sweep a directory holds (what a step's job reads: its grid.json)."""
+        grid_file = Path(sweep_dir) / "grid.json"
+        if not grid_file.is_file():
+            raise UserError(f"{sweep_dir} is not a sweep directory (no grid.json)")
+        saved = json.loads(grid_file.read_text())
+        return cls(saved["recipe"], saved["overrides"], saved["grid"], str(sweep_dir))
 
-    def step_command(self, point: PointRun, node: Node) -> list[str]:
-        sets = [arg for o in point.overrides for arg in ("--set", o)]
-        return [sys.executable, "-m", "t2t.cli", "pipeline", "--config", self.recipe, *sets, "--until", node.step,
-                "--ray-address", self.address]
+    def announce(self) -> None:
+        for note in self.notes:
+            print(f"sweep: {note}", flush=True)
+        print(f"sweep: {len(self.points)} points, {len(self.nodes)} distinct steps "
+              f"(of {sum(len(p.chain) for p in self.points.values())} in separate pipelines) in {self.dir}",
+              flush=True)
 
-    def resources(self, point: PointRun, node: Node) -> dict:
+    def log_file(self, node: Node) -> Path:
+        return self.dir / "logs" / f"{node.key}.log"
+
+    def node_command(self, node: Node, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "t2t.sweep.node", str(self.dir), node.key, *extra]
+
+    def node_command_finish(self) -> list[str]:
+        return [sys.executable, "-m", "t2t.sweep.node", str(self.dir), "--finish"]
+
+    # ------------------------------------------------------------------ running on Ray
+
+    def run(self) -> dict:
+        """Run every missing step on Ray, evaluate, write sweep.md/sweep.json; returns the sweep.json content."""
         import ray
 
-        if node.step.endswith(":train"):
-            nproc = point.cfg.train.nproc
+        from t2t.ray_jobs.session import start_or_join
+
+        self.announce()
+        started = start_or_join(self.ray_address, None)
+        try:
+            address = ray.get_runtime_context().gcs_address
+            self.run_steps(address)
+            return self.finish(address)
+        finally:
+            if started:
+                ray.shutdown()
+
+    ray_address: str | None = None
+
+    def resources(self, node: Node) -> dict:
+        import ray
+
+        if node.is_training:
+            nproc = self.store.rep(node).cfg.train.nproc
             if ray.cluster_resources().get("GPU", 0) > 0:
                 return dict(num_cpus=1, num_gpus=nproc)
             return dict(num_cpus=min(nproc, int(ray.cluster_resources().get("CPU", 1))))
         return dict(num_cpus=0 if node.step.endswith(":targets") else 1)
 
-    def launch(self, point: PointRun, node: Node):
+    def run_steps(self, address: str) -> None:
+        """Launch each point's next missing step as soon as the one before it is done."""
         import ray
 
-        self.store.sync(point)
-        log_file = self.dir / "logs" / f"{node.key}.log"
+        running: dict = {}  # Ray ref → node
+        failed_now: set[str] = set()  # a rerun retries what failed before it, not what failed in this run
         env = {k: os.environ[k] for k in CARRIED_ENV if k in os.environ}
-        task = ray.remote(run_step_process).options(max_retries=0, **self.resources(point, node))
-        self.store.mark(node, status="running", point=point.name, log=str(log_file), started=time.time())
-        print(f"sweep: {node.step} of {', '.join(node.points)}: running (log: {log_file})", flush=True)
-        return task.remote(self.step_command(point, node), os.getcwd(), env, str(log_file))
-
-    def run(self) -> dict:
-        """Run every missing step, evaluate, write sweep.md/sweep.json; returns the table."""
-        import ray
-
-        from t2t.ray_jobs.session import start_or_join
-
-        for note in self.notes:
-            print(f"sweep: {note}", flush=True)
-        print(f"sweep: {len(self.points)} points, {len(self.nodes)} distinct steps "
-              f"(of {sum(len(p.chain) for p in self.points)} in separate pipelines) in {self.dir}", flush=True)
-        started = start_or_join(self.ray_address, None)
-        self.address = ray.get_runtime_context().gcs_address
-        try:
-            failed = self.run_steps()
-            return self.finish(failed)
-        finally:
-            if started:
-                ray.shutdown()
-
-    def run_steps(self) -> dict[str, Node]:
-        """Launch each point's next missing step as soon as the one before it is done; returns failed points."""
-        import ray
-
-        running: dict = {}  # Ray ref → (node, representative point)
-        failed: dict[str, Node] = {}
-        started_any = False
+        task = ray.remote(run_step_process)
+        launched = 0
         try:
             while True:
-                for point in self.points:
-                    if point.name in failed:
+                for point in self.points.values():
+                    # a step in progress is never settled from here: its own job moves it into steps/
+                    node = next((n for n in point.chain if n in running.values() or not self.store.settle(n)), None)
+                    if node is None or node.key in failed_now or node in running.values():
                         continue
-                    node = next((n for n in point.chain if self.store.status(n) != "done"), None)
-                    if node is None or any(n is node for n, _ in running.values()):
-                        continue
-                    if node.key in self.failed_now:
-                        failed[point.name] = node  # failed in this run: the points that contain it stop here
-                        continue
-                    if node.step == "base" and any(n.step == "base" for n, _ in running.values()):
+                    if node.step == "base" and any(n.step == "base" for n in running.values()):
                         continue  # backbones are built or converted one at a time (they may share a path)
-                    running[self.launch(point, node)] = (node, point)
-                    started_any = True
+                    print(f"sweep: {node.step} of {', '.join(node.points)}: running (log: {self.log_file(node)})",
+                          flush=True)
+                    ref = task.options(max_retries=0, **self.resources(node)).remote(
+                        self.node_command(node, "--ray-address", address), os.getcwd(), env, str(self.log_file(node)))
+                    running[ref] = node
+                    launched += 1
                 if not running:
                     break
                 ready, _ = ray.wait(list(running), num_returns=1)
-                node, point = running.pop(ready[0])
+                node = running.pop(ready[0])
                 try:
                     rc = ray.get(ready[0])
                 except ray.exceptions.RayError as e:  # the worker running the step died: the step failed
-                    with open(self.store.record[node.key]["log"], "a") as f:
+                    with open(self.log_file(node), "a") as f:
                         f.write(f"\nsweep: the Ray task running this step failed: {e}\n")
                     rc = -1
-                self.finished(node, point, rc)
-                self.progress(running)
+                entry = self.store.entry(node)
+                if rc == 0 and entry.get("status") == "done":
+                    print(f"sweep: {node.step} of {', '.join(node.points)}: done in {entry['seconds']:.0f}s", flush=True)
+                else:
+                    failed_now.add(node.key)
+                    if entry.get("status") != "failed":  # killed before it could say so itself
+                        self.store.mark(node, status="failed", log=str(self.log_file(node)),
+                                        error=f"exit {rc}: {last_error(self.log_file(node))}")
+                    print(f"sweep: {node.step} of {', '.join(node.points)}: FAILED (log: {self.log_file(node)})",
+                          flush=True)
+                self.progress(running, failed_now)
         except BaseException:
             for ref in running:
                 ray.cancel(ref)  # each step's process gets SIGTERM: training ranks checkpoint
             ray.wait(list(running), num_returns=len(running), timeout=STOP_GRACE_S + 10)
             raise
-        if not started_any:
+        if not launched:
             print("sweep: every step is done; nothing to run", flush=True)
-        for point in self.points:
-            if point.name not in failed:
-                self.store.sync(point)
-        return failed
 
-    def finished(self, node: Node, point: PointRun, rc: int) -> None:
-        entry = self.store.record[node.key]
-        seconds = round(time.time() - entry["started"], 1)
-        if rc == 0:
-            self.store.adopt(node, point)
-            self.store.mark(node, status="done", seconds=seconds)
-            print(f"sweep: {node.step} of {', '.join(node.points)}: done in {seconds:.0f}s", flush=True)
-        else:
-            self.failed_now.add(node.key)
-            self.store.mark(node, status="failed", seconds=seconds, error=last_error(entry["log"]))
-            print(f"sweep: {node.step} of {', '.join(node.points)}: FAILED (exit {rc}; log: {entry['log']})",
-                  flush=True)
-
-    def progress(self, running: dict) -> None:
-        done = sum(all(self.store.status(n) == "done" for n in p.chain) for p in self.points)
-        failed = {p.name for p in self.points if any(n.key in self.failed_now for n in p.chain)}
-        busy = {p.name for p in self.points if any(n is m for n, _ in running.values() for m in p.chain)} - failed
-        print(f"sweep: points {done} done, {len(busy)} running, {len(failed)} failed, "
-              f"{len(self.points) - done - len(busy) - len(failed)} waiting", flush=True)
+    def progress(self, running: dict, failed_now: set[str]) -> None:
+        counts = {"done": 0, "running": 0, "failed": 0, "waiting": 0}
+        for point in self.points.values():
+            pending = next((n for n in point.chain if self.store.status(n) != "done"), None)
+            state = ("done" if pending is None else "failed" if pending.key in failed_now
+                     else "running" if pending in running.values() else "waiting")
+            counts[state] += 1
+        print("sweep: points " + ", ".join(f"{v} {k}" for k, v in counts.items()), flush=True)
 
     # ------------------------------------------------------------------ evaluation and the table
 
-    def finish(self, failed: dict[str, Node]) -> dict:
+    def finish(self, address: str | None) -> dict:
+        """Evaluate every finished point, write sweep.json, sweep.md and the plots."""
         from t2t.sweep.table import evaluate_points, write_sweep
 
-        rows = {}
-        for point in self.points:
-            node = failed.get(point.name)
+        rows, finished = {}, []
+        for point in self.points.values():
+            pending = next((n for n in point.chain if not self.store.settle(n)), None)
             rows[point.name] = dict(assignments=self.assignments[point.name], overrides=point.overrides,
-                                    status="failed" if node else "done")
-            if node:
-                entry = self.store.record[node.key]
-                rows[point.name].update(failed_step=node.step, log=entry["log"], error=entry.get("error", ""))
-        table = evaluate_points(self, [p for p in self.points if p.name not in failed], self.address)
-        return write_sweep(self, rows, table)
+                                    status="failed" if pending else "done")
+            if pending:
+                entry = self.store.entry(pending)
+                rows[point.name].update(failed_step=pending.step, log=entry.get("log", str(self.log_file(pending))),
+                                        error=entry.get("error") or last_error(self.log_file(pending))
+                                        or "not run: a step it needs failed")
+            else:
+                self.store.prelink(point)
+                finished.append(point)
+        return write_sweep(self, rows, evaluate_points(self, finished, address))
 
 
-def last_error(log_file: str) -> str:
+def last_error(log_file: str | Path) -> str:
     """The last line a failed step printed that names an error (or its last line)."""
     try:
         lines = [ln.strip() for ln in Path(log_file).read_text(errors="replace").splitlines() if ln.strip()]
@@ -241,14 +250,24 @@ def last_error(log_file: str) -> str:
     return (errors or lines or [""])[-1][:500]
 
 
-def run_sweep(recipe: str, overrides: list[str], grid: list[str], name: str | None = None,
-              ray_address: str | None = None, overwrite: bool = False) -> dict:
+def run_sweep(recipe: str, overrides: list[str], grid_flags: list[str], name: str | None = None,
+              ray_address: str | None = None, overwrite: bool = False, backend: str = "ray",
+              sbatch_args: list[str] = ()) -> dict:
+    """Run (or resume) a sweep; returns its sweep.json content (on Slurm: the submitted jobs)."""
+    grid = parse_grid(grid_flags)
     sweep_dir = None
     if name:
         from t2t.config import load_config
 
         sweep_dir = str(Path(load_config(recipe, overrides).run_dir).parent / name)
-    return Sweep(recipe, overrides, grid, sweep_dir, ray_address, overwrite).run()
+    sweep = Sweep(recipe, overrides, grid, sweep_dir)
+    sweep.claim(overwrite)
+    if backend == "slurm":
+        from t2t.sweep.slurm import submit
+
+        return submit(sweep, list(sbatch_args))
+    sweep.ray_address = ray_address
+    return sweep.run()
 
 
-__all__ = ["Sweep", "run_sweep"]
+__all__ = ["Sweep", "run_sweep", "last_error"]

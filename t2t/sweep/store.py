@@ -1,15 +1,17 @@
 """Shared steps: every point's pipeline steps, keyed by the pipeline's own fingerprints, computed once.
 
-    runs/<sweep>/points/<point>/            the point's run directory (`t2t pipeline` works in it as usual)
-    runs/<sweep>/points/<point>/shards/     its target shards
-    runs/<sweep>/steps/<step>-<fingerprint>/  a finished step's outputs; the points that share it link here
+    runs/<sweep>/points/<point>/              the point's run directory (`t2t pipeline` works in it as usual)
+    runs/<sweep>/points/<point>/shards/       its target shards
+    runs/<sweep>/steps/<step>-<fingerprint>/  a finished step's outputs; every point that has the step links here
+    runs/<sweep>/nodes/<step>-<fingerprint>.json   the step's status: running, done or failed (with its log)
 
 A step's fingerprint hashes exactly the config fields it reads and the fingerprints of the steps it reads
-from (`t2t.pipeline.Pipeline.fingerprints`), so two points with the same fingerprint for a step would
-compute the same thing. The step runs once, in the run directory of the first point that needs it (its
-checkpoints, ledger and logs stay resumable there); once finished, its output directory moves into
-`steps/` and every point that shares it gets a symbolic link in its place. A point's `pipeline.json` then
-records the step as done, so `t2t pipeline` on that point skips it like any finished step.
+from (`t2t.pipeline.Pipeline.fingerprints`), so two points with the same fingerprint for a step compute the
+same thing, and share everything upstream of it too. The step runs once, in the run directory of the first
+point that has it (its representative: checkpoints, ledger and logs stay resumable there); once finished, its
+output directory moves into `steps/` and is linked back. The other points link to that `steps/` directory
+from the start. A point's `pipeline.json` records the finished steps, so `t2t pipeline` skips them there
+like any finished step. Statuses are one file per step, so jobs on different machines never write the same file.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from t2t import run_paths
-from t2t.config import Config
 from t2t.data.files import replace_dir, write_json_atomic
 from t2t.errors import UserError
 
@@ -31,7 +32,7 @@ def sweep_overrides(sweep_dir: Path, point: str) -> list[str]:
     return [f"name={point}", f"run_dir={run}", f"data.shards_dir={run / 'shards'}", f"eval.out_dir={sweep_dir / 'eval'}"]
 
 
-def output_dir(cfg: Config, step: str) -> Path:
+def output_dir(cfg, step: str) -> Path:
     """The directory a pipeline step writes (and a later step or point reads)."""
     stage, _, what = step.partition(":")
     if step == "base":
@@ -46,30 +47,35 @@ class Node:
     step: str
     fingerprint: str
     points: list[str] = field(default_factory=list)
-    """The points whose pipelines contain this step with these inputs, in grid order."""
+    """The points whose pipelines have this step with these inputs, in grid order; the first one runs it."""
 
     @property
     def key(self) -> str:
         return f"{self.step.replace(':', '-')}-{self.fingerprint}"
 
+    @property
+    def is_training(self) -> bool:
+        return self.step.endswith(":train")
+
 
 @dataclass
 class PointRun:
-    """A point as the sweep runs it: its recipe arguments, config and chain of step nodes."""
+    """A point as the sweep runs it: its recipe arguments, its pipeline and its chain of step nodes."""
 
     name: str
     overrides: list[str]
     """Recipe-wide overrides, the point's grid assignments and its directories, in that order."""
-    cfg: Config
+    pipeline: object
+    """Its `t2t.pipeline.Pipeline` (config, fingerprints, output checks)."""
     chain: list[Node]
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.cfg.run_dir)
+    def cfg(self):
+        return self.pipeline.cfg
 
 
 def link(at: Path, target: Path) -> None:
-    """Make `at` a relative symbolic link to `target` (replacing an older link atomically)."""
+    """Make `at` a relative symbolic link to `target` (replacing another link atomically)."""
     rel = os.path.relpath(target, at.parent)
     if at.is_symlink():
         if os.readlink(at) == rel:
@@ -85,47 +91,76 @@ def link(at: Path, target: Path) -> None:
 
 
 class Store:
-    """`steps/` and the record of which nodes are done or failed (`nodes.json`)."""
+    """`steps/` (shared outputs) and `nodes/` (one status file per distinct step)."""
 
-    def __init__(self, sweep_dir: Path):
+    def __init__(self, sweep_dir: Path, points: dict[str, PointRun]):
         self.root = sweep_dir / "steps"
-        self.record_file = sweep_dir / "nodes.json"
-        self.record: dict[str, dict] = json.loads(self.record_file.read_text()) if self.record_file.exists() else {}
+        self.status_dir = sweep_dir / "nodes"
+        self.points = points
 
     def path(self, node: Node) -> Path:
         return self.root / node.key
 
+    def entry(self, node: Node) -> dict:
+        f = self.status_dir / f"{node.key}.json"
+        return json.loads(f.read_text()) if f.is_file() else {}
+
     def status(self, node: Node) -> str:
-        return self.record.get(node.key, {}).get("status", "pending")
+        return self.entry(node).get("status", "pending")
 
     def mark(self, node: Node, **entry) -> None:
-        self.record[node.key] = {**self.record.get(node.key, {}), "step": node.step, **entry}
-        write_json_atomic(self.record_file, self.record)
+        self.status_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.status_dir / f"{node.key}.json", {**self.entry(node), "step": node.step, **entry})
 
-    def adopt(self, node: Node, point: PointRun) -> None:
-        """Move the step's output out of `point`'s run directory into steps/ and link it back."""
-        src = output_dir(point.cfg, node.step)
+    def rep(self, node: Node) -> PointRun:
+        return self.points[node.points[0]]
+
+    def adopt(self, node: Node) -> None:
+        """Move the finished step's output out of its representative's run directory into steps/, link it back."""
+        src = output_dir(self.rep(node).cfg, node.step)
         if not src.is_symlink():
             if src.exists():
                 self.root.mkdir(parents=True, exist_ok=True)
                 replace_dir(src, self.path(node))
             elif not self.path(node).exists():
-                raise RuntimeError(f"step {node.step} of {point.name} finished without its output {src}")
+                raise RuntimeError(f"step {node.step} of {node.points[0]} finished without its output {src}")
         link(src, self.path(node))
 
-    def sync(self, point: PointRun) -> None:
-        """Link every finished step of `point` into its run directory and record them in its pipeline.json,
-        so its pipeline skips them; steps not finished are left out (the pipeline runs them)."""
-        state_file = point.run_dir / "pipeline.json"
-        done = {}
+    def settle(self, node: Node) -> bool:
+        """True if the step is done. A step whose job finished outside a sweep process (a Slurm training job) is
+        recognised by its complete outputs, moved into steps/ and recorded."""
+        if self.status(node) == "done":
+            return True
+        rep = self.rep(node)
+        out = output_dir(rep.cfg, node.step)
+        if not out.is_symlink() and rep.pipeline.outputs_present(node.step):
+            self.adopt(node)
+            self.mark(node, status="done")
+            return True
+        return False
+
+    def prelink(self, point: PointRun) -> None:
+        """Link the outputs of every step `point` does not run itself to where they will be (or are) in steps/."""
         for node in point.chain:
-            out = output_dir(point.cfg, node.step)
-            if self.status(node) == "done" and len(done) == point.chain.index(node):
-                link(out, self.path(node))
-                done[node.step] = node.fingerprint
-            elif out.is_symlink():  # a finished step of other inputs (an earlier grid): never written into
-                out.unlink()
+            if node.points[0] != point.name or self.status(node) == "done":
+                link(output_dir(point.cfg, node.step), self.path(node))
+
+    def prepare(self, node: Node) -> None:
+        """Ready `node`'s representative to run it: everything before it done and linked, recorded in its
+        pipeline.json (so its pipeline skips them), its own output directory not a link."""
+        point = self.rep(node)
+        index = point.chain.index(node)
+        for before in point.chain[:index]:
+            if not self.settle(before):
+                raise UserError(f"step {node.step} of {point.name} needs {before.step}, which is not done "
+                                f"(status {self.status(before)}; {self.entry(before).get('log', 'no log')})")
+        self.prelink(point)
+        out = output_dir(point.cfg, node.step)
+        if out.is_symlink():
+            out.unlink()  # a link from an earlier grid or a crash after the move: the step runs here again
+        state_file = Path(point.cfg.run_dir) / "pipeline.json"
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        done = {n.step: n.fingerprint for n in point.chain[:index]}
         old = json.loads(state_file.read_text()) if state_file.exists() else {}
-        point.run_dir.mkdir(parents=True, exist_ok=True)
-        # An interrupted step keeps its `started` entry: run again from the same inputs, it resumes.
+        # An interrupted run of this step keeps its `started` entry: run again from the same inputs, it resumes.
         write_json_atomic(state_file, {**done, "started": {**old.get("started", {}), **done}})
