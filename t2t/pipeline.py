@@ -54,19 +54,21 @@ def _hash(obj) -> str:
 
 
 class Pipeline:
-    def __init__(self, config_path: str | None, overrides: list[str], ray_address: str | None = None):
+    def __init__(self, config_path: str | None, overrides: list[str], ray_address: str | None = None,
+                 check_runnable: bool = True):
         self.config_path = str(config_path or DEMO_RECIPE)
         self.overrides = list(overrides)
         self.cfg: Config = load_config(self.config_path, self.overrides)
-        from t2t.train.engine import build_ds_config
-        from t2t.train.loss import check_objectives
+        if check_runnable:  # `t2t plan --grid` plans for another machine: this one's DeepSpeed need not run it
+            from t2t.train.engine import build_ds_config
+            from t2t.train.loss import check_objectives
 
-        # A bad DeepSpeed JSON or objective stops the run here, before any step touches old outputs.
-        build_ds_config(self.cfg)
-        check_objectives(self.cfg)
-        for stage in self.cfg.stages:
-            if stage.start == "base":
-                run_paths.check_start_attention(self.cfg, stage.name)
+            # A bad DeepSpeed JSON or objective stops the run here, before any step touches old outputs.
+            build_ds_config(self.cfg)
+            check_objectives(self.cfg)
+            for stage in self.cfg.stages:
+                if stage.start == "base":
+                    run_paths.check_start_attention(self.cfg, stage.name)
         self.ray_address = ray_address
         self.run_dir = Path(self.cfg.run_dir)
         self.logs = self.run_dir / "logs"

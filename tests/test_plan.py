@@ -314,3 +314,33 @@ def test_three_stages_are_each_timed(tmp_path, capsys):
     assert lines == sorted(lines)
     assert "7.00k texts (--stage-texts) x 2 forward passes" in table and "0 texts (--stage-texts)" in table
     assert "training of words, derived, again; targets of derived, again" in table
+
+
+def test_a_sweep_plan_counts_shared_steps_once(capsys):
+    from t2t.config import load_config
+    from t2t.plan import Cluster, make_plan
+    from t2t.plan.sweep import plan_sweep
+
+    recipe = "recipes/mistral-7b.yaml"
+    grid = ["stages.stage2.targets.tau=1e-4,1e-5,1e-6", "stages.stage2.lr=1e-5,2e-5"]
+    cluster = Cluster(2, 8, 80.0, 989.0, 0.4, None)
+    plan = plan_sweep(recipe, [], grid, cluster, with_eval=False)
+    assert len(plan["points"]) == 6 and plan["distinct_steps"] == 3 + 3 * 1 + 6 and plan["separate_steps"] == 30
+    shared = {s["step"]: s for s in plan["shared"]}
+    assert len(shared["stage1:train"]["points"]) == 6  # no key of the grid is read by stage 1
+    single = make_plan(load_config(recipe), cluster, with_eval=False)["time"]["stages"]
+    stage1, targets2, train2 = (single[0]["train"]["seconds"], single[1]["targets"]["seconds"],
+                                single[1]["train"]["seconds"])
+    stage2 = targets2 + train2
+    assert plan["seconds"] == pytest.approx(stage1 + 3 * targets2 + 6 * train2)  # stage-2 targets: one per tau
+    assert plan["separate_seconds"] == pytest.approx(6 * (stage1 + stage2))
+    assert plan["gpu_hours"] == pytest.approx(plan["seconds"] * 16 / 3600)
+    assert plan["longest_chain_seconds"] == pytest.approx(stage1 + stage2)
+
+    assert main(["plan", "--config", recipe, "--nodes", "2", "--gpus-per-node", "8", "--no-eval",
+                 "--grid", grid[0], "--grid", grid[1]]) == 0
+    out = capsys.readouterr().out
+    assert "12 distinct (separate pipelines: 30)" in out and "stage1:train" in out and "by all points" in out
+    assert main(["plan", "--config", recipe, "--nodes", "2", "--gpus-per-node", "8", "--no-eval",
+                 "--grid", "stages.stage2.targets.tauu=1e-4"]) == 2
+    assert "did you mean stages.stage2.targets.tau?" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
     t2t plan --config recipes/mistral-7b.yaml --nodes 2 --gpus-per-node 8
     t2t plan --config recipes/llama3-8b.yaml --nodes 1 --gpus-per-node 8 --gpu-mem 80 --mfu 0.35 --json
+    t2t plan --config recipes/mistral-7b.yaml --nodes 2 --gpus-per-node 8 --grid stages.stage2.targets.tau=1e-4,1e-5
 
 The model behind the numbers is described in `t2t.plan`.
 """
@@ -34,6 +35,8 @@ def register(sub) -> None:
                         "data.max_texts, else the texts its training reads)")
     p.add_argument("--stage2-texts", type=int, default=None, metavar="N",
                    help="the same as --stage-texts stage2=N")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="plan a sweep (as `t2t sweep --grid`): its points, shared steps, GPU-hours and wall time")
     p.add_argument("--no-eval", action="store_true", help="skip the MTEB estimate (it imports mteb)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(run=run)
@@ -72,8 +75,14 @@ def run(args) -> int:
 
     stage_texts = parse_stage_texts(args.stage_texts, args.stage2_texts)
     cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_mem, args.gpu_tflops, args.mfu, args.link_gbps)
-    plan = make_plan(load_recipe(args), cluster, recipe=args.config, tokens_per_text=args.tokens_per_text,
-                     stage_texts=stage_texts, with_eval=not args.no_eval)
+    options = dict(tokens_per_text=args.tokens_per_text, stage_texts=stage_texts, with_eval=not args.no_eval)
+    if args.grid:
+        from t2t.plan.sweep import format_sweep_plan, plan_sweep
+
+        plan = plan_sweep(args.config, args.overrides, args.grid, cluster, **options)
+        print(json.dumps(plan, indent=2) if args.json else format_sweep_plan(plan))
+        return 0
+    plan = make_plan(load_recipe(args), cluster, recipe=args.config, **options)
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
 

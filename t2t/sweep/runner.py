@@ -54,7 +54,8 @@ def run_step_process(cmd: list[str], cwd: str, env: dict, log_file: str) -> int:
 
 
 class Sweep:
-    def __init__(self, recipe: str, overrides: list[str], grid: dict[str, list[str]], sweep_dir: str | None = None):
+    def __init__(self, recipe: str, overrides: list[str], grid: dict[str, list[str]], sweep_dir: str | None = None,
+                 check_runnable: bool = True):
         from t2t.pipeline import Pipeline
 
         self.recipe, self.overrides, self.grid = str(recipe), list(overrides), grid
@@ -67,7 +68,8 @@ class Sweep:
         for point in points:
             point_overrides = [*self.overrides, *point.overrides, *sweep_overrides(self.dir, point.name)]
             try:
-                pipeline = Pipeline(self.recipe, point_overrides)  # validates DeepSpeed JSON, objectives, starts
+                # validates the DeepSpeed JSON, objectives and start models here, before any job starts
+                pipeline = Pipeline(self.recipe, point_overrides, check_runnable=check_runnable)
             except UserError as e:
                 raise type(e)(f"grid point {point.name}: {e}") from None
             fingerprints = pipeline.fingerprints()
