@@ -139,7 +139,7 @@ def test_the_slurm_backend_chains_one_job_per_distinct_step(tmp_path, monkeypatc
 
 
 def sweep(tmp: Path, recipe: Path, *grid: str) -> subprocess.CompletedProcess:
-    flags = [arg for g in grid for arg in ("--grid", g)]
+    flags = [arg for g in grid for arg in ([g] if g.startswith("--") else ["--grid", g])]
     return subprocess.run([sys.executable, "-m", "t2t.cli", "sweep", "--config", str(recipe), *flags], cwd=tmp,
                           env=ENV, capture_output=True, text=True, timeout=1200)
 
@@ -202,6 +202,16 @@ def test_a_two_by_two_sweep_shares_steps_isolates_a_failure_and_reruns_only_what
     assert result["progress"] == {"points": 4, "done": 4, "failed": 0}
     assert set(result["plots"]) == set(result["grid"]) and all((tmp_path / p).is_file() for p in result["plots"].values())
     assert result["best"]["STSBenchmark"][0] in a_points + b_points
+    four = result
+
+    # Another grid in the same directory is refused; with --overwrite, the points it shares are kept as they are.
+    smaller = ["stages.stage2.targets.corpus=a.txt", "stages.stage1.lr=1e-3,5e-4"]
+    refused = sweep(tmp_path, recipe, *smaller)
+    assert refused.returncode == 2 and "holds a sweep of another grid" in refused.stderr, refused.stderr[-2000:]
+    kept = sweep(tmp_path, recipe, *smaller, "--overwrite")
+    out = kept.stdout + kept.stderr
+    assert kept.returncode == 0 and "every step is done; nothing to run" in out, out[-3000:]
+    assert list(json.loads((root / "sweep.json").read_text())["rows"]) == ["start", *a_points]
 
     # The table's scores are those of a separate `t2t eval` of the same models.
     models = [str(root / "points" / n / "stage2" / "model") for n in a_points + b_points]
@@ -210,4 +220,4 @@ def test_a_two_by_two_sweep_shares_steps_isolates_a_failure_and_reruns_only_what
                            env=ENV, capture_output=True, text=True, timeout=600)
     assert alone.returncode == 0, alone.stderr[-3000:]
     separate = json.loads((tmp_path / "alone" / "results.json").read_text())["scores"]
-    assert [result["rows"][n]["scores"] for n in a_points + b_points] == list(separate.values())
+    assert [four["rows"][n]["scores"] for n in a_points + b_points] == list(separate.values())
