@@ -77,7 +77,7 @@ def run(args) -> int:
     cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_mem, args.gpu_tflops, args.mfu, args.link_gbps)
     options = dict(tokens_per_text=args.tokens_per_text, stage_texts=stage_texts, with_eval=not args.no_eval)
     if args.grid:
-        from t2t.plan.sweep import format_sweep_plan, plan_sweep
+        from t2t.plan.sweep import plan_sweep
 
         plan = plan_sweep(args.config, args.overrides, args.grid, cluster, **options)
         print(json.dumps(plan, indent=2) if args.json else format_sweep_plan(plan))
@@ -171,4 +171,24 @@ def format_plan(plan: dict) -> str:
         parts.append("one evaluation")
     lines.append(f"  total                      {_duration(t['total'])} ({'; '.join(parts)})")
     lines += ["", "assumptions:"] + [f"  - {x}" for x in plan["assumptions"]]
+    return "\n".join(lines)
+
+
+def format_sweep_plan(plan: dict) -> str:
+    c = plan["cluster"]
+    lines = [f"t2t plan  {plan['recipe']}  sweep of {len(plan['points'])} points on {c['nodes']} node(s) x "
+             f"{c['gpus_per_node']} GPUs = {c['world']} GPUs",
+             *[f"  {note}" for note in plan["notes"]],
+             f"points    {', '.join(plan['points'])}",
+             f"steps     {plan['distinct_steps']} distinct (separate pipelines: {plan['separate_steps']}); "
+             f"{plan['evaluated_models']} models evaluated"]
+    for s in plan["shared"]:
+        who = "all points" if len(s["points"]) == len(plan["points"]) else ", ".join(s["points"])
+        lines.append(f"  shared  {s['step']:16s} {_duration(s['seconds']):>8s} once, by {who}")
+    lines += [f"GPU-hours {plan['gpu_hours']:.1f} (separate pipelines: {plan['separate_gpu_hours']:.1f})",
+              f"wall time {_duration(plan['seconds'])} one step at a time on this cluster; "
+              f"{_duration(plan['longest_chain_seconds'])} with one such cluster per point"]
+    if plan["not_fitting"]:
+        lines.append(f"memory    the recipe's ds_config does not fit for: {', '.join(plan['not_fitting'])} "
+                     "(run `t2t plan --config R --set ...` on one of them for the table)")
     return "\n".join(lines)

@@ -51,25 +51,3 @@ def plan_sweep(recipe: str, overrides: list[str], grid_flags: list[str], cluster
         not_fitting=[name for name, plan in plans.items()
                      if not plan["memory"][plan["memory"]["recipe_mode"]]["fits"]],
     )
-
-
-def format_sweep_plan(plan: dict) -> str:
-    from t2t.commands.plan_cmd import _duration
-
-    c = plan["cluster"]
-    lines = [f"t2t plan  {plan['recipe']}  sweep of {len(plan['points'])} points on {c['nodes']} node(s) x "
-             f"{c['gpus_per_node']} GPUs = {c['world']} GPUs",
-             *[f"  {note}" for note in plan["notes"]],
-             f"points    {', '.join(plan['points'])}",
-             f"steps     {plan['distinct_steps']} distinct (separate pipelines: {plan['separate_steps']}); "
-             f"{plan['evaluated_models']} models evaluated"]
-    for s in plan["shared"]:
-        who = "all points" if len(s["points"]) == len(plan["points"]) else ", ".join(s["points"])
-        lines.append(f"  shared  {s['step']:16s} {_duration(s['seconds']):>8s} once, by {who}")
-    lines += [f"GPU-hours {plan['gpu_hours']:.1f} (separate pipelines: {plan['separate_gpu_hours']:.1f})",
-              f"wall time {_duration(plan['seconds'])} one step at a time on this cluster; "
-              f"{_duration(plan['longest_chain_seconds'])} with one such cluster per point"]
-    if plan["not_fitting"]:
-        lines.append(f"memory    the recipe's ds_config does not fit for: {', '.join(plan['not_fitting'])} "
-                     "(run `t2t plan --config R --set ...` on one of them for the table)")
-    return "\n".join(lines)

@@ -83,6 +83,8 @@ class Sweep:
                 chain.append(node)
             self.points[point.name] = PointRun(point.name, point_overrides, pipeline, chain)
         self.store = Store(self.dir, self.points)
+        self.ray_address: str | None = None
+        """The Ray cluster to run on (None: $RAY_ADDRESS, else a private local one)."""
 
     # ------------------------------------------------------------------ the grid file
 
@@ -92,11 +94,10 @@ class Sweep:
 
     def claim(self, overwrite: bool) -> None:
         """A sweep directory belongs to one grid: another one is refused unless `overwrite`."""
-        mine = dict(recipe=str(Path(self.recipe).resolve()), overrides=self.overrides, grid=self.grid,
-                    cwd=os.getcwd())
+        mine = dict(recipe=str(Path(self.recipe).resolve()), overrides=self.overrides, grid=self.grid)
         if self.grid_file.exists():
             theirs = json.loads(self.grid_file.read_text())
-            if {**theirs, "cwd": mine["cwd"]} != mine and not overwrite:
+            if theirs != mine and not overwrite:
                 raise UserError(f"{self.dir} holds a sweep of another grid or recipe ({self.grid_file}: {theirs}); "
                                 "pass --overwrite to sweep this one there (finished steps it shares are kept), "
                                 "or --name another sweep")
@@ -145,8 +146,6 @@ class Sweep:
         finally:
             if started:
                 ray.shutdown()
-
-    ray_address: str | None = None
 
     def resources(self, node: Node) -> dict:
         import ray
