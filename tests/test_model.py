@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, MistralConfig, Qwen2Config, AutoModelForCausalLM
 
+from t2t.data.tokens import tokenize_texts
 from t2t.model import Embedder, EmbeddingIdentity, export, load, load_lm, load_tokenizer, pool, set_attention
 
 FAMILIES = {
@@ -83,6 +84,28 @@ def test_eos_pooling_keeps_eos_after_truncation(tiny_model_dir):
     batch = emb.tokenize(["a long text that is going to be cut short for sure", "hi"])
     last = batch["input_ids"][:, -1]  # left padding: the last column is the pooled one
     assert (last == emb.tokenizer.eos_token_id).all()
+
+
+@pytest.mark.parametrize("tokenizer", ["tiny_model_dir", "tiny_sp_model_dir"])
+def test_a_text_too_long_is_cut_inside_the_prompt(tokenizer, request):
+    """PromptEOL pools the last token: the prompt after the text ("means in one word:") must survive the cut."""
+    from t2t.pooling import PROMPT_EOL
+
+    tok = load_tokenizer(request.getfixturevalue(tokenizer))
+    limit = len(tok(PROMPT_EOL.replace("{text}", "a lake"))["input_ids"]) + 4
+    settings = EmbeddingIdentity(pooling="last", prompt=PROMPT_EOL, max_length=limit)
+    long_text = "the river flows past the old mill and under the stone bridge " * 4
+    batch, cut = tokenize_texts(tok, settings, [long_text, "a lake"])
+    assert cut == 1 and batch["input_ids"].shape[1] == limit
+    full = tok(PROMPT_EOL.replace("{text}", long_text))["input_ids"]
+    tail = tok(PROMPT_EOL.replace("{text}", "lake"))["input_ids"][-3:]  # '... one word:"'
+    row = batch["input_ids"][0].tolist()
+    assert row[-3:] == full[-3:] == tail and row[:8] == full[:8]  # the start of the text, the end of the prompt
+    short, _ = tokenize_texts(tok, settings, ["a lake"])
+    padded = batch["input_ids"][1][batch["attention_mask"][1].bool()]
+    assert short["input_ids"][0].tolist() == padded.tolist()  # an uncut text is as it was
+    mean, _ = tokenize_texts(tok, EmbeddingIdentity(pooling="mean", max_length=limit), [long_text])
+    assert mean["input_ids"][0].tolist() == tok(long_text)["input_ids"][:limit]  # no tail: the plain head cut
 
 
 def test_forward_logits_are_fp32_from_the_head(tiny_model_dir):

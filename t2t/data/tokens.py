@@ -50,24 +50,41 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def format_text(tokenizer, identity: "EmbeddingIdentity", text: str) -> str:
     """The text as the model sees it: inside the prompt, with EOS appended for a pooling mode that pools at it."""
-    s = identity.prompt.replace("{text}", text)
-    if pooling_mode(identity.pooling).appends_eos:
-        s = s + tokenizer.eos_token
-    return s
+    return identity.prompt.replace("{text}", text) + prompt_tail(tokenizer, identity)[1]
+
+
+def prompt_tail(tokenizer, identity: "EmbeddingIdentity") -> tuple[str, str]:
+    """(the prompt after its last `{text}`, EOS if the pooling mode appends it): what must survive truncation."""
+    eos = tokenizer.eos_token if pooling_mode(identity.pooling).appends_eos else ""
+    return identity.prompt.rsplit("{text}", 1)[1], eos
 
 
 def tokenize_texts(tokenizer, identity: "EmbeddingIdentity", texts: list[str]) -> tuple[dict, int]:
     """Prompt, tokenize, truncate at `max_length` and pad a batch; also returns how many texts were cut.
 
-    The batch is {"input_ids", "attention_mask"} as torch tensors. A function of the tokenizer and the
-    embedding identity only, so data-loader workers tokenize without a model.
+    A text too long is cut inside the prompt: the tokens of the prompt after the text (PromptEOL's
+    `" means in one word:"`) and the EOS a pooling mode pools at are kept at the end, so last-token and EOS
+    pooling still read the position the prompt asks about. The batch is {"input_ids", "attention_mask"} as
+    torch tensors. A function of the tokenizer and the embedding identity only, so data-loader workers
+    tokenize without a model.
     """
     limit = identity.max_length
-    ids = tokenizer([format_text(tokenizer, identity, t) for t in texts], add_special_tokens=True)["input_ids"]
+    formatted = [format_text(tokenizer, identity, t) for t in texts]
+    tail_chars = sum(len(part) for part in prompt_tail(tokenizer, identity))
+    offsets = bool(tail_chars) and tokenizer.is_fast
+    enc = tokenizer(formatted, add_special_tokens=True, return_offsets_mapping=offsets)
+    ids = enc["input_ids"]
     cut = [i for i, row in enumerate(ids) if len(row) > limit]
     for i in cut:
-        ids[i] = ids[i][:limit]
-        if pooling_mode(identity.pooling).appends_eos:
-            ids[i][-1] = tokenizer.eos_token_id  # the pooled position must still hold EOS
+        keep = 0
+        if offsets:  # the tail: tokens that reach past the text (one that straddles the boundary included)
+            boundary = len(formatted[i]) - tail_chars
+            keep = sum(1 for start, end in enc["offset_mapping"][i] if end > boundary and end > start)
+        if 0 < keep < limit:
+            ids[i] = ids[i][:limit - keep] + ids[i][-keep:]
+        else:
+            ids[i] = ids[i][:limit]
+            if pooling_mode(identity.pooling).appends_eos:
+                ids[i][-1] = tokenizer.eos_token_id  # the pooled position must still hold EOS
     batch = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, len(cut)

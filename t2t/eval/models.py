@@ -20,6 +20,7 @@ which mteb keeps in a separate cache folder.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +55,18 @@ class ModelSpec:
         return f"t2t-eval/{self.name}"
 
 
+PROMPT_TAIL_KEPT = "prompt tail kept when a text is cut"
+"""Joins the content hash of a t2t export whose prompt goes on after `{text}` (PromptEOL): since t2t cuts a long
+text inside the prompt (`t2t.data.tokens.tokenize_texts`), such a model encodes long texts differently, and
+results cached before that are not reused. Other prompts encode as they did."""
+
+
 def content_hash(path: Path) -> str:
     """SHA-256 over the relative path and bytes of every file in the directory (sorted)."""
     h = hashlib.sha256()
+    if (path / T2T_CONFIG).is_file():
+        if json.loads((path / T2T_CONFIG).read_text()).get("prompt", "{text}").rsplit("{text}", 1)[-1]:
+            h.update(PROMPT_TAIL_KEPT.encode())
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f"{f.relative_to(path)}\0{f.stat().st_size}\0".encode())
         hash_into(h, f)
