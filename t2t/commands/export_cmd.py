@@ -47,7 +47,8 @@ def run(args) -> int:
     cfg = load_recipe(args)
     if args.stage in BASE_NAMES:
         if args.checkpoint or args.best:
-            raise UserError("--checkpoint and --best belong to a training stage; --stage base exports the recipe's backbone")
+            flag = "--checkpoint" if args.checkpoint else "--best"
+            raise UserError(f"{flag} belongs to a training stage; --stage base exports the recipe's backbone")
         out = export(from_config(cfg.model, dtype="float32"), args.out or base_export_dir(cfg))
     elif args.best:
         from t2t.eval.series import best_checkpoint
