@@ -49,8 +49,11 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
              ""]
     lines += ["## Training", "", "| stage | starts from | objective | targets | steps | lr | first loss | last loss "
               "| samples/s |", "|---|---|---|---|---|---|---|---|---|"]
+    from t2t.train.loss import OBJECTIVES
+
     plots = []
     for stage in cfg.stages:
+        reads_targets = OBJECTIVES[stage.objective](cfg.train, cfg.seed).reads_targets
         rows = read_metrics(run_paths.metrics_file(cfg, stage.name))
         if not rows:
             continue
@@ -58,7 +61,8 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
         first = sum(r["loss"] for r in head) / len(head)
         last = sum(r["loss"] for r in tail) / len(tail)
         speed = sum(r.get("samples_per_s", 0.0) for r in rows) / len(rows)
-        lines.append(f"| {stage.name} | {stage.start} | {stage.objective} | {stage.targets.kind} | {rows[-1]['step']} "
+        targets = stage.targets.kind if reads_targets else "— (reads tokens only)"
+        lines.append(f"| {stage.name} | {stage.start} | {stage.objective} | {targets} | {rows[-1]['step']} "
                      f"| {stage.lr:g} | {first:.4f} | {last:.4f} | {speed:.1f} |")
         png = run_dir / f"loss_{stage.name}.png"
         ylabel = LOSS_LABELS.get(stage.objective, f"{stage.objective} loss")

@@ -66,3 +66,4 @@ def test_the_llm2vec_recipe_runs_through_the_pipeline(tmp_path):
     report = (run / "report.md").read_text()
     for model in ("llm2vec-M0-start", "llm2vec-M1-mntp", "llm2vec-M2-simcse"):
         assert model in results and model in report, model
+    assert "| mntp | base | mntp | — (reads tokens only) |" in report  # its targets were computed, not read

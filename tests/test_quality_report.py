@@ -61,6 +61,14 @@ def test_study_v2_reads_its_goals_off_the_numbers_and_lists_what_is_missing(tmp_
     assert "| t2t-s1-seed0 | stage1 | 30 | 540 | [2.0, 2.0, 2.0] → [2.1, 2.0, 2.0] |" in text
     assert str(QUALITY) not in text
 
+    # One seed of each arm has no spread: a gain is not established, whatever its size.
+    scores["t2t-s12-seed0"] = {"STSBenchmark": 70.0, "SciFact": 30.0}
+    del scores["t2t-s1-seed1"]
+    v2.write_results(tmp_path, synthetic_table(scores), alignment, state, dict(meta, seeds=[0]))
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert ("Stage 2 on top of stage 1, six-task mean: 50.00 vs 46.50 (+3.50, one seed, no spread yet): "
+            "**not established (one seed)**") in text
+
 
 def test_study_v2_merges_its_full_and_capped_evaluations():
     import sys

@@ -124,6 +124,19 @@ def test_manifest_round_trip_and_check_passes(tmp_path, tiny_model_dir, stage2_m
     check_manifest(read_manifest(tmp_path), cfg.model, load_tokenizer(tiny_model_dir), where=str(tmp_path))
 
 
+def test_model_derived_targets_record_how_texts_were_cut(tiny_model_dir, stage2_manifest, tmp_path):
+    """Targets a model made from texts cut by an older rule (PromptEOL's tail lost) do not match the plan: redone."""
+    from t2t.data.manifest import plan
+    from t2t.data.tokens import CUT_RULE
+
+    cfg, manifest = stage2_manifest
+    assert manifest["params"]["text_cut"] == CUT_RULE
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one text\n")
+    words = dataclasses.replace(cfg, stages=[StageConfig(name="words", start="base")])  # data-driven reads no model
+    assert "text_cut" not in plan(words, "words", str(corpus)).params
+
+
 def test_check_manifest_lists_every_mismatch(tiny_model_dir, stage2_manifest):
     cfg, manifest = stage2_manifest
     other = dataclasses.replace(cfg.model, pooling="mean", prompt="query: {text}", attention="bidirectional",

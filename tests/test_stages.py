@@ -136,6 +136,7 @@ def test_three_stages_run_through_the_pipeline(tmp_path):
     for i, step in enumerate(steps, start=1):
         assert f"[{i}/9] {step}: done" in out, step
     assert "[8/9] eval" not in out  # --until stops after contrast:train
+    assert "done up to contrast:train" in done.stdout and "report.md" not in done.stdout
 
     run, shards = tmp_path / "runs" / "three", tmp_path / "shards" / "three"
     for name in ("words", "beyond", "contrast"):

@@ -23,5 +23,8 @@ def run(args) -> int:
     except StepFailed as e:
         print(f"t2t pipeline: {e}\nfinished steps are kept; rerun the same command to resume", file=sys.stderr)
         return 1
-    print(f"done: {report}")
+    if args.until in (None, "report"):
+        print(f"done: {report}")
+    else:  # the report is written by the last step only
+        print(f"done up to {args.until} in {report.parent}; rerun without --until to go on")
     return 0

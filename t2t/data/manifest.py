@@ -17,6 +17,7 @@
       corpus_sha256   hash of the corpus files' names and contents
       max_texts       the cap on texts read in effect (0 = all)
       shard_size      samples per shard
+      text_cut        kinds that run the model: how a text too long was cut (`t2t.data.tokens.CUT_RULE`)
     tokenizer_name  where the tokenizer was loaded from
     backbone        {path, revision_covers}
     corpus          {path, files: [{name, bytes}], counters: {read, skipped_empty, invalid_utf8, truncated}}
@@ -195,7 +196,7 @@ def backbone_revision(model_dir: Path, with_weights: bool) -> tuple[str, str]:
 
 def plan(recipe: Config, stage: str, corpus: str | None = None, out: str | None = None) -> Plan:
     """Resolve paths, load the tokenizer and compute the params that decide stage `stage`'s targets."""
-    from t2t.data.tokens import load_tokenizer, tokenizer_fingerprint
+    from t2t.data.tokens import CUT_RULE, load_tokenizer, tokenizer_fingerprint
 
     cfg = for_stage(recipe, stage)
     spec = cfg.stage(stage).targets
@@ -214,6 +215,8 @@ def plan(recipe: Config, stage: str, corpus: str | None = None, out: str | None 
                   tokenizer=dict(fingerprint=tokenizer_fingerprint(tokenizer), vocab_size=len(tokenizer)),
                   vocab_size=model_vocab_size(model_dir), backbone_revision=revision, embedding=embedding,
                   corpus_sha256=corpus_sha, max_texts=texts_limit(cfg, stage), shard_size=cfg.targets.shard_size)
+    if kind.runs_model:  # the model read texts cut by this rule; targets made under an older one are redone
+        params["text_cut"] = CUT_RULE
     params = json.loads(json.dumps(params))  # the form it has when read back from manifest.json
     return Plan(cfg, stage, kind, spec, Path(corpus), Path(out) if out else shards_dir(cfg, stage), model_dir,
                 str(getattr(tokenizer, "name_or_path", model_dir)), params, corpus_listing, covers)

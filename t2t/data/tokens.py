@@ -59,6 +59,11 @@ def prompt_tail(tokenizer, identity: "EmbeddingIdentity") -> tuple[str, str]:
     return identity.prompt.rsplit("{text}", 1)[1], eos
 
 
+CUT_RULE = "prompt tail kept when a text is cut"
+"""How `tokenize_texts` cuts a text too long. Stored outputs of a model that read cut texts (eval results, model-
+derived targets) record it, so outputs made before the rule (cut at the end, PromptEOL's tail lost) are redone."""
+
+
 def tokenize_texts(tokenizer, identity: "EmbeddingIdentity", texts: list[str]) -> tuple[dict, int]:
     """Prompt, tokenize, truncate at `max_length` and pad a batch; also returns how many texts were cut.
 

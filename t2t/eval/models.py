@@ -31,6 +31,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 
 from t2t.data.files import hash_into
+from t2t.data.tokens import CUT_RULE
 from t2t.errors import UserError
 from t2t.eval.tfidf import TFIDF_CONFIG, check_tfidf_dir, load_tfidf
 from t2t.model.io import T2T_CONFIG, check_model_dir, load
@@ -55,10 +56,6 @@ class ModelSpec:
         return f"t2t-eval/{self.name}"
 
 
-PROMPT_TAIL_KEPT = "prompt tail kept when a text is cut"
-"""Joins the content hash of a t2t export whose prompt goes on after `{text}` (PromptEOL): since t2t cuts a long
-text inside the prompt (`t2t.data.tokens.tokenize_texts`), such a model encodes long texts differently, and
-results cached before that are not reused. Other prompts encode as they did."""
 
 
 def content_hash(path: Path) -> str:
@@ -66,7 +63,9 @@ def content_hash(path: Path) -> str:
     h = hashlib.sha256()
     if (path / T2T_CONFIG).is_file():
         if json.loads((path / T2T_CONFIG).read_text()).get("prompt", "{text}").rsplit("{text}", 1)[-1]:
-            h.update(PROMPT_TAIL_KEPT.encode())
+            # Such a model (PromptEOL) encodes a cut text differently since the cut keeps its tail: results
+            # cached before that are not reused. Other prompts encode as they did.
+            h.update(CUT_RULE.encode())
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f"{f.relative_to(path)}\0{f.stat().st_size}\0".encode())
         hash_into(h, f)

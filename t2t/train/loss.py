@@ -158,14 +158,14 @@ def masked_next_token(train: TrainConfig, seed: int) -> Objective:
     """The mntp objective: its masks drawn from `seed`, its mask token resolved by `prepare` from the tokenizer."""
     state = MaskedNextToken(probability=train.mntp_probability, token=train.mntp_mask_token, seed=seed)
     return Objective("mntp", mntp_loss, selected_tokens, state.prepare, state.prepare_batch,
-                     attention="bidirectional")
+                     attention="bidirectional", reads_targets=False)
 
 
 OBJECTIVES: dict[str, Callable[[TrainConfig, int], Objective]] = {
     "t2t": lambda train, seed: Objective("t2t", text2token_loss, counted_texts),
     "simcse": lambda train, seed: Objective("simcse", partial(simcse_loss, temperature=train.simcse_temperature),
                                             batch_texts, partial(set_attention_dropout, p=train.simcse_dropout),
-                                            pooling="mean"),
+                                            pooling="mean", reads_targets=False),
     "mntp": masked_next_token,
 }
 """A stage's `objective` → a builder of its Objective from the `train` section (temperature, dropout, masking) and

@@ -43,3 +43,5 @@ class Objective:
     """The `model.pooling` it needs, if any."""
     attention: str | None = None
     """The `model.attention` it needs, if any."""
+    reads_targets: bool = True
+    """Whether its loss reads the shards' target distributions (simcse and mntp read only the tokens)."""

@@ -17,8 +17,8 @@ issue's main question; a later session resumes where one stops):
     simcse                (6) SimCSE alone (LLM2Vec's recipe without MNTP: bidirectional, mean pooling)
     llm2vec               (7) recipes/llm2vec.yaml: bidirectional → MNTP → merge → SimCSE, equal step counts
     ... seed 1 of (3), (4), (7)
-    t2t-s1-mean, t2t-s1-bidir   (5) Text2Token stage 1 with mean pooling, causal and bidirectional
     t2t-s1-long, llm2vec-long   (3) and (7) again at twice the budget (seed 0)
+    t2t-s1-mean, t2t-s1-bidir   (5) Text2Token stage 1 with mean pooling, causal and bidirectional
 plus TF-IDF fitted on the training texts (lexical floor) and all-MiniLM-L6-v2 (supervised ceiling).
 
 Evaluation: STSBenchmark and BIOSSES in full (the README's and the issue's reference numbers are on the full
@@ -179,6 +179,7 @@ class Study:
     def t2t_stage12(self, seed: int, steps: dict, stage1_overrides: list[str]) -> Path:
         """Stage 2 from the stage-1 arm's checkpoint at 3/4 of its steps, for the remaining quarter."""
         from t2t.run_paths import checkpoints_dir
+        from t2t.train import stage_complete
         from t2t.train.checkpoint import export_checkpoint, tag_for
 
         arm = self.work / f"t2t-s12-seed{seed}"
@@ -192,7 +193,8 @@ class Study:
             f"run_dir={arm}", f"seed={seed}", "stages.stage2.start=base", f"model.path={m1}", "model.gguf=",
             f"data.shards_dir={arm}/shards", f"stages.stage2.targets.max_texts={texts}",
             f"stages.stage2.steps={steps['t2t_stage2']}"]
-        self.targets(T2T_RECIPE, overrides, "stage2", timed=f"t2t-s12-seed{seed}")
+        if not stage_complete(self.cfg(T2T_RECIPE, overrides), "stage2"):  # a finished arm's targets stay as made
+            self.targets(T2T_RECIPE, overrides, "stage2", timed=f"t2t-s12-seed{seed}")
         return self.train(f"t2t-s12-seed{seed}", T2T_RECIPE, overrides, "stage2")
 
     def simcse(self, seed: int, steps: int) -> Path:
@@ -289,12 +291,12 @@ def arm_plan(study: Study, args) -> list[tuple[str, callable]]:
             plan.append((f"simcse-seed{seed}", lambda seed=seed: study.simcse(seed, s["simcse"])))
         plan.append((f"llm2vec-seed{seed}", lambda seed=seed: study.llm2vec("llm2vec", seed, s["llm2vec_each"])))
     seed = args.seeds[0]
-    plan += [(f"t2t-s1-mean-seed{seed}", lambda: study.t2t_stage1("t2t-s1-mean", seed, s["t2t"],
+    plan += [(f"t2t-s1-long-seed{seed}", lambda: study.t2t_stage1("t2t-s1-long", seed, s2["t2t"])[0]),
+             (f"llm2vec-long-seed{seed}", lambda: study.llm2vec("llm2vec-long", seed, s2["llm2vec_each"])),
+             (f"t2t-s1-mean-seed{seed}", lambda: study.t2t_stage1("t2t-s1-mean", seed, s["t2t"],
                                                                    ["model.pooling=mean"])[0]),
              (f"t2t-s1-bidir-seed{seed}", lambda: study.t2t_stage1("t2t-s1-bidir", seed, s["t2t"], [
-                 "model.pooling=mean", "model.attention=bidirectional"])[0]),
-             (f"t2t-s1-long-seed{seed}", lambda: study.t2t_stage1("t2t-s1-long", seed, s2["t2t"])[0]),
-             (f"llm2vec-long-seed{seed}", lambda: study.llm2vec("llm2vec-long", seed, s2["llm2vec_each"]))]
+                 "model.pooling=mean", "model.attention=bidirectional"])[0])]
     return plan
 
 
