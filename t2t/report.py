@@ -41,6 +41,8 @@ def plot_loss(rows: list[dict], title: str, out: Path, ylabel: str) -> None:
 
 
 def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
+    from t2t.train.loss import OBJECTIVES  # torch: imported only when a report is written
+
     run_dir = Path(cfg.run_dir)
     lines = [f"# t2t pipeline report: {cfg.name}", "",
              f"Recipe `{config_path}`" + (f" with overrides `{' '.join(overrides)}`" if overrides else "") + ".",
@@ -49,8 +51,6 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
              ""]
     lines += ["## Training", "", "| stage | starts from | objective | targets | steps | lr | first loss | last loss "
               "| samples/s |", "|---|---|---|---|---|---|---|---|---|"]
-    from t2t.train.loss import OBJECTIVES
-
     plots = []
     for stage in cfg.stages:
         reads_targets = OBJECTIVES[stage.objective](cfg.train, cfg.seed).reads_targets

@@ -125,7 +125,8 @@ def test_manifest_round_trip_and_check_passes(tmp_path, tiny_model_dir, stage2_m
 
 
 def test_model_derived_targets_record_how_texts_were_cut(tiny_model_dir, stage2_manifest, tmp_path):
-    """Targets a model made from texts cut by an older rule (PromptEOL's tail lost) do not match the plan: redone."""
+    """Model-derived params record the cut rule: targets made under an older one (PromptEOL's tail lost, no
+    `text_cut`) differ from the plan, so they are not complete and are redone."""
     from t2t.data.manifest import plan
     from t2t.data.tokens import CUT_RULE
 

@@ -56,8 +56,6 @@ class ModelSpec:
         return f"t2t-eval/{self.name}"
 
 
-
-
 def content_hash(path: Path) -> str:
     """SHA-256 over the relative path and bytes of every file in the directory (sorted)."""
     h = hashlib.sha256()
