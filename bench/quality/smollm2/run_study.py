@@ -18,6 +18,7 @@ issue's main question; a later session resumes where one stops):
     llm2vec               (7) recipes/llm2vec.yaml: bidirectional → MNTP → merge → SimCSE, equal step counts
     ... seed 1 of (3), (4), (7)
     t2t-s1-long, llm2vec-long   (3) and (7) again at twice the budget (seed 0)
+    t2t-s12-tau1e-4, -tau1e-6   (4) with stage-2 τ 1e-4 and 1e-6 instead of 1e-5 (seed 0, same stage-1 model)
     t2t-s1-mean, t2t-s1-bidir   (5) Text2Token stage 1 with mean pooling, causal and bidirectional
 plus TF-IDF fitted on the training texts (lexical floor) and all-MiniLM-L6-v2 (supervised ceiling).
 
@@ -46,6 +47,7 @@ LLM2VEC_RECIPE = REPO / "recipes" / "llm2vec.yaml"
 GLOBAL_BATCH = 32  # 2 ranks × micro batch 16, every arm
 FULL_TASKS = ["STSBenchmark", "BIOSSES"]
 CAPPED_TASKS = ["SciFact", "Banking77Classification", "TwentyNewsgroupsClustering", "TwitterURLCorpus"]
+TAUS = ["1e-4", "1e-6"]  # stage-2 τ arms beside the recipe's 1e-5: the rest of the paper's {1e-4, 1e-5, 1e-6}
 
 
 def parse_args(argv=None):
@@ -176,14 +178,16 @@ class Study:
             overrides.append(f"train.save_every={save_at}")
         return self.train(f"{arm}-seed{seed}", T2T_RECIPE, overrides, "stage1"), overrides
 
-    def t2t_stage12(self, seed: int, steps: dict, stage1_overrides: list[str]) -> Path:
-        """Stage 2 from the stage-1 arm's checkpoint at 3/4 of its steps, for the remaining quarter."""
+    def t2t_stage12(self, seed: int, steps: dict, stage1_overrides: list[str], tau: str = "") -> Path:
+        """Stage 2 from the stage-1 arm's checkpoint at 3/4 of its steps, for the remaining quarter; with `tau`,
+        at that τ instead of the recipe's (the stage-1 model is the one the recipe's τ arm starts from)."""
         from t2t.run_paths import checkpoints_dir
         from t2t.train import stage_complete
         from t2t.train.checkpoint import export_checkpoint, tag_for
 
-        arm = self.work / f"t2t-s12-seed{seed}"
-        m1 = arm / "stage1-model"
+        name = f"t2t-s12-tau{tau}-seed{seed}" if tau else f"t2t-s12-seed{seed}"
+        arm = self.work / name
+        m1 = self.work / f"t2t-s12-seed{seed}" / "stage1-model"
         if not (m1 / "t2t_config.json").exists():
             cfg1 = self.cfg(T2T_RECIPE, stage1_overrides)
             export_checkpoint(cfg1, "stage1", checkpoint=checkpoints_dir(cfg1, "stage1") / tag_for(
@@ -192,10 +196,10 @@ class Study:
         overrides = self.common(T2T_RECIPE) + [
             f"run_dir={arm}", f"seed={seed}", "stages.stage2.start=base", f"model.path={m1}", "model.gguf=",
             f"data.shards_dir={arm}/shards", f"stages.stage2.targets.max_texts={texts}",
-            f"stages.stage2.steps={steps['t2t_stage2']}"]
+            f"stages.stage2.steps={steps['t2t_stage2']}"] + ([f"stages.stage2.targets.tau={tau}"] if tau else [])
         if not stage_complete(self.cfg(T2T_RECIPE, overrides), "stage2"):  # a finished arm's targets stay as made
-            self.targets(T2T_RECIPE, overrides, "stage2", timed=f"t2t-s12-seed{seed}")
-        return self.train(f"t2t-s12-seed{seed}", T2T_RECIPE, overrides, "stage2")
+            self.targets(T2T_RECIPE, overrides, "stage2", timed=name)
+        return self.train(name, T2T_RECIPE, overrides, "stage2")
 
     def simcse(self, seed: int, steps: int) -> Path:
         overrides = self.common(LLM2VEC_RECIPE) + [f"run_dir={self.work}/simcse-seed{seed}", f"seed={seed}",
@@ -291,8 +295,15 @@ def arm_plan(study: Study, args) -> list[tuple[str, callable]]:
             plan.append((f"simcse-seed{seed}", lambda seed=seed: study.simcse(seed, s["simcse"])))
         plan.append((f"llm2vec-seed{seed}", lambda seed=seed: study.llm2vec("llm2vec", seed, s["llm2vec_each"])))
     seed = args.seeds[0]
+    first_s12 = dict(plan)[f"t2t-s12-seed{seed}"]  # makes (3)'s stage-1 model the τ arms start from, if needed
+
+    def s12_at(tau: str):
+        first_s12()
+        return study.t2t_stage12(seed, s, [], tau=tau)
+
     plan += [(f"t2t-s1-long-seed{seed}", lambda: study.t2t_stage1("t2t-s1-long", seed, s2["t2t"])[0]),
              (f"llm2vec-long-seed{seed}", lambda: study.llm2vec("llm2vec-long", seed, s2["llm2vec_each"])),
+             *[(f"t2t-s12-tau{tau}-seed{seed}", lambda tau=tau: s12_at(tau)) for tau in TAUS],
              (f"t2t-s1-mean-seed{seed}", lambda: study.t2t_stage1("t2t-s1-mean", seed, s["t2t"],
                                                                    ["model.pooling=mean"])[0]),
              (f"t2t-s1-bidir-seed{seed}", lambda: study.t2t_stage1("t2t-s1-bidir", seed, s["t2t"], [
