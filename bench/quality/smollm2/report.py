@@ -41,6 +41,7 @@ ARMS = [("mean-untrained", "(1) training-free, mean pooling"),
         ("llm2vec", "(7) LLM2Vec-unsupervised (MNTP → SimCSE)"),
         ("t2t-s1-long", "(3) at twice the budget"),
         ("llm2vec-long", "(7) at twice the budget"),
+        ("llm2vec-long-mntp", "(7) at twice the budget, MNTP only (before SimCSE)"),
         ("tfidf", "TF-IDF (lexical floor)"),
         ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2 (supervised ceiling)")]
 

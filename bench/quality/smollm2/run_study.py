@@ -19,6 +19,7 @@ issue's main question; a later session resumes where one stops):
     ... seed 1 of (3), (4), (7)
     t2t-s1-long, llm2vec-long   (3) and (7) again at twice the budget (seed 0)
     t2t-s12-tau1e-4, -tau1e-6   (4) with stage-2 τ 1e-4 and 1e-6 instead of 1e-5 (seed 0, same stage-1 model)
+    llm2vec-long-mntp           (7)-long's MNTP export alone: what SimCSE adds or takes on top of it
     t2t-s1-mean, t2t-s1-bidir   (5) Text2Token stage 1 with mean pooling, causal and bidirectional
 plus TF-IDF fitted on the training texts (lexical floor) and all-MiniLM-L6-v2 (supervised ceiling).
 
@@ -206,11 +207,12 @@ class Study:
                                                    "stages.simcse.start=base", f"stages.simcse.steps={steps}"]
         return self.train(f"simcse-seed{seed}", LLM2VEC_RECIPE, overrides, "simcse")
 
-    def llm2vec(self, arm: str, seed: int, each: int) -> Path:
+    def llm2vec(self, arm: str, seed: int, each: int, through: str = "simcse") -> Path:
+        """The LLM2Vec recipe's stages up to `through` ("mntp": its MNTP export, before SimCSE)."""
         overrides = self.common(LLM2VEC_RECIPE) + [f"run_dir={self.work}/{arm}-seed{seed}", f"seed={seed}",
                                                    f"stages.mntp.steps={each}", f"stages.simcse.steps={each}"]
-        self.train(f"{arm}-seed{seed}", LLM2VEC_RECIPE, overrides, "mntp")
-        return self.train(f"{arm}-seed{seed}", LLM2VEC_RECIPE, overrides, "simcse")
+        path = self.train(f"{arm}-seed{seed}", LLM2VEC_RECIPE, overrides, "mntp")
+        return path if through == "mntp" else self.train(f"{arm}-seed{seed}", LLM2VEC_RECIPE, overrides, "simcse")
 
     def tfidf(self) -> Path:
         from t2t.eval.tfidf import fit_tfidf
@@ -304,6 +306,7 @@ def arm_plan(study: Study, args) -> list[tuple[str, callable]]:
     plan += [(f"t2t-s1-long-seed{seed}", lambda: study.t2t_stage1("t2t-s1-long", seed, s2["t2t"])[0]),
              (f"llm2vec-long-seed{seed}", lambda: study.llm2vec("llm2vec-long", seed, s2["llm2vec_each"])),
              *[(f"t2t-s12-tau{tau}-seed{seed}", lambda tau=tau: s12_at(tau)) for tau in TAUS],
+             (f"llm2vec-long-mntp-seed{seed}", lambda: study.llm2vec("llm2vec-long", seed, s2["llm2vec_each"], "mntp")),
              (f"t2t-s1-mean-seed{seed}", lambda: study.t2t_stage1("t2t-s1-mean", seed, s["t2t"],
                                                                    ["model.pooling=mean"])[0]),
              (f"t2t-s1-bidir-seed{seed}", lambda: study.t2t_stage1("t2t-s1-bidir", seed, s["t2t"], [
