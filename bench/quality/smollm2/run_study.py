@@ -287,25 +287,20 @@ def arm_plan(study: Study, args) -> list[tuple[str, callable]]:
             path, stage1["overrides"] = study.t2t_stage1("t2t-s1", seed, s["t2t"], save_at=s["t2t_stage1_part"])
             return path
 
-        def s12(seed=seed, stage1=stage1):
+        def s12(tau="", seed=seed, stage1=stage1):
             if "overrides" not in stage1:
                 s1(seed, stage1)
-            return study.t2t_stage12(seed, s, stage1["overrides"])
+            return study.t2t_stage12(seed, s, stage1["overrides"], tau=tau)
 
         plan += [(f"t2t-s1-seed{seed}", s1), (f"t2t-s12-seed{seed}", s12)]
         if i == 0:
             plan.append((f"simcse-seed{seed}", lambda seed=seed: study.simcse(seed, s["simcse"])))
         plan.append((f"llm2vec-seed{seed}", lambda seed=seed: study.llm2vec("llm2vec", seed, s["llm2vec_each"])))
     seed = args.seeds[0]
-    first_s12 = dict(plan)[f"t2t-s12-seed{seed}"]  # makes (3)'s stage-1 model the τ arms start from, if needed
-
-    def s12_at(tau: str):
-        first_s12()
-        return study.t2t_stage12(seed, s, [], tau=tau)
-
+    s12_first_seed = dict(plan)[f"t2t-s12-seed{seed}"]
     plan += [(f"t2t-s1-long-seed{seed}", lambda: study.t2t_stage1("t2t-s1-long", seed, s2["t2t"])[0]),
              (f"llm2vec-long-seed{seed}", lambda: study.llm2vec("llm2vec-long", seed, s2["llm2vec_each"])),
-             *[(f"t2t-s12-tau{tau}-seed{seed}", lambda tau=tau: s12_at(tau)) for tau in TAUS],
+             *[(f"t2t-s12-tau{tau}-seed{seed}", lambda tau=tau: s12_first_seed(tau)) for tau in TAUS],
              (f"llm2vec-long-mntp-seed{seed}", lambda: study.llm2vec("llm2vec-long", seed, s2["llm2vec_each"], "mntp")),
              (f"t2t-s1-mean-seed{seed}", lambda: study.t2t_stage1("t2t-s1-mean", seed, s["t2t"],
                                                                    ["model.pooling=mean"])[0]),
