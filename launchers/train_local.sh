@@ -52,6 +52,7 @@ from t2t.config import load_config
 from t2t.errors import UserError
 from t2t.run_paths import checkpoints_dir
 from t2t.train.engine import build_ds_config
+from t2t.train.launch import local_ranks
 try:
     cfg = load_config(sys.argv[1], sys.argv[3:])
     stage = stage_name(cfg, sys.argv[2])
@@ -59,7 +60,7 @@ try:
 except UserError as e:
     print(f"train_local.sh: error: {e}", file=sys.stderr)
     sys.exit(2)
-print(cfg.train.nproc); print(stage); print(checkpoints_dir(cfg, stage))' "$RECIPE" "$STAGE" "${OVERRIDES[@]}" |
+print(local_ranks(cfg.train.nproc)); print(stage); print(checkpoints_dir(cfg, stage))' "$RECIPE" "$STAGE" "${OVERRIDES[@]}" |
     tail -n 3)
 NPROC=${NPROC:-${CFG%%$'\n'*}}
 CFG=${CFG#*$'\n'}

@@ -82,8 +82,8 @@ class Pipeline:
         """Per step, a hash of exactly the config fields it reads and the fingerprints of the steps it reads from."""
         c = to_dict(self.cfg)
         data, train = c["data"], c["train"]
-        reading = {k: data[k] for k in ("shuffle_buffer", "on_bad_shard", "loader_workers")}
-        optim = {k: v for k, v in train.items() if k not in ("save_every", "log_every")}
+        reading = {k: data[k] for k in ("shuffle_buffer", "on_bad_shard", "loader_workers", "length_group")}
+        optim = {k: v for k, v in train.items() if k not in ("save_every", "log_every", "monitors", "peak_flops")}
         fp = {"base": _hash([c["model"]])}
         model_fp = {"base": fp["base"]}  # the fingerprint of each model a stage can start from
         for stage in self.cfg.stages:
@@ -253,15 +253,20 @@ class Pipeline:
 
     def step_eval(self) -> None:
         from t2t.eval import run_eval
+        from t2t.eval.runner import automatic_workers
 
         e = self.cfg.eval
+        workers = e.workers or automatic_workers(self.ray_address, e.gpus_per_worker)
         dirs = [str(run_paths.base_export_dir(self.cfg))]
         names = [f"{self.cfg.name}-M0-start"]
         for i, stage in enumerate(self.cfg.stage_names, start=1):
             dirs.append(str(run_paths.export_dir(self.cfg, stage)))
             names.append(f"{self.cfg.name}-M{i}-{stage}")
-        self.ensure_ray()
-        self.logged("eval", lambda: run_eval(dirs, tasks=e.tasks, benchmark=e.benchmark, workers=e.workers,
+        if workers == 1 and not self.ray_address:
+            self.stop_ray()  # one worker in this process: the targets' idle Ray would only share its cores
+        else:
+            self.ensure_ray()
+        self.logged("eval", lambda: run_eval(dirs, tasks=e.tasks, benchmark=e.benchmark, workers=workers,
                                              out_dir=e.out_dir, batch_size=e.batch_size, dtype=e.dtype,
                                              ray_address=self.ray_address, names=names))
 

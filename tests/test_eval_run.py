@@ -80,6 +80,27 @@ def test_rerun_reuses_the_cache(one_worker_run, tiny_export):
     assert {p: p.stat().st_mtime_ns for p in files} == files
 
 
+def test_automatic_workers_stay_in_this_process_on_one_machine(tiny_export, tmp_path, monkeypatch, caplog):
+    import logging
+    import sys
+
+    from t2t.eval.runner import automatic_workers
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with caplog.at_level(logging.INFO):
+        assert automatic_workers(None, 0.0) == 1
+    assert "one worker in this process" in caplog.text
+    assert automatic_workers("10.1.2.3:6379", 0.0) == 0  # a cluster: its size decides, once Ray is up
+    assert automatic_workers(None, 1.0) == 0  # workers that ask for GPUs: one per GPU
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
+    assert automatic_workers(None, 0.0) == 0
+    monkeypatch.delenv("RAY_ADDRESS")
+    table = run_eval([str(tiny_export)], tasks=["BIOSSES"], workers=0, out_dir=str(tmp_path), max_samples=CAP)
+    assert set(table["status"][table["models"][0]["name"]].values()) == {"ran"}
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()  # no Ray was started for it
+
+
 @pytest.mark.slow
 def test_two_ray_workers_give_the_same_scores_as_one(one_worker_run, tiny_export, tmp_path):
     _, one = one_worker_run

@@ -78,10 +78,11 @@ def test_order_is_seeded(shard_dir, tokenizer):
     assert keys(seed=3) != keys(seed=4)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_gives_the_batches_an_uninterrupted_reader_gives(shard_dir, tokenizer, workers):
-    # batch 10 over 48 samples per unit and epoch: the resumed part crosses an epoch boundary.
-    kw = dict(batch_size=10, workers=workers)
+@pytest.mark.parametrize("workers,length_group", [(0, 1), (2, 1), (0, 3), (2, 3)])
+def test_resume_gives_the_batches_an_uninterrupted_reader_gives(shard_dir, tokenizer, workers, length_group):
+    # batch 10 over 48 samples per unit and epoch: the resumed part crosses an epoch boundary; with groups of 3
+    # batches the stop after 5 falls inside a group (and, with 2 workers, inside each worker's group).
+    kw = dict(batch_size=10, workers=workers, length_group=length_group)
     first = reader(shard_dir, tokenizer, **kw)
     take(first, 5)
     state = json.loads(json.dumps(first.state_dict()))  # what a checkpoint stores
@@ -103,7 +104,24 @@ def test_changed_layout_restarts_at_a_new_epoch(shard_dir, tokenizer, caplog):
     with caplog.at_level(logging.WARNING):
         resumed = reader(shard_dir, tokenizer, state=first.state_dict(), world_size=1)
     assert "not sample-exact" in caplog.text
-    assert resumed.state_dict()["positions"] == [[1, 0]]
+    assert resumed.state_dict()["positions"] == [[1, 0, 0]]
+
+
+def test_length_groups_hold_the_same_texts_with_less_padding(shard_dir, tokenizer, all_samples):
+    def first_group(length_group: int) -> list[dict]:
+        return take(reader(shard_dir, tokenizer, batch_size=6, length_group=length_group), 4)
+
+    def padding(batches: list[dict]) -> int:
+        return sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+
+    plain, grouped = first_group(1), first_group(4)
+    assert sorted(k for b in grouped for k in b["keys"]) == sorted(k for b in plain for k in b["keys"])
+    assert all(len(b["keys"]) == 6 for b in grouped)
+    assert padding(grouped) < padding(plain)
+    spans = sorted((min(lengths), max(lengths)) for b in grouped
+                   for lengths in [[len(all_samples[k][0]) for k in b["keys"]]])
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(spans, spans[1:]))  # each batch a run of the sorted group
+    assert [b["keys"] for b in first_group(4)] == [b["keys"] for b in grouped]  # seeded: the same batches again
 
 
 def test_too_few_shards_for_the_ranks_is_a_clear_error(shard_dir, tokenizer):

@@ -88,6 +88,15 @@ def test_two_ranks_lower_the_loss(run_a, setup):
     assert [m["step"] for m in lines] == list(range(1, STEPS + 1))
     for m in lines:
         assert m["loss"] > 0 and m["grad_norm"] > 0 and m["samples_per_s"] > 0 and m["tokens_per_s"] > 0
+        assert 0 < m["mfu"] < 1 and m["comm_s"] > 0 and m["compute_s"] > 0  # 2 ranks: ZeRO-3 gathers are timed
+        phases = m["compute_s"] + m["comm_s"] + m["optimizer_s"] + m["data_wait_s"]
+        assert phases <= m["step_s"] * 1.001  # the phases are parts of the step
+    # The same numbers through DeepSpeed's CSV monitor (the recipe's default `train.monitors: [csv]`).
+    monitor = run_dir / "stage1" / "monitor" / "stage1"
+    losses = (monitor / "t2t_loss.csv").read_text().splitlines()
+    assert losses[0] == "step,loss" and len(losses) == STEPS + 1
+    assert float(losses[1].split(",")[1]) == pytest.approx(lines[0]["loss"])
+    assert (monitor / "t2t_mfu.csv").is_file() and (monitor / "t2t_comm_s.csv").is_file()
     assert [m["lr"] for m in lines[:3]] == pytest.approx([2.5e-3, 5e-3, 5e-3])  # warmup over 2 steps
     assert all(m["texts_counted"] <= 16 for m in lines)  # 2 ranks × 2 micro-steps × 4, empty targets left out
 

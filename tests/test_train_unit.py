@@ -15,7 +15,8 @@ from t2t.errors import UserError
 from t2t.train import checkpoint
 from t2t.train.engine import free_port, lr_multiplier
 from t2t.train.loss import objective_for
-from t2t.train.trainer import MetricsLog, StopSignals, TrainingDiverged, train_step
+from t2t.train.monitor import MetricsLog
+from t2t.train.trainer import StopSignals, TrainingDiverged, train_step
 
 
 def test_lr_schedules():

@@ -38,7 +38,9 @@ def register(sub) -> None:
                    help="task names: STSBenchmark BIOSSES SciFact Banking77Classification TwentyNewsgroupsClustering "
                         "TwitterURLCorpus (local), or official mteb tasks")
     p.add_argument("--benchmark", help='an mteb benchmark, e.g. "MTEB(eng, v2)" (replaces --tasks)')
-    p.add_argument("--workers", type=int, help="Ray workers, each loading the model once (1 = in this process)")
+    p.add_argument("--workers", type=int,
+                   help="workers, each loading a model once: 1 = in this process, N > 1 = Ray actors, 0 = automatic "
+                        "(default: the recipe's eval.workers, else automatic)")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs each Ray worker asks for (1 on a GPU cluster)")
     p.add_argument("--cpus-per-worker", type=int, default=0,
                    help="CPUs (torch threads) each Ray worker asks for (default: the cluster's CPUs / workers)")

@@ -3,6 +3,7 @@
     t2t plan --config recipes/mistral-7b.yaml --nodes 2 --gpus-per-node 8
     t2t plan --config recipes/llama3-8b.yaml --nodes 1 --gpus-per-node 8 --gpu-mem 80 --mfu 0.35 --json
     t2t plan --config recipes/mistral-7b.yaml --nodes 2 --gpus-per-node 8 --grid stages.stage2.targets.tau=1e-4,1e-5
+    t2t plan --config recipes/mistral-7b.yaml --nodes 2 --gpus-per-node 8 --mfu-from runs/probe/stage1/metrics.jsonl
 
 The model behind the numbers is described in `t2t.plan`.
 """
@@ -23,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--gpus-per-node", type=int, required=True, help="GPUs per node")
     p.add_argument("--gpu-mem", type=float, default=80.0, metavar="GiB", help="memory per GPU (default 80)")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed (default 0.4)")
+    p.add_argument("--mfu-from", metavar="METRICS", default=None,
+                   help="use the MFU a run measured instead of --mfu: a stage's metrics.jsonl (e.g. of a short run "
+                        "on one node of the cluster)")
     p.add_argument("--gpu-tflops", type=float, default=989.0,
                    help="peak dense bf16 TFLOP/s per GPU (default 989, H100 SXM)")
     p.add_argument("--link-gbps", type=float, default=None,
@@ -70,11 +74,31 @@ def parse_stage_texts(items: list[str], stage2_texts: int | None = None) -> dict
     return out
 
 
+def measured_mfu(path: str) -> float:
+    """The MFU a training run measured, from its metrics.jsonl (t2t.report.measured)."""
+    from pathlib import Path
+
+    from t2t.errors import UserError
+    from t2t.report import measured, read_metrics
+
+    if not Path(path).is_file():
+        raise UserError(f"--mfu-from: {path} does not exist (give a stage's metrics.jsonl)")
+    try:
+        m = measured(read_metrics(Path(path)))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--mfu-from: {path} is not a t2t metrics file ({type(e).__name__}: {e})") from None
+    if m is None or m["mfu"] is None:
+        raise UserError(f"--mfu-from: {path} records no MFU (written by an older t2t, or its matmul peak was "
+                        "unknown); give --mfu instead")
+    return m["mfu"]
+
+
 def run(args) -> int:
     from t2t.plan import Cluster, make_plan
 
     stage_texts = parse_stage_texts(args.stage_texts, args.stage2_texts)
-    cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_mem, args.gpu_tflops, args.mfu, args.link_gbps)
+    mfu = measured_mfu(args.mfu_from) if args.mfu_from else args.mfu
+    cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_mem, args.gpu_tflops, mfu, args.link_gbps)
     options = dict(tokens_per_text=args.tokens_per_text, stage_texts=stage_texts, with_eval=not args.no_eval)
     if args.grid:
         from t2t.plan.sweep import plan_sweep

@@ -197,9 +197,8 @@ def validate(cfg: Config) -> None:
         ("train.grad_accum_steps", cfg.train.grad_accum_steps),
         ("train.save_every", cfg.train.save_every),
         ("train.keep_checkpoints", cfg.train.keep_checkpoints),
-        ("train.nproc", cfg.train.nproc),
-        ("eval.workers", cfg.eval.workers),
         ("eval.batch_size", cfg.eval.batch_size),
+        ("data.length_group", cfg.data.length_group),
     ):
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
@@ -211,6 +210,12 @@ def validate(cfg: Config) -> None:
     if cfg.train.lora is not None and cfg.train.train_embeddings:
         raise ConfigError("train.train_embeddings applies to full-parameter training; with train.lora only the "
                           "adapters train")
+    if not math.isfinite(cfg.train.peak_flops) or cfg.train.peak_flops < 0:
+        raise ConfigError(f"train.peak_flops must be a finite number >= 0 (0 = measured), got {cfg.train.peak_flops}")
+    if cfg.eval.workers < 0:
+        raise ConfigError(f"eval.workers must be >= 0 (0 = automatic), got {cfg.eval.workers}")
+    if cfg.train.nproc < 0:
+        raise ConfigError(f"train.nproc must be >= 0 (0 = automatic), got {cfg.train.nproc}")
     if cfg.data.loader_workers < 0:
         raise ConfigError(f"data.loader_workers must be >= 0, got {cfg.data.loader_workers}")
     for key, value in (("train.grad_clip", cfg.train.grad_clip), ("train.weight_decay", cfg.train.weight_decay)):

@@ -96,6 +96,11 @@ class DataConfig:
     """What the training reader does with a corrupt shard: stop, or count, log and skip it."""
     loader_workers: int = 1
     """Data-loader processes per training rank that read and tokenize shards (0 = in the training process)."""
+    length_group: int = 1
+    """Training batches per length group: the reader takes this many batches' worth of shuffled samples, sorts them
+    by text length and cuts them into batches, handed out in a seeded order, so a batch pads less (1 = batches in
+    the shuffled stream's order). On 2 CPU cores 8 gave no speed-up (bench/BENCHMARKS.md); try it where padded
+    positions cost their full compute (GPUs, long texts)."""
 
 
 @dataclass
@@ -177,6 +182,9 @@ class TrainConfig:
     """AdamW weight decay."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 = off)."""
+    adamw_impl: Literal["fused", "foreach", "for-loop"] = "fused"
+    """torch's AdamW kernel: `fused` (one pass over each tensor, on CPU and GPU), `foreach` (batched ops) or
+    `for-loop` (op by op); with ZeRO-Offload of the optimizer DeepSpeed's CPU Adam is used instead."""
     lora: LoraConfig | None = None
     """Train LoRA adapters (merged at export) instead of all parameters."""
     train_embeddings: bool = False
@@ -188,11 +196,20 @@ class TrainConfig:
     """How many checkpoints to keep (oldest are deleted)."""
     log_every: int = 1
     """Log a metrics line every N optimizer steps."""
+    monitors: list[Literal["csv", "tensorboard", "wandb"]] = field(default_factory=lambda: ["csv"])
+    """DeepSpeed monitors the per-step metrics also go to, under `<run_dir>/<stage>/monitor/`: `csv`, `tensorboard`,
+    `wandb` (offline unless WANDB_MODE says otherwise). A monitor the DeepSpeed JSON configures itself keeps its
+    settings; one whose package is not installed is skipped with a warning naming the package."""
+    peak_flops: float = 0.0
+    """One rank's matmul peak in FLOP/s (one GPU's; a CPU rank's share of its cores); per-step MFU is measured against
+    it × the ranks (0 = timed once at the start of each stage: a 2048³ matmul in the run's dtype on rank 0)."""
     stop_after_zero_grad_steps: int = 3
     """Stop the run when the global gradient norm is exactly 0 for this many optimizer steps in a row: the model has
     collapsed (typically after too high an lr) and trains no further (0 = never stop for it)."""
-    nproc: int = 2
-    """Ranks `t2t pipeline` starts on one machine."""
+    nproc: int = 0
+    """Ranks `t2t pipeline` and launchers/train_local.sh start on one machine; 0 = automatic: one per GPU, or on a
+    machine without one a single rank that uses every CPU core (ranks that share one machine's cores only add gloo
+    traffic; bench/BENCHMARKS.md). Slurm's launcher takes its ranks from the allocation."""
     simcse_temperature: float = 0.05
     """Temperature of the SimCSE objective (cosine similarities are divided by it)."""
     simcse_dropout: float = 0.1
@@ -212,8 +229,10 @@ class EvalConfig:
     """Task names: the local offline tasks, or official mteb tasks when their data is reachable."""
     benchmark: str = ""
     """An mteb benchmark name (e.g. `MTEB(eng, v2)`); overrides `tasks`."""
-    workers: int = 1
-    """Ray workers; each loads the model once and pulls tasks from a queue."""
+    workers: int = 0
+    """Workers that each load a model once and pull (model, task) pairs from a queue: 1 = in this process, N > 1 = a
+    pool of Ray actors; 0 = automatic: in this process on one machine (a Ray pool's start-up did not pay there,
+    bench/BENCHMARKS.md), one Ray worker per GPU or CPU where a Ray cluster is named or the workers ask for GPUs."""
     gpus_per_worker: float = 0.0
     """GPUs per worker (1 on a GPU cluster)."""
     batch_size: int = 64

@@ -24,6 +24,15 @@ replays its current epoch up to that offset without tokenizing, which reproduces
 buffer exactly. The DataLoader hands out batches from its workers round-robin, so batch n of
 a rank always comes from unit n mod workers; after a resume the physical workers are rotated
 so that the first one plays the unit whose turn it is.
+
+Length groups: with `length_group` G > 1 a unit takes G batches' worth of samples from its shuffled
+stream at a time, sorts them by text length (characters: no tokenizer needed to replay a position),
+cuts them into G batches and hands those out in an order drawn from the group's own seed. A batch
+then holds texts of similar length and pads less (the demo's batches of 16 SmolLM2 texts padded
+40 % of their positions; bench/BENCHMARKS.md). A unit's position is then (epoch, samples taken
+before its current group, batches of that group handed out): a resume replays the stream to the
+group's start, rebuilds the group and skips the batches already used. G = 1 is the plain stream
+order, batch by batch.
 """
 
 from __future__ import annotations
@@ -146,6 +155,7 @@ class Layout:
     workers: int
     batch_size: int
     shuffle_buffer: int
+    length_group: int = 1
 
     @property
     def units(self) -> int:
@@ -153,7 +163,8 @@ class Layout:
 
     def as_dict(self) -> dict:
         return dict(shards=[Path(s).name for s in self.shards], seed=self.seed, world_size=self.world_size,
-                    workers=self.workers, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer)
+                    workers=self.workers, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer,
+                    length_group=self.length_group)
 
 
 def collate(samples: list[tuple[str, str, np.ndarray, np.ndarray]], tokenizer, settings) -> dict:
@@ -238,6 +249,15 @@ class _UnitStream:
                                  f"{self.epoch_shards(e)}")
 
 
+def length_grouped(items: list[tuple], batch_size: int, rng: random.Random) -> list[list[tuple]]:
+    """`items` ((sample, epoch, offset) triples) sorted by text length, cut into batches, in an order drawn from
+    `rng`. Stable: texts of equal length keep their stream order."""
+    ordered = sorted(items, key=lambda item: len(item[0][1]))
+    batches = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 class _ShardDataset(IterableDataset):
     """Batches of one rank; inside a DataLoader each worker process plays one reading unit."""
 
@@ -253,15 +273,25 @@ class _ShardDataset(IterableDataset):
         worker = (physical + self.first_unit_turn) % self.layout.workers
         unit_stream = _UnitStream(self.layout, self.layout.rank * self.layout.workers + worker, self.on_bad_shard,
                                   self.recorded)
-        epoch, offset = self.positions[worker]
+        epoch, offset, done = self.positions[worker]
         stream = unit_stream.samples(epoch, offset)
+        size = self.layout.batch_size * self.layout.length_group
         while True:
-            chunk = list(itertools.islice(stream, self.layout.batch_size))
-            batch = collate([s for s, _, _ in chunk], self.tokenizer, self.settings)
-            batch["epochs"] = [epoch for _, epoch, _ in chunk]  # per sample: what an objective's masks draw from
-            batch["position"] = (worker, chunk[-1][1], chunk[-1][2])
-            batch["skipped_shards"] = sorted(unit_stream.skipped)
-            yield batch
+            taken = list(itertools.islice(stream, size))
+            if self.layout.length_group == 1:
+                batches = [taken]
+            else:  # seeded by the group's start: a resume that replays to it rebuilds the same batches
+                rng = random.Random(f"{self.layout.seed}-{unit_stream.unit}-{epoch}-{offset}")
+                batches = length_grouped(taken, self.layout.batch_size, rng)
+            end = (taken[-1][1], taken[-1][2])
+            for k, chunk in enumerate(batches[done:], start=done + 1):
+                batch = collate([s for s, _, _ in chunk], self.tokenizer, self.settings)
+                batch["epochs"] = [e for _, e, _ in chunk]  # per sample: what an objective's masks draw from
+                # The position after this batch: inside the group, or past it once its last batch is out.
+                batch["position"] = (worker, epoch, offset, k) if k < len(batches) else (worker, *end, 0)
+                batch["skipped_shards"] = sorted(unit_stream.skipped)
+                yield batch
+            (epoch, offset), done = end, 0
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -278,7 +308,7 @@ class TargetReader:
 
     def __init__(self, shards: str | list[str], tokenizer, settings, *, batch_size: int, seed: int, rank: int,
                  world_size: int, workers: int = 0, shuffle_buffer: int = 1000, on_bad_shard: str = "error",
-                 state: dict | None = None):
+                 length_group: int = 1, state: dict | None = None):
         urls = expand_shards(shards)
         logical_workers = max(1, workers)
         if len(urls) < world_size * logical_workers:
@@ -286,9 +316,12 @@ class TargetReader:
                              f"worker(s): write smaller shards (targets.shard_size) or lower data.loader_workers")
         if on_bad_shard not in ("error", "skip"):
             raise ValueError(f"on_bad_shard must be error or skip, got {on_bad_shard!r}")
-        self.layout = Layout(tuple(urls), seed, rank, world_size, logical_workers, batch_size, shuffle_buffer)
+        if length_group < 1:
+            raise ValueError(f"length_group must be at least 1, got {length_group}")
+        self.layout = Layout(tuple(urls), seed, rank, world_size, logical_workers, batch_size, shuffle_buffer,
+                             length_group)
         self.batches = 0
-        self.positions = [[0, 0] for _ in range(logical_workers)]
+        self.positions = [[0, 0, 0] for _ in range(logical_workers)]  # (epoch, offset, batches of its group)
         self.skipped: set[str] = set()
         if state is not None:
             self._restore(state)
@@ -304,7 +337,7 @@ class TargetReader:
             epoch = 1 + max((p[0] for p in state.get("positions", [[0, 0]])), default=0)
             log.warning("data layout changed since the checkpoint (%s → %s); the stream restarts at epoch %d, "
                         "so this resume is not sample-exact", state.get("layout"), self.layout.as_dict(), epoch)
-            self.positions = [[epoch, 0] for _ in self.positions]
+            self.positions = [[epoch, 0, 0] for _ in self.positions]
             return
         self.batches = int(state["batches"])
         self.positions = [list(map(int, p)) for p in state["positions"]]
@@ -317,8 +350,8 @@ class TargetReader:
         if self._iter is None:
             self._iter = iter(self.loader)
         batch = next(self._iter)
-        worker, epoch, offset = batch.pop("position")
-        self.positions[worker] = [int(epoch), int(offset)]
+        worker, epoch, offset, done = batch.pop("position")
+        self.positions[worker] = [int(epoch), int(offset), int(done)]
         self.skipped.update(batch.pop("skipped_shards"))
         self.batches += 1
         return batch

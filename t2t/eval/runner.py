@@ -12,7 +12,8 @@ again. The rest go, per model, largest task first, to `workers` workers that eac
 once and pull the next pair when they finish one: a pool of Ray actors when `workers > 1`, when a
 cluster is named (`ray_address`, or RAY_ADDRESS as `ray job submit` sets it) or when the caller is
 already connected to Ray (see `t2t.ray_jobs.session`: without a named cluster a private local Ray is
-started); otherwise one worker in this process. A task that fails (data unreachable offline, NaN
+started); otherwise one worker in this process. `workers=0` chooses (`automatic_workers`): this process
+on one machine, where Ray's start-up was measured not to pay, one worker per GPU or CPU on a cluster. A task that fails (data unreachable offline, NaN
 embeddings, a worker that died twice) is recorded with its error and the others still finish.
 Only the driver writes the cache, each result as soon as it arrives, so an interrupted run keeps
 everything finished so far.
@@ -168,7 +169,21 @@ def _use_ray(workers: int, ray_address: str | None) -> bool:
     """Ray for several workers, a named cluster, or a caller already connected to Ray; else this process."""
     ray = sys.modules.get("ray")
     connected = ray is not None and ray.is_initialized()
-    return workers > 1 or bool(ray_address) or bool(os.environ.get("RAY_ADDRESS")) or connected
+    return workers != 1 or bool(ray_address) or bool(os.environ.get("RAY_ADDRESS")) or connected
+
+
+def automatic_workers(ray_address: str | None, gpus_per_worker: float) -> int:
+    """`workers: 0`: one worker in this process on a single machine, else one Ray worker per GPU (or CPU) of the cluster.
+
+    On one machine a Ray pool costs its start-up and a model load per worker and model. On 2 cores that was 12-18 s
+    more than one worker in this process with both cores at every size measured, up to the demo's whole evaluation
+    (bench/BENCHMARKS.md, `bench_smollm2.py --only evalpath`): Ray did not pay there, so it is used where a cluster
+    is named (`--ray-address`, RAY_ADDRESS) or the workers ask for GPUs. `workers: N` chooses a local pool."""
+    if not (ray_address or os.environ.get("RAY_ADDRESS") or gpus_per_worker > 0):
+        log.info("eval.workers 0 (automatic): one worker in this process (no Ray cluster named; on one machine Ray's "
+                 "start-up did not pay for itself, bench/BENCHMARKS.md)")
+        return 1
+    return 0  # decided once Ray is up: `_with_ray` asks the cluster
 
 
 def _in_process(todo, batch_size: int):
@@ -188,6 +203,12 @@ def _with_ray(todo, workers: int, batch_size: int, ray_address: str | None, gpus
     from t2t.ray_jobs.session import ray_session
 
     with ray_session(ray_address, num_cpus=None):  # a local Ray gets all the machine's CPUs
+        if workers == 0:  # automatic: one per GPU the workers ask for, else one per CPU of the cluster
+            resources = ray.cluster_resources()
+            gpus = int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker > 0 else 0
+            workers = max(1, gpus or int(resources.get("CPU", 1)))
+            log.info("eval.workers 0 (automatic): %d Ray worker(s), one per %s of the cluster", workers,
+                     "GPU" if gpus else "CPU")
         cpus = cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1) // workers))
         env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
         actor_cls = ray.remote(EvalWorker).options(
@@ -307,9 +328,11 @@ def run_eval(model_dirs: list[str], tasks: list[str] | None = None, benchmark: s
         raise UserError("no model directory given")
     if names and len(names) != len(model_dirs):
         raise UserError(f"got {len(names)} names for {len(model_dirs)} model directories")
-    if workers < 1 or batch_size < 1 or max_samples < 0:
-        raise UserError(f"workers and batch_size must be >= 1 and max_samples >= 0 "
+    if workers < 0 or batch_size < 1 or max_samples < 0:
+        raise UserError(f"workers must be >= 0 (0 = automatic), batch_size >= 1 and max_samples >= 0 "
                         f"(got {workers}, {batch_size}, {max_samples})")
+    if workers == 0:
+        workers = automatic_workers(ray_address, gpus_per_worker)
     task_specs = resolve_tasks(tasks, benchmark, data_dir, max_samples)
     dtype = usable_dtype(dtype)
     models = _unique_names([describe_model(d, n, max_samples, dtype)
@@ -334,8 +357,8 @@ def run_eval(model_dirs: list[str], tasks: list[str] | None = None, benchmark: s
     by_name = {m.name: m for m in models}
 
     total = len(models) * len(task_specs)
-    log.info("%d of %d (model, task) pairs cached in %s; running %d with %d worker(s)",
-             total - len(todo), total, out / "results", len(todo), workers)
+    log.info("%d of %d (model, task) pairs cached in %s; running %d with %s worker(s)",
+             total - len(todo), total, out / "results", len(todo), workers or "the cluster's")
     outcomes = (_with_ray(todo, workers, batch_size, ray_address, gpus_per_worker, cpus_per_worker)
                 if _use_ray(workers, ray_address) else _in_process(todo, batch_size))
     with tqdm(total=total, initial=total - len(todo), desc="eval tasks", unit="task") as bar:

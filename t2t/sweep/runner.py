@@ -151,10 +151,10 @@ class Sweep:
         import ray
 
         if node.is_training:
-            nproc = self.store.rep(node).cfg.train.nproc
+            nproc = self.store.rep(node).cfg.train.nproc  # 0: decided where it runs (t2t.train.launch.local_ranks)
             if ray.cluster_resources().get("GPU", 0) > 0:
-                return dict(num_cpus=1, num_gpus=nproc)
-            return dict(num_cpus=min(nproc, int(ray.cluster_resources().get("CPU", 1))))
+                return dict(num_cpus=1, num_gpus=nproc or 1)
+            return dict(num_cpus=min(nproc or os.cpu_count() or 1, int(ray.cluster_resources().get("CPU", 1))))
         return dict(num_cpus=0 if node.step.endswith(":targets") else 1)
 
     def run_steps(self, address: str) -> None:

@@ -117,7 +117,8 @@ def gather(obj) -> list:
 
 
 # Fields a resumed stage may change: how far it trains, how it checkpoints and logs, not what it trains.
-RESUMABLE = {"save_every", "keep_checkpoints", "log_every", "nproc", "stop_after_zero_grad_steps"}
+RESUMABLE = {"save_every", "keep_checkpoints", "log_every", "nproc", "stop_after_zero_grad_steps", "monitors",
+             "peak_flops"}
 
 
 def recipe_identity(cfg: Config, stage: str) -> dict:

@@ -3,8 +3,9 @@
 The DeepSpeed JSON (`train.ds_config`) holds the ZeRO, precision and communication settings,
 with concrete values only. The recipe owns the optimisation: micro batch, accumulation and
 clipping are written into the config from `train.*`, and the optimizer (AdamW) and the LR
-schedule are built here, so the JSON must not name an optimizer or scheduler. On CPU the
-optimizer is `torch.optim.AdamW` (nothing JIT-compiles); with ZeRO-Offload of the optimizer it
+schedule are built here, so the JSON must not name an optimizer or scheduler. The optimizer is
+`torch.optim.AdamW` with the kernel `train.adamw_impl` names (fused by default: one pass over the
+fp32 master weights, on CPU as on GPU; nothing JIT-compiles); with ZeRO-Offload of the optimizer it
 is DeepSpeed's CPU Adam, which DeepSpeed requires there.
 """
 
@@ -139,6 +140,25 @@ def fp32_where_bf16_is_emulated(ds: dict, path) -> dict:
     return ds
 
 
+def resident_on_one_rank(ds: dict, world: int) -> dict:
+    """With one rank, ZeRO-3 keeps every parameter whole (`stage3_param_persistence_threshold` above any tensor):
+    there is no other rank to shard to, so gathering each module's weights before it runs and releasing them after
+    only copies memory (the SmolLM2 step measured 1.12x faster without it, bench/BENCHMARKS.md). Checkpoints keep
+    ZeRO-3's format. Left alone with several ranks, and where the JSON offloads parameters to CPU or NVMe (there the
+    GPU is meant to hold only what runs)."""
+    zero = ds.get("zero_optimization", {})
+    offloaded = zero.get("offload_param", {}).get("device", "none") in ("cpu", "nvme")
+    if world != 1 or offloaded:
+        return ds
+    log.info("one rank: ZeRO-3 keeps every parameter resident (stage3_param_persistence_threshold %s -> %d); there "
+             "is no other rank to shard to", zero.get("stage3_param_persistence_threshold", "default"), RESIDENT)
+    return dict(ds, zero_optimization=dict(zero, stage3_param_persistence_threshold=RESIDENT))
+
+
+RESIDENT = 10**12
+"""A persistence threshold above the size of any parameter tensor."""
+
+
 def offloads_optimizer(ds: dict) -> bool:
     return ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme")
 
@@ -170,7 +190,9 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, stage: StageConfig, ds:
 
         optimizer = DeepSpeedCPUAdam(params, lr=stage.lr, weight_decay=cfg.train.weight_decay, adamw_mode=True)
     else:
-        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=cfg.train.weight_decay)
+        impl = cfg.train.adamw_impl
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=cfg.train.weight_decay,
+                                      fused=impl == "fused", foreach=impl == "foreach")
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(stage.schedule, stage.warmup_steps,
                                                                           stage.steps))
     return optimizer, schedule

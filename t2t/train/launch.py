@@ -23,6 +23,7 @@ own `t2t train: ...` lines first and where a rerun resumes from.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -30,6 +31,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 120
 """Seconds torchrun gives the ranks to checkpoint and exit after a stop signal before it kills them."""
@@ -53,8 +56,25 @@ def train_command(config_path: str | None, overrides: list[str], stage: str, res
     return cmd
 
 
+def local_ranks(nproc: int) -> int:
+    """The ranks to start on this machine for `train.nproc`: the number given, or for 0 one per GPU, or one rank
+    with every CPU core where there is no GPU. The automatic choice is logged in one line, with why."""
+    if nproc > 0:
+        return nproc
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus:
+        log.info("train.nproc 0 (automatic): %d rank(s), one per GPU", gpus)
+        return gpus
+    log.info("train.nproc 0 (automatic): 1 rank using all %d CPU cores; no GPU here, and ranks that share one "
+             "machine's cores only add gloo traffic and optimizer sharding (set train.nproc to choose)",
+             os.cpu_count() or 1)
+    return 1
+
+
 def launch_local(config_path: str | None, overrides: list[str], stage: str, nproc: int, log_file: Path) -> None:
-    """Train the stage named `stage` with `nproc` ranks on this machine.
+    """Train the stage named `stage` with `nproc` ranks on this machine (0: `local_ranks` chooses).
 
     Raises TrainingStopped after a stop signal (see the module docstring) and a RuntimeError naming the
     stage, the failed rank and the log on failure."""
@@ -66,8 +86,9 @@ def launch_local(config_path: str | None, overrides: list[str], stage: str, npro
 
     cfg = load_config(config_path, overrides)
     steps = cfg.stage(stage).steps  # an unknown name: a ConfigError listing the recipe's stages
-    if nproc < 1:
-        raise UserError(f"nproc must be at least 1, got {nproc}")
+    if nproc < 0:
+        raise UserError(f"nproc must be at least 0 (0 = automatic), got {nproc}")
+    nproc = local_ranks(nproc)
     log_file = Path(log_file)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
@@ -226,4 +247,4 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-__all__ = ["launch_local", "train_command", "TrainingStopped", "failure_message", "SHUTDOWN_TIMEOUT"]
+__all__ = ["launch_local", "local_ranks", "train_command", "TrainingStopped", "failure_message", "SHUTDOWN_TIMEOUT"]

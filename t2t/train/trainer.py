@@ -23,7 +23,6 @@ whose export embeds to finite vectors. A global gradient norm of exactly 0 for
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -35,9 +34,9 @@ import torch
 
 from t2t import run_paths
 from t2t.config import Config
-from t2t.data.files import write_text_atomic
 from t2t.train import checkpoint
 from t2t.train.loss import check_objectives, objective_for
+from t2t.train.monitor import MetricsLog, StepClock, mfu, run_dtype
 from t2t.train.signals import STOP_SIGNALS, StopSignals  # noqa: F401 - StopSignals lives there (re-exported)
 
 log = logging.getLogger(__name__)
@@ -49,22 +48,6 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingCollapsed(TrainingDiverged):
     """The global gradient norm was exactly 0 for `train.stop_after_zero_grad_steps` steps in a row."""
-
-
-class MetricsLog:
-    """Rank 0's metrics.jsonl; on resume the lines after the resumed step (from the lost run) are dropped."""
-
-    def __init__(self, path: Path, resumed_step: int):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resumed_step]
-            write_text_atomic(path, "".join(line + "\n" for line in kept))
-
-    def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 @dataclass
@@ -86,33 +69,41 @@ class StepResult:
 
 
 def train_step(engine, objective, micro_batches: list[dict], world_size: int, flags: list[float] = (),
-               before_update: Callable[[], None] | None = None, stop_requested: bool = False) -> StepResult:
+               before_update: Callable[[], None] | None = None, stop_requested: bool = False,
+               clock: StepClock | None = None) -> StepResult:
     """One optimizer step over this rank's micro-batches; raises TrainingDiverged before updating on NaN/inf.
 
     The per-text loss sums are scaled by (ranks × micro-steps) / (counted texts in the global
     batch), which DeepSpeed's averaging over ranks and micro-steps turns into the global mean.
     `before_update` runs after all backwards, before the optimizer step (tests read gradients there).
+    `clock` (a `t2t.train.monitor.StepClock`) gets the seconds of each phase.
     """
+    clock = clock or StepClock()
     gas = len(micro_batches)
-    (counted,) = all_reduce_sum([sum(objective.count(b) for b in micro_batches)], engine.device)
+    with clock.phase("comm_s"):
+        (counted,) = all_reduce_sum([sum(objective.count(b) for b in micro_batches)], engine.device)
     scale = world_size * gas / max(counted, 1.0)
     loss_sum, tokens = 0.0, 0
     for i, batch in enumerate(micro_batches):
-        batch = to_device(batch, engine.device)
-        parts = objective.loss(engine, batch)
-        engine.backward(parts.total * scale)
-        loss_sum += parts.total.item()
+        with clock.phase("compute_s"):
+            batch = to_device(batch, engine.device)
+            parts = objective.loss(engine, batch)
+            engine.backward(parts.total * scale)
+            loss_sum += parts.total.item()
         tokens += int(batch["attention_mask"].sum())
         if i < gas - 1:
-            engine.step()  # DeepSpeed counts micro-steps; it updates only at the accumulation boundary
-    loss_sum, nonfinite, tokens, stops, *summed = all_reduce_sum(
-        [loss_sum, float(not math.isfinite(loss_sum)), tokens, float(stop_requested), *flags], engine.device)
+            with clock.phase("compute_s"):
+                engine.step()  # DeepSpeed counts micro-steps; it updates only at the accumulation boundary
+    with clock.phase("comm_s"):
+        loss_sum, nonfinite, tokens, stops, *summed = all_reduce_sum(
+            [loss_sum, float(not math.isfinite(loss_sum)), tokens, float(stop_requested), *flags], engine.device)
     if nonfinite:
         raise TrainingDiverged(f"the loss is {loss_sum / max(counted, 1.0)}")
     lr = engine.get_lr()[0]
     if before_update is not None:
         before_update()
-    engine.step()
+    with clock.phase("optimizer_s"):
+        engine.step()
     return StepResult(loss=loss_sum / max(counted, 1.0), counted=int(counted), tokens=int(tokens), lr=lr,
                       stop=bool(stops), flags=summed)
 
@@ -246,6 +237,10 @@ class TrainState:
     """Optimizer steps finished (at the start: those of the resumed checkpoint)."""
     saved: int
     """The step of the newest checkpoint written or resumed from (-1: none)."""
+    model_params: int = 0
+    """The backbone's non-embedding parameters (MFU counts 6 training FLOPs each per real token)."""
+    peak_flops: float | None = None
+    """One rank's matmul peak (`train.peak_flops`, or timed at the start); None: unknown. MFU is against it × ranks."""
     zero_grad_steps: int = 0
     """Steps in a row whose global gradient norm was exactly 0."""
 
@@ -257,7 +252,8 @@ class TrainState:
         from t2t.data.stream import TargetReader, open_stage_shards
         from t2t.identity import EmbeddingIdentity
         from t2t.model import load_tokenizer, resolve_model_dir
-        from t2t.train.engine import build_ds_config, build_engine
+        from t2t.train.engine import build_ds_config, build_engine, resident_on_one_rank
+        from t2t.train.monitor import add_monitors, comms_logging, measure_peak_flops, non_embedding_params
 
         own = cfg.stage(stage)
         model_dir = rank0_first(lambda: resolve_model_dir(cfg.model))
@@ -267,6 +263,8 @@ class TrainState:
         tokenizer = load_tokenizer(model_dir, settings.padding_side)
         shards = open_stage_shards(run_paths.shards_dir(cfg, stage), cfg.model, tokenizer, cfg.data.on_bad_shard)
         ds = build_ds_config(cfg)
+        ds = add_monitors(ds, cfg.train.monitors, run_paths.stage_dir(cfg, stage) / "monitor", stage)
+        ds = comms_logging(resident_on_one_rank(ds, world), world)
 
         torch.manual_seed(cfg.seed)  # identical on every rank: LoRA adapters start the same everywhere
         engine, _ = build_engine(cfg, own, model_dir, ds)
@@ -283,13 +281,19 @@ class TrainState:
         reader = TargetReader(shards, tokenizer, settings, batch_size=cfg.train.micro_batch_size, seed=cfg.seed,
                               rank=rank, world_size=world, workers=cfg.data.loader_workers,
                               shuffle_buffer=cfg.data.shuffle_buffer, on_bad_shard=cfg.data.on_bad_shard,
-                              state=client["data"][rank] if client else None)
+                              length_group=cfg.data.length_group, state=client["data"][rank] if client else None)
         metrics = MetricsLog(run_paths.metrics_file(cfg, stage), step) if rank == 0 else None
+        peak = cfg.train.peak_flops or None
+        if rank == 0 and peak is None:
+            peak = measure_peak_flops(run_dtype(ds), engine.device)
+            log.info("%s: matmul peak %s (MFU is measured against it)", stage,
+                     "unknown" if peak is None else f"{peak / 1e9:.0f} GFLOP/s")
         stop = StopSignals()
         bar = tqdm(total=own.steps, initial=step, desc=stage, disable=None if rank == 0 else True)
         return cls(cfg=cfg, stage=stage, rank=rank, world=world, total=own.steps, engine=engine, objective=objective,
                    reader=reader, ckpt_dir=ckpt_dir, recipe=recipe, metrics=metrics, stop=stop, bar=bar, step=step,
-                   saved=step if client else -1)
+                   saved=step if client else -1, model_params=non_embedding_params(engine.module.lm),
+                   peak_flops=peak)
 
     def run(self) -> Path | None:
         """Train to the stage's last step and export; None when a stop signal ended the run (checkpointed)."""
@@ -303,14 +307,15 @@ class TrainState:
         signal reached some rank: the step is checkpointed and the run ends."""
         train = self.cfg.train
         started = time.perf_counter()
+        clock = StepClock()
         # Starting the loader draws its worker seed from the global RNG; fenced off, dropout sees the
         # same random stream in a resumed run (restored RNG, new loader) as in the uninterrupted one.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), clock.phase("data_wait_s"):
             micro = [self.objective.prepare_batch(next(self.reader)) for _ in range(train.grad_accum_steps)]
         try:
             result = train_step(self.engine, self.objective, micro, self.world,
                                 flags=[len(self.reader.skipped), sum(b["truncated"] for b in micro)],
-                                stop_requested=self.stop.received is not None)
+                                stop_requested=self.stop.received is not None, clock=clock)
         except TrainingDiverged as e:
             raise TrainingDiverged(
                 f"{self.stage} step {self.step + 1}: {e}; stopped before the optimizer step: "
@@ -318,7 +323,7 @@ class TrainState:
         self.step += 1
         elapsed = time.perf_counter() - started
         if self.rank == 0:
-            self.log_step(result, elapsed)
+            self.log_step(result, elapsed, clock.seconds)
         self.check_collapse()
         if self.step % train.save_every == 0 or self.step == self.total or result.stop:
             self.save_checked(micro[-1])
@@ -327,18 +332,26 @@ class TrainState:
             return True
         return False
 
-    def log_step(self, result: StepResult, elapsed: float) -> None:
-        """Rank 0: the progress bar and, every `train.log_every` steps and at the last, a metrics line."""
+    def log_step(self, result: StepResult, elapsed: float, phases: dict[str, float]) -> None:
+        """Rank 0: the progress bar and, every `train.log_every` steps and at the last, a metrics line, in
+        metrics.jsonl and through DeepSpeed's monitor (t2t/train/monitor.py)."""
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}")
         if self.step % self.cfg.train.log_every == 0 or self.step == self.total:
             grad_norm = self.engine.get_global_grad_norm()
             global_batch = self.cfg.train.micro_batch_size * self.cfg.train.grad_accum_steps * self.world
-            self.metrics.write(dict(step=self.step, loss=result.loss, lr=result.lr,
-                                    grad_norm=None if grad_norm is None else float(grad_norm),
-                                    samples_per_s=global_batch / elapsed, tokens_per_s=result.tokens / elapsed,
-                                    texts_counted=result.counted, texts_truncated=int(result.flags[1]),
-                                    skipped_shards=int(result.flags[0])))
+            tokens_per_s = result.tokens / elapsed
+            record = dict(step=self.step, loss=result.loss, lr=result.lr,
+                          grad_norm=None if grad_norm is None else float(grad_norm),
+                          samples_per_s=global_batch / elapsed, tokens_per_s=tokens_per_s,
+                          mfu=mfu(self.model_params, tokens_per_s, self.peak_flops and self.peak_flops * self.world),
+                          step_s=elapsed, **{k: round(v, 6) for k, v in phases.items()},
+                          texts_counted=result.counted, texts_truncated=int(result.flags[1]),
+                          skipped_shards=int(result.flags[0]))
+            self.metrics.write(record)
+            if self.engine.monitor.enabled:
+                self.engine.monitor.write_events([(f"t2t/{k}", v, self.step) for k, v in record.items()
+                                                  if k != "step" and isinstance(v, (int, float))])
 
     def check_collapse(self) -> None:
         """Raise TrainingCollapsed after `train.stop_after_zero_grad_steps` steps in a row with a zero gradient."""
