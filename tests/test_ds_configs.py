@@ -80,3 +80,17 @@ def test_bf16_training_falls_back_to_fp32_where_it_would_be_emulated(monkeypatch
     monkeypatch.setattr(io, "cpu_has_bf16", lambda: False)
     ds = build_ds_config(cfg)
     assert ds["bf16"]["enabled"] is False and ds["communication_data_type"] == "fp32"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_one_rank_keeps_its_parameters_resident_unless_they_are_offloaded(path):
+    from t2t.train.engine import RESIDENT, resident_on_one_rank
+
+    ds = read_ds_config(path)
+    own = ds["zero_optimization"].get("stage3_param_persistence_threshold")
+    offloaded = ds["zero_optimization"].get("offload_param", {}).get("device") in ("cpu", "nvme")
+    one = resident_on_one_rank(ds, world=1)
+    assert one["zero_optimization"].get("stage3_param_persistence_threshold") == (own if offloaded else RESIDENT)
+    assert resident_on_one_rank(ds, world=2) == ds  # several ranks shard as the JSON says
+    assert ds["zero_optimization"].get("stage3_param_persistence_threshold") == own  # the caller's dict is untouched
+    deepspeed_parse(dict(one, train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1))

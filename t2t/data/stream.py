@@ -28,8 +28,9 @@ so that the first one plays the unit whose turn it is.
 Length groups: with `length_group` G > 1 a unit takes G batches' worth of samples from its shuffled
 stream at a time, sorts them by text length (characters: no tokenizer needed to replay a position),
 cuts them into G batches and hands those out in an order drawn from the group's own seed. A batch
-then holds texts of similar length and pads less (the demo's batches of 16 SmolLM2 texts padded
-40 % of their positions; bench/BENCHMARKS.md). A unit's position is then (epoch, samples taken
+then holds texts of similar length and pads less (SmolLM2's batches of 32 Wikipedia sentences padded
+about 40 % of their positions; on 2 CPU cores grouping still gave no speed-up, bench/BENCHMARKS.md, so
+it is off unless `data.length_group` asks for it). A unit's position is then (epoch, samples taken
 before its current group, batches of that group handed out): a resume replays the stream to the
 group's start, rebuilds the group and skips the batches already used. G = 1 is the plain stream
 order, batch by batch.

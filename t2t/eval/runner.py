@@ -12,9 +12,10 @@ again. The rest go, per model, largest task first, to `workers` workers that eac
 once and pull the next pair when they finish one: a pool of Ray actors when `workers > 1`, when a
 cluster is named (`ray_address`, or RAY_ADDRESS as `ray job submit` sets it) or when the caller is
 already connected to Ray (see `t2t.ray_jobs.session`: without a named cluster a private local Ray is
-started); otherwise one worker in this process. `workers=0` chooses (`automatic_workers`): this process
-on one machine, where Ray's start-up was measured not to pay, one worker per GPU or CPU on a cluster. A task that fails (data unreachable offline, NaN
-embeddings, a worker that died twice) is recorded with its error and the others still finish.
+started); otherwise one worker in this process. `workers=0` chooses (`automatic_workers`): this
+process on one machine, where Ray's start-up was measured not to pay, one worker per GPU or CPU on a
+cluster. A task that fails (data unreachable offline, NaN embeddings, a worker that died twice) is
+recorded with its error and the others still finish.
 Only the driver writes the cache, each result as soon as it arrives, so an interrupted run keeps
 everything finished so far.
 """
@@ -175,7 +176,7 @@ def _use_ray(workers: int, ray_address: str | None) -> bool:
 def automatic_workers(ray_address: str | None, gpus_per_worker: float) -> int:
     """`workers: 0`: one worker in this process on a single machine, else one Ray worker per GPU (or CPU) of the cluster.
 
-    On one machine a Ray pool costs its start-up and a model load per worker and model. On 2 cores that was 12-18 s
+    On one machine a Ray pool costs its start-up and a model load per worker and model. On 2 cores that was 12-70 s
     more than one worker in this process with both cores at every size measured, up to the demo's whole evaluation
     (bench/BENCHMARKS.md, `bench_smollm2.py --only evalpath`): Ray did not pay there, so it is used where a cluster
     is named (`--ray-address`, RAY_ADDRESS) or the workers ask for GPUs. `workers: N` chooses a local pool."""

@@ -143,9 +143,9 @@ def fp32_where_bf16_is_emulated(ds: dict, path) -> dict:
 def resident_on_one_rank(ds: dict, world: int) -> dict:
     """With one rank, ZeRO-3 keeps every parameter whole (`stage3_param_persistence_threshold` above any tensor):
     there is no other rank to shard to, so gathering each module's weights before it runs and releasing them after
-    only copies memory (the SmolLM2 step measured 1.12x faster without it, bench/BENCHMARKS.md). Checkpoints keep
-    ZeRO-3's format. Left alone with several ranks, and where the JSON offloads parameters to CPU or NVMe (there the
-    GPU is meant to hold only what runs)."""
+    only copies memory (with every parameter resident the SmolLM2 step measured 1.12x faster, bench/BENCHMARKS.md).
+    Checkpoints keep ZeRO-3's format. Left alone with several ranks, and where the JSON offloads parameters to CPU
+    or NVMe (there the GPU is meant to hold only what runs)."""
     zero = ds.get("zero_optimization", {})
     offloaded = zero.get("offload_param", {}).get("device", "none") in ("cpu", "nvme")
     if world != 1 or offloaded:
