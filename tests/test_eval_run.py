@@ -90,9 +90,9 @@ def test_automatic_workers_stay_in_this_process_on_one_machine(tiny_export, tmp_
     with caplog.at_level(logging.INFO):
         assert automatic_workers(None, 0.0) == 1
     assert "one worker in this process" in caplog.text
-    assert automatic_workers("10.1.2.3:6379", 0.0) == 0  # a cluster: its size decides, once Ray is up
+    assert automatic_workers("127.0.0.1:6379", 0.0) == 0  # a cluster: its size decides, once Ray is up
     assert automatic_workers(None, 1.0) == 0  # workers that ask for GPUs: one per GPU
-    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert automatic_workers(None, 0.0) == 0
     monkeypatch.delenv("RAY_ADDRESS")
     table = run_eval([str(tiny_export)], tasks=["BIOSSES"], workers=0, out_dir=str(tmp_path), max_samples=CAP)
