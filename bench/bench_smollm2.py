@@ -127,6 +127,7 @@ def prepare() -> None:
 
 def train_run(dtype: str, steps: int, lever: str) -> dict:
     """One `t2t train --stage stage1` of `steps` steps laid out as `lever` says; its throughput, first step left out."""
+    from t2t.report import PHASES
     from t2t.run_paths import checkpoints_dir, export_dir, metrics_file
 
     cfg = config(dtype, steps, lever)
@@ -157,7 +158,7 @@ def train_run(dtype: str, steps: int, lever: str) -> dict:
             "samples_per_s": GLOBAL_BATCH * len(timed) / seconds, "tokens_per_s": tokens / seconds,
             "losses": [r["loss"] for r in rows], "ds_config": cfg.train.ds_config, "log": str(log),
             "split": {k: sum(r.get(k, 0.0) for r in timed) / seconds
-                      for k in ("compute_s", "comm_s", "optimizer_s", "data_wait_s")}}
+                      for k in PHASES}}
 
 
 def native_bf16() -> bool:

@@ -174,7 +174,8 @@ def _use_ray(workers: int, ray_address: str | None) -> bool:
 
 
 def automatic_workers(ray_address: str | None, gpus_per_worker: float) -> int:
-    """`workers: 0`: one worker in this process on a single machine, else one Ray worker per GPU (or CPU) of the cluster.
+    """`workers: 0`: one worker in this process on a single machine, else one Ray worker per GPU (or CPU) of the
+    cluster.
 
     On one machine a Ray pool costs its start-up and a model load per worker and model. On 2 cores that was 12-70 s
     more than one worker in this process with both cores at every size measured, up to the demo's whole evaluation

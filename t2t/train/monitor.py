@@ -172,5 +172,5 @@ def mfu(params: int, tokens_per_s: float, peak: float | None) -> float | None:
     return None if not peak else 6 * params * tokens_per_s / peak
 
 
-__all__ = ["MetricsLog", "run_dtype", "MONITORS", "add_monitors", "comms_logging", "StepClock", "measure_peak_flops", "non_embedding_params",
-           "mfu"]
+__all__ = ["MetricsLog", "run_dtype", "MONITORS", "add_monitors", "comms_logging", "StepClock", "measure_peak_flops",
+           "non_embedding_params", "mfu"]
