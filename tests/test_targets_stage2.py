@@ -99,6 +99,34 @@ def test_truncated_texts_are_counted(embedder):
     assert truncated == 1
 
 
+def test_pass_two_reuses_pass_one_states_with_the_same_bytes(embedder):
+    """After pass 1 on the same texts, pass 2 runs the head alone, and its targets and counts are those of a
+    builder that runs the decoder again; other texts, or a second pass 2, run the decoder."""
+    texts = [*TEXTS, " ".join(["word"] * 100)]  # one is truncated: the count survives the reuse
+    spec = ModelDerivedTargets(tau=1e-3, delta=1e-3, top_k=16)
+    decoder_calls = []
+    hook = embedder.lm.get_decoder().register_forward_hook(lambda *_: decoder_calls.append(1))
+    try:
+        fresh = Stage2Builder(embedder, spec, batch_size=4)
+        total, count, _ = fresh.background_sum(texts)
+        theta = total / count
+        fresh.kept.clear()
+        expected, expected_stats = fresh.targets(texts, theta)
+
+        builder = Stage2Builder(embedder, spec, batch_size=4)
+        builder.background_sum(texts)
+        assert builder.kept_bytes > 0
+        decoder_calls.clear()
+        batch, stats = builder.targets(texts, theta)
+        assert decoder_calls == [] and builder.kept == {} and builder.kept_bytes == 0
+        builder.targets(texts, theta)  # nothing kept any more: the decoder runs again
+        assert len(decoder_calls) == 2
+    finally:
+        hook.remove()
+    assert stats == expected_stats and stats.truncated == 1
+    assert all(getattr(batch, f).tobytes() == getattr(expected, f).tobytes() for f in ("ids", "w", "offsets"))
+
+
 def test_weights_that_vanish_in_float16_are_dropped():
     z = torch.zeros(1, 6, dtype=torch.float32)
     z[0, 1] = 30.0  # r is ~0.86 for token 1 and ~0 elsewhere: with τ = 0.04 the others get t ~ 5e-10

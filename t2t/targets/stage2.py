@@ -5,6 +5,7 @@ computes them: `Embedder.forward`, same prompt, pooling and attention mode):
 
 1. background: θ = mean_x z(x) over the corpus, q = softmax(θ)   (`background_sum`, summed by the driver)
 2. per text:   p = softmax(z), r = p / (p + q + 1e-8), t = softmax(r / τ)
+   (z again: from the pooled states pass 1 kept, through the head alone, where the same builder ran pass 1)
 3. sparsify:   keep ids with (max r − r_v) / τ < ln(1/δ), at most `top_k`, renormalise.
 
 Everything after the forward pass runs in float64 on the model's device: with τ = 1e-6 a
@@ -23,6 +24,7 @@ Storing weights in float16 drops, in addition, any weight below 2^-25 (at most t
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -90,6 +92,11 @@ def sparse_targets(z: torch.Tensor, log_q: torch.Tensor, tau: float, delta: floa
     return TargetBatch.pack(ids[mask], weights[mask], lengths), stats
 
 
+KEEP_BYTES = 1 << 30
+"""Pooled states one builder keeps from pass 1 for pass 2, at most: pass 2 then applies only the LM head to them,
+not a second decoder forward. A chunk that does not fit, or that pass 2 meets in another worker, is run again."""
+
+
 class Stage2Builder:
     """Runs the frozen embedder over texts: background sums (pass 1) and sparse targets (pass 2)."""
 
@@ -98,25 +105,48 @@ class Stage2Builder:
         self.embedder = embedder.eval()
         self.targets_cfg = targets
         self.batch_size = batch_size
+        self.kept: dict[str, tuple[list[tuple[np.ndarray, torch.Tensor]], int]] = {}
+        """texts' digest → ((positions, pooled states) per batch, texts truncated), from pass 1 for pass 2."""
+        self.kept_bytes = 0
 
     @torch.inference_mode()
-    def logits(self, texts: list[str]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """(positions in `texts`, fp32 logits z) per batch; batches are length-sorted to cut padding."""
+    def logits(self, texts: list[str], keep: bool = False) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(positions in `texts`, fp32 logits z) per batch; batches are length-sorted to cut padding.
+
+        With `keep`, the pooled states are kept (up to `KEEP_BYTES`) for the next call on the same texts, which
+        then computes z = head(h) from them: the same batches through the same head, so the same bytes."""
+        key = texts_digest(texts)
+        if key in self.kept:
+            batches, truncated = self.kept.pop(key)
+            self.kept_bytes -= sum(h.nbytes for _, h in batches)
+            self.embedder.truncated_texts += truncated
+            head = self.embedder.lm.get_output_embeddings()
+            for idx, h in batches:
+                yield idx, head(h)
+            return
         order = np.argsort([-len(t) for t in texts], kind="stable")
         size = self.batch_size
         device = self.embedder.device
+        before = self.embedder.truncated_texts
+        batches = []
         for start in range(0, len(texts), size):
             idx = order[start:start + size]
             batch = self.embedder.tokenize([texts[i] for i in idx])
-            _, z = self.embedder(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            h, z = self.embedder(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            if keep:
+                batches.append((idx, h))
             yield idx, z
+        stored = sum(h.nbytes for _, h in batches)
+        if keep and self.kept_bytes + stored <= KEEP_BYTES:
+            self.kept[key] = (batches, self.embedder.truncated_texts - before)
+            self.kept_bytes += stored
 
     def background_sum(self, texts: list[str]) -> tuple[np.ndarray, int, int]:
         """(Σ z in float64, number of texts, texts truncated) for the background mean θ."""
         assert texts, "background_sum needs at least one text"
         before = self.embedder.truncated_texts
         total = None
-        for _, z in self.logits(texts):
+        for _, z in self.logits(texts, keep=True):
             part = z.to(torch.float64).sum(dim=0)
             total = part if total is None else total + part
         return total.cpu().numpy(), len(texts), self.embedder.truncated_texts - before
@@ -136,7 +166,6 @@ class Stage2Builder:
         stats.truncated = self.embedder.truncated_texts - before
         order = np.concatenate(positions) if positions else np.zeros(0, np.int64)
         return TargetBatch.concat(batches).select(np.argsort(order)), stats
-
 
 
 class ModelDerivedWorker:
@@ -160,6 +189,16 @@ class ModelDerivedWorker:
         batch, s = self.builder.targets(texts, arrays["background"])
         return batch, dict(truncated=s.truncated, dropped_max=s.dropped_max, dropped_sum=s.dropped_sum,
                            cut_by_top_k=s.cut_by_top_k)
+
+
+def texts_digest(texts: list[str]) -> str:
+    """A digest of a list of texts, their order and boundaries included."""
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
 
 
 def _has_ray_gpu() -> bool:
