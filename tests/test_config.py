@@ -12,6 +12,7 @@ import logging
 
 import pytest
 
+from conftest import REPO
 from t2t import config as C
 from t2t.config import ConfigError, load_config, to_dict
 from t2t.config import legacy
@@ -243,10 +244,20 @@ def test_simcse_needs_mean_pooling(tmp_path, capsys):
     ("train.grad_clip=-1", r"train\.grad_clip must be a finite number >= 0"),
     ("train.weight_decay=.inf", r"train\.weight_decay must be a finite number >= 0"),
     ("train.simcse_temperature=.inf", r"train\.simcse_temperature must be > 0"),
+    ("seed=-1", r"r\.yaml: seed must be an integer in \[0, 2\*\*32\), got -1$"),  # it hung the loader workers
+    ("seed=4294967296", r"r\.yaml: seed must be an integer in \[0, 2\*\*32\)"),
 ])
 def test_nonsense_numbers_are_refused(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, "model: {path: m}\n"), [override])
+
+
+def test_a_bad_seed_stops_training_before_any_rank_starts(capsys):
+    from t2t.cli import main
+
+    assert main(["train", "--config", str(REPO / "recipes" / "tiny.yaml"), "--stage", "stage1", "--set", "seed=-1"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == f"t2t train: error: {REPO / 'recipes' / 'tiny.yaml'}: seed must be an integer in [0, 2**32), got -1"
 
 
 # --------------------------------------------------------------------------- the layout before stages were a list

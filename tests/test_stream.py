@@ -13,6 +13,7 @@ import webdataset as wds
 from t2t.config import ModelConfig
 from t2t.data.shards import decode_sample
 from t2t.data.stream import TargetReader, expand_shards, open_stage_shards
+from t2t.errors import UserError
 from t2t.model import EmbeddingIdentity, load_tokenizer
 from train_support import write_stage_shards
 
@@ -139,11 +140,18 @@ def corrupt_copy(shard_dir: Path, tmp_path: Path) -> list[str]:
     return paths
 
 
-def test_bad_shard_stops_the_reader_by_default(shard_dir, tokenizer, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_shard_stops_the_reader_by_default(shard_dir, tokenizer, tmp_path, workers):
+    """The same one-line error from a loader worker as from the rank itself; closing leaves no worker behind
+    (they ignore SIGTERM, see `_ignore_stop_signals`)."""
     r = TargetReader(corrupt_copy(shard_dir, tmp_path), tokenizer, SETTINGS, batch_size=8, seed=0, rank=0,
-                     world_size=1, shuffle_buffer=4)
-    with pytest.raises(ValueError, match="corrupt shard .*t2t-000001.tar"):
+                     world_size=1, shuffle_buffer=4, workers=workers)
+    with pytest.raises(UserError, match="^corrupt shard .*t2t-000001.tar: .*on_bad_shard=skip to skip it\\)$"):
         take(r, 12)
+    processes = list(getattr(r._iter, "_workers", []))
+    assert len(processes) == workers
+    r.close()
+    assert not any(p.is_alive() for p in processes)
 
 
 def test_bad_shard_is_skipped_counted_and_logged(shard_dir, tokenizer, tmp_path, all_samples, caplog):

@@ -202,6 +202,10 @@ def validate(cfg: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
+    seeds = [("seed", cfg.seed)] + ([("model.tiny.seed", m.tiny.seed)] if m.tiny is not None else [])
+    for key, value in seeds:
+        if not 0 <= value < 2 ** 32:  # numpy's and the loader workers' seeds take no more
+            raise ConfigError(f"{key} must be an integer in [0, 2**32), got {value}")
     if cfg.data.max_texts < 0:
         raise ConfigError(f"data.max_texts must be >= 0 (0 = all texts), got {cfg.data.max_texts}")
     if cfg.train.stop_after_zero_grad_steps < 0:

@@ -269,6 +269,14 @@ class _ShardDataset(IterableDataset):
         self.recorded = recorded
 
     def __iter__(self):
+        try:
+            yield from self._batches()
+        except UserError as e:
+            # Handed to the rank as a batch: a loader worker's exception would reach it wrapped in a traceback
+            # text, and this way the rank raises the same one-line error with or without loader workers.
+            yield {"error": str(e)}
+
+    def _batches(self):
         info = get_worker_info()
         physical = info.id if info is not None else 0
         worker = (physical + self.first_unit_turn) % self.layout.workers
@@ -351,6 +359,8 @@ class TargetReader:
         if self._iter is None:
             self._iter = iter(self.loader)
         batch = next(self._iter)
+        if "error" in batch:
+            raise UserError(batch["error"])
         worker, epoch, offset, done = batch.pop("position")
         self.positions[worker] = [int(epoch), int(offset), int(done)]
         self.skipped.update(batch.pop("skipped_shards"))
@@ -363,5 +373,11 @@ class TargetReader:
                     skipped=sorted(self.skipped))
 
     def close(self) -> None:
-        """Stop the loader's worker processes."""
-        self._iter = None
+        """Stop the loader's worker processes, and kill any that is still there after DataLoader's own shutdown
+        (which ends them with SIGTERM, which they ignore): a rank must never wait on its loader to exit."""
+        workers = list(getattr(self._iter, "_workers", []))
+        self._iter = None  # DataLoader's shutdown: tells the workers to stop and joins them for a while
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=5)
