@@ -150,15 +150,17 @@ def test_a_two_by_two_sweep_shares_steps_isolates_a_failure_and_reruns_only_what
     with gzip.open(CORPUS, "rt") as f:
         (tmp_path / "a.txt").write_text("".join(next(f) for _ in range(300)))
     (tmp_path / "b.txt").write_text("")  # stage 2 of the points reading it fails: the corpus holds no texts
-    grid = ["stages.stage2.targets.corpus=a.txt,b.txt", "stages.stage1.lr=1e-3,5e-4"]
+    # Both axes are stage 2's: stage 1 is shared by all four points, each corpus's stage-2 targets by two.
+    grid = ["stages.stage2.targets.corpus=a.txt,b.txt", "stages.stage2.lr=1e-4,5e-5"]
     root = tmp_path / "runs" / "sw-sweep"
-    a_points = ["corpus=a.txt_lr=1e-3", "corpus=a.txt_lr=5e-4"]
-    b_points = ["corpus=b.txt_lr=1e-3", "corpus=b.txt_lr=5e-4"]
+    a_points = ["corpus=a.txt_lr=1e-4", "corpus=a.txt_lr=5e-5"]
+    b_points = ["corpus=b.txt_lr=1e-4", "corpus=b.txt_lr=5e-5"]
 
     # 1. Two points fail at their stage-2 targets; the other two finish, evaluated.
     first = sweep(tmp_path, recipe, *grid)
     out = first.stdout + first.stderr
     assert first.returncode == 1, out[-4000:]
+    assert "4 points, 9 distinct steps (of 20 in separate pipelines)" in out, out[-4000:]
     result = json.loads((root / "sweep.json").read_text())
     assert list(result["rows"]) == ["start", *a_points, *b_points]
     for name in b_points:
@@ -169,29 +171,39 @@ def test_a_two_by_two_sweep_shares_steps_isolates_a_failure_and_reruns_only_what
                for n in a_points)
     assert "failed at stage2:targets" in (root / "sweep.md").read_text()
 
-    # Stage-1 targets were computed once: one shard directory, every shard once in its ledger, all points link it.
+    # Stage 1 was computed once: one shard directory, every shard once in its ledger, the finished points link it;
+    # one training; one stage-2 targets job per corpus (the failed one is not among the finished steps).
     steps = sorted(p.name.rsplit("-", 1)[0] for p in (root / "steps").iterdir())
-    assert steps == ["base", "stage1-targets", "stage1-train", "stage1-train", "stage2-targets", "stage2-targets",
-                     "stage2-train", "stage2-train"]
+    assert steps == ["base", "stage1-targets", "stage1-train", "stage2-targets", "stage2-train", "stage2-train"]
     [targets] = (root / "steps").glob("stage1-targets-*")
     ledger = [json.loads(line)["index"] for line in (targets / "ledger.jsonl").read_text().splitlines()]
     assert sorted(ledger) == list(range(4))
-    for name in a_points + b_points:
+    for name in a_points:
         assert (root / "points" / name / "shards" / "stage1").resolve() == targets.resolve()
-    launched = [line for line in out.splitlines() if "stage1:targets of" in line and ": running (log" in line]
-    assert len(launched) == 1 and all(n in launched[0] for n in a_points + b_points)  # once, for all four
+    for step in ("stage1:targets", "stage1:train"):
+        launched = [line for line in out.splitlines() if f"{step} of" in line and ": running (log" in line]
+        assert len(launched) == 1 and all(n in launched[0] for n in a_points + b_points), step  # once, for all four
+    launched = [line for line in out.splitlines() if "stage2:targets of" in line and ": running (log" in line]
+    assert sorted(line.split(" of ")[1].split(": running")[0] for line in launched) == \
+        [", ".join(a_points), ", ".join(b_points)]
 
-    # 2. With the corpus filled, a rerun does the failed points' stage 2 only.
+    # 2. With b's corpus filled and a's changed, a rerun does stage 2 of the failed points and, since a's stage-2
+    #    targets no longer match their corpus, of a's points too: nothing of stage 1.
     (tmp_path / "b.txt").write_text((tmp_path / "a.txt").read_text())
+    (tmp_path / "a.txt").write_text("".join((tmp_path / "a.txt").read_text().splitlines(keepends=True)[50:]))
     nodes_before = {f.name: json.loads(f.read_text()) for f in (root / "nodes").iterdir()}
     second = sweep(tmp_path, recipe, *grid)
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-4000:]
-    ran = {line.split(": ")[1].split(" of ")[0] for line in out.splitlines() if line.endswith(".log)")
-           and ": running" in line}
-    assert ran == {"stage2:targets", "stage2:train"}, out[-4000:]
+    ran = [line.split(": ")[1].split(": running")[0] for line in out.splitlines() if line.endswith(".log)")
+           and ": running" in line]
+    assert sorted(ran) == sorted([f"stage2:targets of {', '.join(a_points)}", f"stage2:targets of {', '.join(b_points)}",
+                                  *(f"stage2:train of {n}" for n in a_points + b_points)]), out[-4000:]
+    assert f"stage2:targets of {', '.join(a_points)}: stale, runs again: its outputs" in out, out[-4000:]
+    assert all(f"stage2:train of {n}: stale, runs again: stage2:targets ran again" in out for n in a_points), out
+    assert "1 of 5 (model, task) pairs cached" in out, out[-4000:]  # the start model's; four new stage-2 models
     nodes = {f.name: json.loads(f.read_text()) for f in (root / "nodes").iterdir()}
-    assert all(nodes[k] == v for k, v in nodes_before.items() if v["status"] == "done")
+    assert all(nodes[k] == v for k, v in nodes_before.items() if not k.startswith("stage2-"))
 
     # 3. A rerun starts nothing, and every evaluation comes from the cache.
     third = sweep(tmp_path, recipe, *grid)
@@ -205,7 +217,7 @@ def test_a_two_by_two_sweep_shares_steps_isolates_a_failure_and_reruns_only_what
     four = result
 
     # Another grid in the same directory is refused; with --overwrite, the points it shares are kept as they are.
-    smaller = ["stages.stage2.targets.corpus=a.txt", "stages.stage1.lr=1e-3,5e-4"]
+    smaller = ["stages.stage2.targets.corpus=a.txt", "stages.stage2.lr=1e-4,5e-5"]
     refused = sweep(tmp_path, recipe, *smaller)
     assert refused.returncode == 2 and "holds a sweep of another grid" in refused.stderr, refused.stderr[-2000:]
     kept = sweep(tmp_path, recipe, *smaller, "--overwrite")

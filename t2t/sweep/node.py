@@ -23,7 +23,7 @@ def run_node(sweep, key: str, ray_address: str | None) -> int:
         print(f"sweep step {key} is not a step of the sweep in {sweep.dir}", file=sys.stderr)
         return 2
     store, log = sweep.store, sweep.log_file(node)
-    if store.status(node) == "done":
+    if store.settle(node):
         print(f"{node.step}: already done", flush=True)
         return 0
     store.prepare(node)
@@ -39,7 +39,7 @@ def run_node(sweep, key: str, ray_address: str | None) -> int:
         store.mark(node, status="failed", seconds=seconds, error=last_error(log))
         return rc
     store.adopt(node)
-    store.mark(node, status="done", seconds=seconds)
+    store.record_done(node, seconds=seconds)
     return 0
 
 

@@ -12,12 +12,18 @@ point that has it (its representative: checkpoints, ledger and logs stay resumab
 output directory moves into `steps/` and is linked back. The other points link to that `steps/` directory
 from the start. A point's `pipeline.json` records the finished steps, so `t2t pipeline` skips them there
 like any finished step. Statuses are one file per step, so jobs on different machines never write the same file.
+
+A status file is a record, not the truth: a step recorded done counts as done only while the pipeline's own
+output checks pass for it (its outputs complete and made from what the recipe reads now: a changed corpus
+makes its targets stale) and no step before it has finished again since (each done step records when the
+steps it read from finished). A stale step runs again, and so does everything after it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +103,8 @@ class Store:
         self.root = sweep_dir / "steps"
         self.status_dir = sweep_dir / "nodes"
         self.points = points
+        self.checked: set[str] = set()
+        """Done steps this process found current: checked once each (a check may hash a corpus)."""
 
     def path(self, node: Node) -> Path:
         return self.root / node.key
@@ -115,6 +123,26 @@ class Store:
     def rep(self, node: Node) -> PointRun:
         return self.points[node.points[0]]
 
+    def upstream(self, node: Node) -> list[Node]:
+        """The steps `node` reads from, directly or not (the same in every point that has it)."""
+        chain = self.rep(node).chain
+        return chain[:chain.index(node)]
+
+    def record_done(self, node: Node, **entry) -> None:
+        """Record `node` done now, with when each step it read from finished."""
+        inputs = {up.key: self.entry(up).get("finished") for up in self.upstream(node)}
+        self.mark(node, status="done", finished=time.time(), inputs=inputs, **entry)
+
+    def stale(self, node: Node) -> str | None:
+        """Why a step recorded done is not current, or None if it is."""
+        recorded = self.entry(node).get("inputs", {})  # absent in a status written before t2t recorded it
+        for up in self.upstream(node):
+            if recorded.get(up.key) != self.entry(up).get("finished"):
+                return f"{up.step} ran again since it finished"
+        if not self.rep(node).pipeline.outputs_present(node.step):
+            return "its outputs are missing or no longer match what the recipe reads (a changed corpus?)"
+        return None
+
     def adopt(self, node: Node) -> None:
         """Move the finished step's output out of its representative's run directory into steps/, link it back."""
         src = output_dir(self.rep(node).cfg, node.step)
@@ -127,15 +155,24 @@ class Store:
         link(src, self.path(node))
 
     def settle(self, node: Node) -> bool:
-        """True if the step is done. A step whose job finished outside a sweep process (a Slurm training job) is
-        recognised by its complete outputs, moved into steps/ and recorded."""
+        """True if the step is done and current (see the module docstring); a stale one is recorded so, with
+        why. A step whose job finished outside a sweep process (a Slurm training job) is recognised by its
+        complete outputs, moved into steps/ and recorded."""
         if self.status(node) == "done":
-            return True
+            if node.key in self.checked:
+                return True
+            why = self.stale(node)
+            if why is None:
+                self.checked.add(node.key)
+                return True
+            self.mark(node, status="stale", error=why)
+            print(f"sweep: {node.step} of {', '.join(node.points)}: stale, runs again: {why}", flush=True)
+            return False
         rep = self.rep(node)
         out = output_dir(rep.cfg, node.step)
         if not out.is_symlink() and rep.pipeline.outputs_present(node.step):
             self.adopt(node)
-            self.mark(node, status="done")
+            self.record_done(node)
             return True
         return False
 
