@@ -19,6 +19,7 @@ imports (torch, ray, deepspeed) happen only inside the verb that needs them.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+"""Errors of writing where the machine does not let t2t write: a user error, not a bug (`-v` keeps the traceback)."""
+
+
 class Terminated(BaseException):
     """SIGTERM reached a verb that has no handler of its own: unwind (closing Ray, writing nothing half) and exit."""
 
@@ -72,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         # Bad input: one clear line, no traceback from deep inside. Any other exception is a bug: its traceback stays.
         print(f"t2t {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in UNWRITABLE or args.verbose:
+            raise
+        # A directory the user pointed at that cannot be written: theirs to fix, so one line naming it.
+        print(f"t2t {args.verb}: error: cannot write {e.filename or 'a file'}: {e.strerror} (check the recipe's "
+              "run_dir, data.shards_dir and eval.out_dir, or the --out given)", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as e:
         print(f"t2t {args.verb}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; finished work is "

@@ -46,7 +46,13 @@ def step_names(cfg: Config) -> list[str]:
 
 
 class StepFailed(RuntimeError):
-    """A pipeline step failed; the message names the step and its log file."""
+    """A pipeline step failed; the message names the step and its log file. `needs_a_fix`: the cause is bad input
+    (a missing corpus, a bad DeepSpeed value, a refused checkpoint) or a diverged loss, which a plain rerun meets
+    again."""
+
+    def __init__(self, message: str, needs_a_fix: bool = False):
+        super().__init__(message)
+        self.needs_a_fix = needs_a_fix
 
 
 def _hash(obj) -> str:
@@ -216,7 +222,8 @@ class Pipeline:
             raise
         except Exception as e:  # noqa: BLE001 - any failure ends the pipeline at this step, named
             log.exception("step %s failed", name)
-            raise StepFailed(f"step {name} failed: {e} (log: {log_file})") from e
+            needs_a_fix = isinstance(e, UserError) or getattr(e, "needs_a_fix", False)
+            raise StepFailed(f"step {name} failed: {e} (log: {log_file})", needs_a_fix) from e
         finally:
             root.removeHandler(handler)
             handler.close()
@@ -249,7 +256,7 @@ class Pipeline:
             raise StepFailed(f"step {stage}:train: {e}") from e
         except Exception as e:  # noqa: BLE001
             where = "" if str(log_file) in str(e) else f" (log: {log_file})"
-            raise StepFailed(f"step {stage}:train failed: {e}{where}") from e
+            raise StepFailed(f"step {stage}:train failed: {e}{where}", getattr(e, "needs_a_fix", False)) from e
 
     def step_eval(self) -> None:
         from t2t.eval import run_eval

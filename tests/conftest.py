@@ -60,7 +60,8 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
 
 # The slowest test files first (each ran 1-8 min on the 2-core CI machine, `scripts/test.sh --durations=15`):
-# pytest-xdist deals files to its workers in collection order, so the long ones start at once and the short
+# pytest-xdist deals files to its workers in collection order (with `--no-loadscope-reorder`, which scripts/test.sh
+# passes: by default it deals the files with the most tests first), so the long ones start at once and the short
 # ones fill the gaps, instead of one long file starting last while the other worker idles.
 SLOW_FILES = ("test_sweep.py", "test_pipeline.py", "test_stages.py", "test_real_backbone.py",
               "test_eval_faithfulness.py", "test_llm2vec.py", "test_train_local.py", "test_train_run.py",

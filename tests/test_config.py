@@ -252,6 +252,23 @@ def test_nonsense_numbers_are_refused(tmp_path, override, message):
         load_config(write(tmp_path, "model: {path: m}\n"), [override])
 
 
+def test_a_recipe_that_names_no_directories_gets_its_own(tmp_path):
+    """Not the demo's: the pipeline writes targets with overwrite, so a shared default would replace its shards."""
+    cfg = load_config(write(tmp_path, "name: mine\nrun_dir: runs/mine\nmodel: {path: m}\n"))
+    assert (cfg.data.shards_dir, cfg.eval.out_dir) == ("shards/mine", "runs/mine/eval")
+    cfg = load_config(write(tmp_path, "model: {path: m}\n"), ["data.shards_dir=elsewhere"])
+    assert (cfg.data.shards_dir, cfg.eval.out_dir) == ("elsewhere", "runs/t2t/eval")
+
+
+def test_a_directory_that_cannot_be_written_is_one_line(capsys):
+    """/sys refuses a new directory even to root, as a read-only mount or another user's directory would."""
+    from t2t.cli import main
+
+    assert main(["pipeline", "--config", str(REPO / "recipes" / "tiny.yaml"), "--set", "run_dir=/sys/t2t-run"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("t2t pipeline: error: cannot write /sys/t2t-run") and "run_dir" in line, line
+
+
 def test_a_bad_seed_stops_training_before_any_rank_starts(capsys):
     from t2t.cli import main
 
@@ -456,6 +473,11 @@ def test_explain_a_section(capsys):
     assert "\nstages[].lr" not in out
     rc, out, _ = _explain(capsys, "model.pooling")  # one field
     assert rc == 0 and "\nmodel.pooling: " in out and "model.path" not in out
+    # a field as `--set` and the old layout write it: with its stage's name, or a kind's field under `targets`
+    for key, field in (("stages.stage1.lr", "stages[].lr"), ("stages.stage2.targets.tau", "stages[].targets.tau"),
+                       ("targets.tau", "stages[].targets.tau")):
+        rc, out, _ = _explain(capsys, key)
+        assert rc == 0 and out.count("\n" + field + ": ") == 1 and "stages[].start" not in out, (key, out)
 
 
 def test_explain_a_kind(capsys):

@@ -49,3 +49,12 @@ def test_three_checkpoints_give_three_scores_and_the_best_step(tiny_model_dir, t
     assert "is not the checkpoints directory of a stage" in capsys.readouterr().err
     assert main(["export", "--config", str(recipe), "--stage", "stage1", "--best", "SciFact"]) == 2
     assert "has no scores for 'SciFact'" in capsys.readouterr().err
+
+    # A damaged checkpoint is named and skipped; the series goes on with the others.
+    states = max((checkpoints / "step00000002").rglob("*.pt"), key=lambda f: f.stat().st_size)
+    states.write_bytes(states.read_bytes()[:1000])
+    assert main([*args, "--out", str(tmp_path / "damaged")]) == 0
+    series = json.loads((tmp_path / "damaged" / "series.json").read_text())
+    assert list(series["rows"]) == ["1", "3"] and list(series["skipped"]) == ["step00000002"]
+    assert "Skipped step00000002: " in (tmp_path / "damaged" / "series.md").read_text()
+    assert "--checkpoint DIR" not in series["skipped"]["step00000002"]  # `eval` has no such flag

@@ -71,6 +71,27 @@ def test_reconverting_the_same_file_does_nothing_and_other_dirs_are_kept(smollm2
     err = capsys.readouterr().err
     assert str(other) in err and "--overwrite" in err
     assert (other / "notes.txt").read_text() == "mine"
+    # --overwrite replaces only a model `t2t import` wrote: a user's own files stop it, named
+    (other / "sub").mkdir()
+    (other / "sub" / "data.csv").write_text("1,2")
+    assert main(["import", SMOLLM2_GGUF, "--out", str(other), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "notes.txt, sub/data.csv" in err and "\n" not in err, err
+    assert (other / "notes.txt").read_text() == "mine" and (other / "sub" / "data.csv").read_text() == "1,2"
+    # a file where the directory should be is named, in one line
+    assert main(["import", SMOLLM2_GGUF, "--out", str(other / "notes.txt")]) == 2
+    assert capsys.readouterr().err.strip() == f"t2t import: error: --out {other / 'notes.txt'} is a file; name a " \
+                                               "directory to write the model into"
+
+
+def test_overwrite_replaces_a_converted_model_but_not_a_file_added_to_it(smollm2_dir):
+    from t2t.model.gguf import files_not_written_by_import, provenance_of
+
+    record = provenance_of(smollm2_dir)
+    assert "model.safetensors" in record["files"] and "t2t_import.json" in record["files"]
+    assert files_not_written_by_import(smollm2_dir, record) == []
+    older = {k: v for k, v in record.items() if k != "files"}  # an import record of an older t2t
+    assert files_not_written_by_import(smollm2_dir, older) == []
 
 
 def test_unsupported_architecture_is_named(tmp_path):

@@ -184,3 +184,45 @@ def test_a_bad_deepspeed_json_stops_before_anything_is_touched(tmp_path, monkeyp
     recipe = short_demo(tmp_path)
     with pytest.raises(ValueError, match="train.ds_config: ds_configs/zero3_cpu.jsn does not exist"):
         Pipeline(str(recipe), ["train.ds_config=ds_configs/zero3_cpu.jsn"])
+
+
+@pytest.mark.parametrize("error, then", [
+    ("user", "once that is fixed, the same command goes on from this step"),  # a missing corpus: a rerun meets it again
+    ("diverged", "once that is fixed, the same command goes on from this step"),  # a rank's exit 2 or 3
+    ("killed", "rerun the same command to resume"),  # a killed rank: a rerun resumes
+])
+def test_the_resume_hint_is_given_only_where_a_rerun_can_help(tmp_path, monkeypatch, capsys, error, then):
+    from t2t.errors import UserError
+    from t2t.pipeline import Pipeline
+    from t2t.train.launch import TrainingFailed
+    from t2t.cli import main
+
+    raised = {"user": UserError("corpus c.txt holds no texts"),
+              "diverged": TrainingFailed("stage1: training failed: rank 0 exited with code 3", needs_a_fix=True),
+              "killed": TrainingFailed("stage1: training failed: rank 1 died (signal 9, SIGKILL)", needs_a_fix=False)}
+
+    def fail():
+        raise raised[error]
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Pipeline, "step_base", lambda self: self.logged("base", fail))  # the step's own wrapper
+    assert main(["pipeline", "--config", str(short_demo(tmp_path))]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"t2t pipeline: step base failed: {raised[error]} (log: ")
+    assert err[1] == f"finished steps are kept; {then}"
+
+
+def test_a_training_step_that_diverged_needs_a_fix_not_a_rerun(tmp_path, monkeypatch):
+    from t2t.pipeline import Pipeline, StepFailed
+    from t2t.train import launch
+    from t2t.train.launch import TrainingFailed
+
+    def diverged(*args, **kwargs):
+        raise TrainingFailed("stage1: training failed: rank 1 exited with code 3", needs_a_fix=True)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(launch, "launch_local", diverged)
+    pipeline = Pipeline(str(short_demo(tmp_path)), [], check_runnable=False)
+    with pytest.raises(StepFailed) as failed:
+        pipeline.step_train("stage1")
+    assert failed.value.needs_a_fix

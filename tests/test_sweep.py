@@ -209,6 +209,7 @@ def test_a_two_by_two_sweep_shares_steps_isolates_a_failure_and_reruns_only_what
     third = sweep(tmp_path, recipe, *grid)
     out = third.stdout + third.stderr
     assert third.returncode == 0 and "every step is done; nothing to run" in out and ": running" not in out, out
+    assert "Token authentication" not in out  # Ray's notice at every start: nothing a user acts on
     assert "5 of 5 (model, task) pairs cached" in out
     result = json.loads((root / "sweep.json").read_text())
     assert result["progress"] == {"points": 4, "done": 4, "failed": 0}

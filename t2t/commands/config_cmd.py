@@ -226,6 +226,17 @@ def _render(section: Section, entries: list[Entry], width: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def set_form_key(key: str) -> str:
+    """A key as `--set` writes it, with its stage's name (`stages.stage1.lr`), as --explain names the field
+    (`stages.lr`)."""
+    from t2t.config import StageConfig
+
+    parts = key.split(".")
+    if len(parts) >= 3 and parts[0] == "stages" and parts[1] not in {f.name for f in dataclasses.fields(StageConfig)}:
+        return ".".join([parts[0], *parts[2:]])
+    return key
+
+
 def explain(which: str = "") -> str:
     """The text of `t2t config --explain [which]`."""
     width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 100))
@@ -236,10 +247,11 @@ def explain(which: str = "") -> str:
     chosen = [s for s in all_sections if key in (s.key, s.path) or s.path.startswith(key + ".")]
     if chosen:
         return "\n".join(_render(s, s.entries, width) for s in chosen)
-    for s in all_sections:  # one field: `model.pooling`, `stages.lr`, `seed`
-        hits = [e for e in s.entries if e.path.replace("[]", "") == key]
-        if hits:
-            return _render(s, hits, width)
+    for field_key in (key, set_form_key(key), f"stages.{key}"):  # one field: `model.pooling`, `stages.lr`, `seed`
+        for s in all_sections:
+            hits = [e for e in s.entries if e.path.replace("[]", "") == field_key]
+            if hits:
+                return _render(s, hits, width)
     valid = [s.key for s in all_sections if s.key != "top level"]
     near = difflib.get_close_matches(key, valid, n=1)
     raise UserError(f"--explain {which}: no such section" + (f"; did you mean {near[0]}?" if near else "")

@@ -48,7 +48,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, help="texts per encode batch")
     p.add_argument("--dtype", choices=("float32", "bfloat16"),
                    help="what t2t models encode in (default: the recipe's eval.dtype, else float32)")
-    p.add_argument("--out", help="output directory for results, tables and the chart")
+    p.add_argument("--out", help="output directory for results, tables and the chart (default: the recipe's "
+                   "eval.out_dir, or runs/eval without --config)")
     p.add_argument("--max-samples", type=int, default=0,
                    help="smoke test: cap every local task at N samples per split (cached apart from full runs)")
     add_config_args(p)
@@ -75,7 +76,7 @@ def run(args) -> int:
         tasks=args.tasks or cfg.tasks,
         benchmark=benchmark,
         workers=args.workers or cfg.workers,
-        out_dir=args.out or cfg.out_dir,
+        out_dir=args.out or cfg.out_dir or "runs/eval",  # no recipe: the runs/ of this directory
         batch_size=args.batch_size or cfg.batch_size,
         ray_address=args.ray_address,
         names=args.names,

@@ -21,7 +21,9 @@ def run(args) -> int:
     try:
         report = run_pipeline(args.config, args.overrides, args.ray_address, args.until)
     except StepFailed as e:
-        print(f"t2t pipeline: {e}\nfinished steps are kept; rerun the same command to resume", file=sys.stderr)
+        then = ("once that is fixed, the same command goes on from this step" if e.needs_a_fix
+                else "rerun the same command to resume")
+        print(f"t2t pipeline: {e}\nfinished steps are kept; {then}", file=sys.stderr)
         return 1
     if args.until in (None, "report"):
         print(f"done: {report}")

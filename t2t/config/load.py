@@ -53,10 +53,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             for new_item in translate_override(raw, item):
                 _apply_override(raw, new_item)
         cfg = from_dict(Config, raw, prefix="")
+        derive_paths(cfg)
         validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return cfg
+
+
+def derive_paths(cfg: Config) -> None:
+    """The recipe's own directories where it names none: `shards/<name>` and `<run_dir>/eval`."""
+    cfg.data.shards_dir = cfg.data.shards_dir or f"shards/{cfg.name}"
+    cfg.eval.out_dir = cfg.eval.out_dir or str(Path(cfg.run_dir) / "eval")
 
 
 def _apply_override(raw: dict, item: str) -> None:

@@ -19,7 +19,8 @@ from t2t.targets.kinds import DataDrivenTargets, ModelDerivedTargets, TargetsSpe
 
 @dataclass
 class TinyModelConfig:
-    """A small randomly initialised Llama-architecture backbone, for tests and the demo."""
+    """A small randomly initialised Llama-architecture backbone, built from a recipe: for tests and quick trials
+    (the demo trains the pretrained SmolLM2)."""
 
     tokenizer_corpus: str = ""
     """Text file(s) (.txt/.txt.gz/.jsonl[.gz] or a directory) the tokenizer is trained on."""
@@ -88,8 +89,9 @@ class DataConfig:
     `targets.corpus` replaces it."""
     max_texts: int = 0
     """Default cap on the texts a stage's targets read (0 = all); a stage's `targets.max_texts` replaces it."""
-    shards_dir: str = "shards/demo"
-    """Root of the target shards; a stage's land in `<shards_dir>/<stage name>`."""
+    shards_dir: str = ""
+    """Root of the target shards; a stage's land in `<shards_dir>/<stage name>` (empty: `shards/<name>`, the
+    recipe's own, so a recipe that leaves it out never writes over another recipe's shards)."""
     shuffle_buffer: int = 1000
     """Samples held in the training reader's seeded shuffle buffer."""
     on_bad_shard: Literal["error", "skip"] = "error"
@@ -240,8 +242,8 @@ class EvalConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype t2t models encode in; `bfloat16` is about 2x faster on CPUs with AVX512-BF16/AMX and on GPUs
     (falls back to fp32, said once, on a CPU without bf16 support). Results are cached per dtype."""
-    out_dir: str = "runs/eval"
-    """Where result JSONs, tables and plots go."""
+    out_dir: str = ""
+    """Where result JSONs, tables and plots go (empty: `<run_dir>/eval`)."""
 
 
 @dataclass

@@ -12,6 +12,7 @@ exports are evaluated side by side by `t2t eval`'s runner (Ray workers, cached p
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from t2t import run_paths
@@ -19,6 +20,8 @@ from t2t.config import Config
 from t2t.data.files import atomic_path, write_json_atomic, write_text_atomic
 from t2t.errors import UserError
 from t2t.eval.report import _fmt
+
+log = logging.getLogger(__name__)
 
 
 def series_dir(cfg: Config, stage: str) -> Path:
@@ -37,7 +40,7 @@ def stage_of(cfg: Config, checkpoints: Path) -> str:
 def run_series(cfg: Config, checkpoints: str, every: int = 1, out: str | None = None, **eval_kw) -> dict:
     """Export and evaluate the complete checkpoints in `checkpoints` whose step is a multiple of `every`."""
     from t2t.eval import run_eval
-    from t2t.train.checkpoint import TRAIN_INFO, complete_tags, export_checkpoint, step_of
+    from t2t.train.checkpoint import TRAIN_INFO, checkpoint_problem, complete_tags, export_checkpoint, step_of
 
     if every < 1:
         raise UserError(f"--every must be at least 1, got {every}")
@@ -47,12 +50,23 @@ def run_series(cfg: Config, checkpoints: str, every: int = 1, out: str | None = 
     if not tags:
         raise UserError(f"{ckpt_dir} holds no complete checkpoint whose step is a multiple of {every}")
     root = Path(out) if out else series_dir(cfg, stage)
-    models = []
+    models, skipped = [], {}
     for tag in tags:
         model = root / "models" / tag
         if not (model / TRAIN_INFO).is_file():  # written last: an export without it is unfinished
-            export_checkpoint(cfg, stage, ckpt_dir / tag, model)
+            try:  # one unreadable checkpoint is named and skipped; the series goes on
+                problem = checkpoint_problem(ckpt_dir / tag)
+                if problem:
+                    raise UserError(problem)
+                export_checkpoint(cfg, stage, ckpt_dir / tag, model)
+            except UserError as e:
+                skipped[tag] = str(e)
+                log.warning("skipping checkpoint %s: %s", ckpt_dir / tag, e)
+                continue
         models.append(model)
+    if not models:
+        raise UserError(f"no checkpoint in {ckpt_dir} could be exported: " + "; ".join(skipped.values()))
+    tags = [t for t in tags if t not in skipped]
     steps = [step_of(t) for t in tags]
     table = run_eval([str(m) for m in models], names=[f"step{s}" for s in steps], out_dir=str(root), **eval_kw)
     tasks = [t["name"] for t in table["tasks"]]
@@ -66,7 +80,7 @@ def run_series(cfg: Config, checkpoints: str, every: int = 1, out: str | None = 
         if scored:
             best[column] = max(scored, key=lambda s: (scored[s], -s))  # a tie goes to the earlier step
     series = dict(stage=stage, checkpoints=str(ckpt_dir), every=every, tasks=tasks,
-                  rows={str(s): r for s, r in rows.items()}, best=best)
+                  rows={str(s): r for s, r in rows.items()}, best=best, skipped=skipped)
     write_json_atomic(root / "series.json", series)
     write_text_atomic(root / "series.md", to_markdown(series))
     plot_series(series, root / "series.png")
@@ -84,6 +98,8 @@ def to_markdown(series: dict) -> str:
         cells = [f"**{_fmt(v)}**" if series["best"].get(c) == int(step) else _fmt(v)
                  for c, v in zip([*tasks, "mean"], values)]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    for tag, why in series.get("skipped", {}).items():
+        lines += ["", f"Skipped {tag}: {why}"]
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -105,26 +106,53 @@ def convert(source: str | Path, out_dir: str | Path, overwrite: bool = False) ->
     """
     path = locate(source)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GGUFError(f"--out {out} is a file; name a directory to write the model into")
     digest = file_digest(path)[1]
     record = provenance_of(out) if out.is_dir() else None
     if record is not None and record.get("sha256") == digest and (out / "config.json").is_file():
         return out
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        what = f"a model converted from {record['source']}" if record else "something else"
-        raise GGUFError(f"{out} already holds {what}; convert into another directory, or replace it with "
-                        f"`t2t import {source} --out {out} --overwrite`")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            what = f"a model converted from {record['source']}" if record else "something else"
+            raise GGUFError(f"{out} already holds {what}; convert into another directory, or replace it with "
+                            f"`t2t import {source} --out {out} --overwrite`")
+        foreign = files_not_written_by_import(out, record)
+        if foreign:
+            raise GGUFError(f"{out} holds files `t2t import` did not write ({', '.join(foreign[:3])}"
+                            f"{', …' if len(foreign) > 3 else ''}); --overwrite replaces only a converted model: "
+                            "move them away, or convert into another directory")
     info = inspect_gguf(path)
     log.info("converting %s (%s, %s) into %s", path.name, info["architecture"], info["quantization"], out)
     tmp = temp_name(out)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _write_hf_dir(path, tmp)
-        record = dict(source=str(source), file=path.name, sha256=digest, size_bytes=path.stat().st_size, **info)
+        written = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
+        record = dict(source=str(source), file=path.name, sha256=digest, size_bytes=path.stat().st_size, **info,
+                      files=[*written, PROVENANCE])
         (tmp / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
         replace_dir(tmp, out)  # the old directory goes only once the new one is in place
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def files_not_written_by_import(out: Path, record: dict | None) -> list[str]:
+    """Files under `out` that no conversion wrote there: all of them where `out` was not made by `t2t import`;
+    for an import record of an older t2t, which lists no files, those outside Hugging Face's model files."""
+    present = sorted(str(f.relative_to(out)) for f in out.rglob("*") if not f.is_dir())
+    if record is None:
+        return present
+    if "files" in record:
+        return [f for f in present if f not in record["files"]]
+    return [f for f in present if not (f == PROVENANCE or "/" not in f and HF_MODEL_FILE.fullmatch(f))]
+
+
+HF_MODEL_FILE = re.compile(r"(config|generation_config|special_tokens_map|added_tokens|tokenizer(_config)?|vocab)"
+                           r"\.json|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|merges\.txt|tokenizer\.model|"
+                           r"chat_template\.jinja")
+"""What `save_pretrained` of a model and its tokenizer writes (for import records that list no files)."""
 
 
 def _write_hf_dir(path: Path, tmp: Path) -> None:

@@ -32,6 +32,8 @@ def start_or_join(address: str | None, num_cpus: int | None) -> bool:
 
     if ray.is_initialized():
         return False
+    # Ray's notice that its token authentication is on, at every start: nothing a user of t2t acts on.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     address = cluster_address(address)
     if address:
         ray.init(address=address, logging_level=logging.WARNING)

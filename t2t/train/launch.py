@@ -46,6 +46,15 @@ class TrainingStopped(RuntimeError):
         self.signum = signum
 
 
+class TrainingFailed(RuntimeError):
+    """A rank failed; the message says which and how. `needs_a_fix`: it failed on bad input or a diverged loss
+    (exit 2 or 3), which a rerun of the same command meets again."""
+
+    def __init__(self, message: str, needs_a_fix: bool):
+        super().__init__(message)
+        self.needs_a_fix = needs_a_fix
+
+
 def train_command(config_path: str | None, overrides: list[str], stage: str, resume: str = "auto") -> list[str]:
     """The per-rank `t2t train` arguments (after `python -m t2t.cli`) for stage `stage` (a name)."""
     cmd = ["train", "--stage", stage, "--resume", resume]
@@ -76,7 +85,7 @@ def local_ranks(nproc: int) -> int:
 def launch_local(config_path: str | None, overrides: list[str], stage: str, nproc: int, log_file: Path) -> None:
     """Train the stage named `stage` with `nproc` ranks on this machine (0: `local_ranks` chooses).
 
-    Raises TrainingStopped after a stop signal (see the module docstring) and a RuntimeError naming the
+    Raises TrainingStopped after a stop signal (see the module docstring) and TrainingFailed naming the
     stage, the failed rank and the log on failure."""
     from t2t.config import load_config
     from t2t.errors import UserError
@@ -116,7 +125,8 @@ def launch_local(config_path: str | None, overrides: list[str], stage: str, npro
         raise TrainingStopped(_stopped_message(stage, stop.received, ckpt_dir, stage_complete(cfg, stage),
                                                log_file), stop.received)
     if code != 0:
-        raise RuntimeError(failure_message(stage, code, _read_from(log_file, start), ckpt_dir, log_file))
+        text = _read_from(log_file, start)
+        raise TrainingFailed(failure_message(stage, code, text, ckpt_dir, log_file), _root_cause(text)[1] in (2, 3))
     if not stage_complete(cfg, stage):
         raise RuntimeError(f"{stage}: training stopped before its final export (interrupted?); "
                            f"{resume_hint(ckpt_dir)}; see {log_file}")
@@ -219,6 +229,9 @@ def _follow(proc: subprocess.Popen, metrics: Path, stage: str, steps: int, stop=
                           f"(Ctrl-C again stops them at once)", file=sys.stderr)
             last = _last_record(metrics)
             if last is not None and last["step"] != bar.n:
+                if not bar.initial:  # the rate and ETA count from the first step, not the ranks' start-up
+                    bar.reset(total=steps)
+                    bar.initial = last["step"]
                 bar.n = last["step"]
                 bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
                 bar.refresh()
@@ -247,4 +260,5 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-__all__ = ["launch_local", "local_ranks", "train_command", "TrainingStopped", "failure_message", "SHUTDOWN_TIMEOUT"]
+__all__ = ["launch_local", "local_ranks", "train_command", "TrainingStopped", "TrainingFailed", "failure_message",
+           "SHUTDOWN_TIMEOUT"]

@@ -16,8 +16,8 @@ Stopping: SIGTERM, SIGUSR1 (Slurm's pre-timeout signal) or a first Ctrl-C on any
 every rank finish the current step, checkpoint and return. A NaN/inf loss stops before the optimizer step, with
 the weights of the last good checkpoint left untouched on disk. The loss is that of the weights *before* the
 step's update, so before each checkpoint the updated weights get a no-grad forward of their own on the step's
-last micro-batch: if it is not finite the run stops without saving them, and every checkpoint on disk is one
-whose export embeds to finite vectors. A global gradient norm of exactly 0 for
+last micro-batch: if it is not finite the run stops without saving them. (That batch only: weights that
+overflow on other texts but not on it are still saved.) A global gradient norm of exactly 0 for
 `train.stop_after_zero_grad_steps` steps in a row (a collapsed model, which trains no further) stops the run too.
 """
 
