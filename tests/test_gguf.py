@@ -80,7 +80,7 @@ def test_reconverting_the_same_file_does_nothing_and_other_dirs_are_kept(smollm2
     assert (other / "notes.txt").read_text() == "mine" and (other / "sub" / "data.csv").read_text() == "1,2"
     # a file where the directory should be is named, in one line
     assert main(["import", SMOLLM2_GGUF, "--out", str(other / "notes.txt")]) == 2
-    assert capsys.readouterr().err.strip() == f"t2t import: error: --out {other / 'notes.txt'} is a file; name a " \
+    assert capsys.readouterr().err.strip() == f"t2t import: error: {other / 'notes.txt'} is a file; name a " \
                                                "directory to write the model into"
 
 

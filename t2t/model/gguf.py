@@ -107,7 +107,7 @@ def convert(source: str | Path, out_dir: str | Path, overwrite: bool = False) ->
     path = locate(source)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise GGUFError(f"--out {out} is a file; name a directory to write the model into")
+        raise GGUFError(f"{out} is a file; name a directory to write the model into")
     digest = file_digest(path)[1]
     record = provenance_of(out) if out.is_dir() else None
     if record is not None and record.get("sha256") == digest and (out / "config.json").is_file():
