@@ -332,6 +332,14 @@ def resume(engine, ckpt_dir: Path, mode: str, recipe: dict | None = None) -> dic
 # ----------------------------------------------------------------------------- export
 
 
+class CheckpointUnreadable(UserError):
+    """A checkpoint that cannot be exported: `problem` says which and why, the message adds what to do."""
+
+    def __init__(self, problem: str, hint: str = ""):
+        super().__init__(f"{problem}; {hint}" if hint else problem)
+        self.problem = problem
+
+
 def export_checkpoint(cfg: Config, stage: str, checkpoint: str | Path | None = None,
                       out: str | Path | None = None) -> Path:
     """Consolidate a ZeRO-3 checkpoint of stage `stage` (default: its newest) into a model directory (default: the
@@ -346,13 +354,13 @@ def export_checkpoint(cfg: Config, stage: str, checkpoint: str | Path | None = N
     load_dir, tag = resolve_checkpoint(checkpoint if checkpoint is not None else checkpoints_dir(cfg, stage))
     problem = checkpoint_problem(load_dir / tag)
     if problem:
-        raise UserError(f"{problem}; export another checkpoint with --checkpoint DIR")
+        raise CheckpointUnreadable(problem, "export another checkpoint with --checkpoint DIR")
     out = Path(out) if out is not None else export_dir(cfg, stage)
     model_dir = resolve_model_dir(cfg.model)
     try:
         lazy = get_fp32_state_dict_from_zero_checkpoint(str(load_dir), tag=tag, lazy_mode=True)
     except Exception as e:  # torch.load's and zero_to_fp32's many error types: the user needs the checkpoint's name
-        raise UserError(f"{load_dir / tag} could not be read ({first_line(e)})") from e
+        raise CheckpointUnreadable(f"{load_dir / tag} could not be read ({first_line(e)})") from e
     # Exports are fp32. Only the weights that trained come from the checkpoint's fp32 master copy; the
     # frozen ones (LM head, embeddings, a LoRA base) come from the start model, untouched by any bf16 cast.
     lm = apply_trainable_policy(load_lm(model_dir, "float32"), cfg)
