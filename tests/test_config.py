@@ -2,12 +2,11 @@
 
 A recipe is a list of stages (`stages:`), each addressed by its name in overrides; recipes and overrides of the
 layout before (`train.stage1`, `data.stage2_corpus`, `targets.tau`, ...) are translated with a warning.
-`t2t config --explain [SECTION]` prints every field's type, default and docstring.
+The `t2t config` verb itself (docstrings, --explain) is tested in test_config_cmd.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import pytest
@@ -16,7 +15,7 @@ from conftest import REPO
 from t2t import config as C
 from t2t.config import ConfigError, load_config, to_dict
 from t2t.config import legacy
-from t2t.targets.kinds import TARGET_KINDS, DataDrivenTargets, ModelDerivedTargets, TargetsSpec
+from t2t.targets.kinds import TARGET_KINDS, DataDrivenTargets, ModelDerivedTargets
 
 
 def write(tmp_path, text: str, name: str = "r.yaml"):
@@ -394,129 +393,3 @@ def test_new_layout_logs_no_legacy_warning(tmp_path, caplog, fresh_warnings):
     with caplog.at_level(logging.WARNING, logger="t2t.config.legacy"):
         load_config(write(tmp_path, NEW_RECIPE), ["stages.stage2.steps=3"])
     assert not [r for r in caplog.records if r.name == "t2t.config.legacy"]
-
-
-# --------------------------------------------------------------------------- docstrings and --explain
-
-
-def _own_fields(cls: type) -> list[str]:
-    """The fields `cls` declares itself (inherited ones are documented where they are declared)."""
-    own = cls.__dict__.get("__annotations__", {})
-    return [f.name for f in dataclasses.fields(cls) if f.name in own]
-
-
-def _documented_classes() -> list[type]:
-    from t2t.config import schema
-
-    classes = [c for c in vars(schema).values() if dataclasses.is_dataclass(c) and c.__module__ == schema.__name__]
-    return classes + [TargetsSpec] + [kind.spec for kind in TARGET_KINDS.values()]
-
-
-def test_every_field_has_a_docstring():
-    classes = _documented_classes()
-    assert len(classes) >= 11 and C.StageConfig in classes and ModelDerivedTargets in classes
-    for cls in classes:
-        docs = C.field_docs(cls)
-        missing = [name for name in _own_fields(cls) if not docs.get(name)]
-        assert not missing, f"{cls.__name__} fields without docstring: {missing}"
-
-
-def _explain(capsys, *section: str) -> tuple[int, str, str]:
-    from t2t.cli import main
-
-    rc = main(["config", "--explain", *section])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def test_explain_prints_every_field_of_every_section(capsys):
-    rc, out, err = _explain(capsys)
-    assert rc == 0 and not err
-    flat = _flat(out)
-    expected = [("", C.Config), ("model.", C.ModelConfig), ("model.tiny.", C.TinyModelConfig),
-                ("data.", C.DataConfig), ("targets.", C.TargetsConfig), ("train.", C.TrainConfig),
-                ("train.lora.", C.LoraConfig), ("eval.", C.EvalConfig), ("stages[].", C.StageConfig),
-                ("stages[].targets.", TargetsSpec)]
-    expected += [("stages[].targets.", kind.spec) for kind in TARGET_KINDS.values()]
-    for prefix, cls in expected:
-        docs = C.field_docs(cls)
-        for name in _own_fields(cls):
-            if cls is C.Config and name in ("model", "data", "targets", "train", "eval"):
-                assert f"== {name} ==" in out  # a section of its own, headed by its class docstring
-                continue
-            assert f"\n{prefix}{name}: " in out, f"{prefix}{name} missing"
-            assert _flat(docs[name]) in flat, f"docstring of {prefix}{name} missing"
-    for kind in TARGET_KINDS:
-        assert f"== stages.targets with kind: {kind} ==" in out
-    # Type and default, the way a recipe writes them.
-    assert '\nmodel.pooling: mean | last | eos = "mean"\n' in out
-    assert "\nstages[].lr: float = 5e-05\n" in out
-    assert "\nmodel.tiny: section (below) | null = null\n" in out
-    assert "\nstages: list of stages = [stage1 (data-driven, from base), stage2 (model-derived, from stage1)]\n" in out
-
-
-def test_explain_a_section(capsys):
-    rc, out, _ = _explain(capsys, "model")
-    assert rc == 0
-    assert "\nmodel.pooling: " in out and "\nmodel.tiny.vocab_size: " in out  # nested sections come along
-    assert "train." not in out and "stages[]" not in out and "\nname: " not in out
-    rc, out, _ = _explain(capsys, "train.lora")
-    assert rc == 0 and "\ntrain.lora.r: int = 16\n" in out and "train.micro_batch_size" not in out
-    rc, out, _ = _explain(capsys, "stages")
-    assert rc == 0 and "\nstages[].start: " in out and "\nstages[].targets.tau: " in out and "model." not in out
-    rc, out, _ = _explain(capsys, "stages.targets")
-    assert rc == 0 and "\nstages[].targets.corpus: " in out and "\nstages[].targets.weighting: " in out
-    assert "\nstages[].lr" not in out
-    rc, out, _ = _explain(capsys, "model.pooling")  # one field
-    assert rc == 0 and "\nmodel.pooling: " in out and "model.path" not in out
-    # a field as `--set` and the old layout write it: with its stage's name, or a kind's field under `targets`
-    for key, field in (("stages.stage1.lr", "stages[].lr"), ("stages.stage2.targets.tau", "stages[].targets.tau"),
-                       ("targets.tau", "stages[].targets.tau")):
-        rc, out, _ = _explain(capsys, key)
-        assert rc == 0 and out.count("\n" + field + ": ") == 1 and "stages[].start" not in out, (key, out)
-
-
-def test_explain_a_kind(capsys):
-    rc, out, _ = _explain(capsys, "model-derived")
-    assert rc == 0
-    for name in ("tau", "delta", "top_k"):
-        assert f"\nstages[].targets.{name}: " in out
-    assert "weighting" not in out and "stages[].lr" not in out
-    rc, out, _ = _explain(capsys, "data-driven")
-    assert rc == 0 and "\nstages[].targets.weighting: uniform | idf = \"uniform\"\n" in out and "tau" not in out
-
-
-def test_explain_an_unknown_section_is_one_line(capsys):
-    rc, out, err = _explain(capsys, "modle")
-    assert rc == 2 and not out
-    assert err.count("\n") == 1 and "Traceback" not in err
-    assert "--explain modle: no such section; did you mean model?" in err
-    for key in ("model", "train.lora", "stages", "stages.targets", *TARGET_KINDS):
-        assert key in err
-
-
-def test_config_without_explain_prints_the_recipe_and_needs_one(tmp_path, capsys):
-    from t2t.cli import main
-
-    import yaml
-
-    recipe = write(tmp_path, "model: {path: m}\n" + TWO_STAGES)
-    assert main(["config", "--config", str(recipe), "--set", "stages.stage2.steps=3"]) == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert [s["name"] for s in printed["stages"]] == ["stage1", "stage2"] and printed["stages"][1]["steps"] == 3
-    assert main(["config"]) == 2
-    assert "--config R is required" in capsys.readouterr().err
-
-
-def test_a_directory_as_recipe_and_a_missing_ds_config_are_named(tmp_path, capsys):
-    from t2t.cli import main
-
-    with pytest.raises(ConfigError, match=f"recipe {tmp_path} is a directory"):
-        load_config(tmp_path)
-    recipe = write(tmp_path, "model: {path: m}\ntrain: {ds_config: nowhere/zero3.json}\n")
-    assert main(["config", "--config", str(recipe)]) == 2
-    assert "train.ds_config: nowhere/zero3.json does not exist" in capsys.readouterr().err
