@@ -79,6 +79,9 @@ def main(recipe: str, out: str) -> None:
     if rank == 0:
         torch.save(dict(world=world, **results), out)
     torch.distributed.destroy_process_group()
+    from t2t.commands.train_cmd import leave
+
+    leave(0)  # as a t2t rank exits: gloo's teardown can abort a rank after a successful run (see leave)
 
 
 if __name__ == "__main__":
