@@ -18,6 +18,7 @@ import torch
 
 from t2t.config import ConfigError, load_config
 from t2t.train import checkpoint
+from conftest import CORPUS
 from train_support import REPO, metrics, rank_env, torchrun, write_recipe, write_stage_shards
 
 TRAIN_ARGS = ["-m", "t2t.cli", "train", "--stage", "stage1", "--config"]
@@ -84,7 +85,8 @@ def test_a_blow_up_is_never_checkpointed(setup, good_run, tmp_path):
     text = failing_run(args, root / "blowup.log")
     assert re.search(r"exitcode\s*:\s*3", text)  # TrainingDiverged, not a crash
     assert [(m["step"], m["lr"]) for m in metrics(root / "blowup")] == [(5, 1e30)]  # the resumed run's own lr
-    assert "stage1 step 5: the weights after its optimizer step give a non-finite loss or output, so step 5 was " \
+    assert "stage1 step 5: the weights after its optimizer step give a non-finite loss or output on the step's " \
+           "batch, so step 5 was " \
            f"NOT checkpointed; the newest good checkpoint is step00000004 in {ckpt}; lower stages.stage1.lr and " \
            f"continue from it with --resume {ckpt / 'step00000004'}" in text
     kept = sorted(p for p in ckpt.iterdir() if p.is_dir())
@@ -92,6 +94,31 @@ def test_a_blow_up_is_never_checkpointed(setup, good_run, tmp_path):
     assert checkpoint.latest_tag(ckpt) == "step00000004"
     for tag_dir in kept:
         assert export_embeds_finitely(recipe, tag_dir, tmp_path / tag_dir.name), tag_dir
+
+
+@pytest.mark.slow
+def test_a_blow_up_that_the_steps_own_texts_do_not_show_is_never_checkpointed(tmp_path):
+    """Issue #25's probe 1 as a user ran it: recipes/tiny.yaml (a smaller backbone and corpus), lr=1e30 from the
+    start, a checkpoint every step. Step 1's update blows up exactly the embedding rows of the tokens its batch
+    held; on that batch the final norm flattens them to one finite embedding, while most other texts embed to
+    NaN. Only the random-token probe meets the other rows: before it, step00000001 was saved."""
+    sets = [f"run_dir={tmp_path / 'run'}", f"model.path={tmp_path / 'base'}", f"data.shards_dir={tmp_path / 'shards'}",
+            f"data.corpus={CORPUS}", f"model.tiny.tokenizer_corpus={CORPUS}", "model.tiny.tokenizer_train_texts=3000",
+            "model.tiny.vocab_size=1000", "model.tiny.hidden_size=64", "model.tiny.num_layers=2",
+            "model.tiny.intermediate_size=128", "data.max_texts=512", "data.loader_workers=0",
+            "targets.shard_size=128", "targets.workers=1", "train.micro_batch_size=4",
+            "stages.stage1.lr=1e30", "stages.stage1.schedule=constant", "stages.stage1.warmup_steps=0",
+            "stages.stage1.steps=3", "train.save_every=1"]
+    sets = [a for o in sets for a in ("--set", o)]
+    recipe = str(REPO / "recipes" / "tiny.yaml")
+    done = subprocess.run([sys.executable, "-m", "t2t.cli", "targets", "--stage", "stage1", "--config", recipe, *sets],
+                          env=rank_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    text = failing_run(TRAIN_ARGS + [recipe, *sets], tmp_path / "train.log")
+    assert re.search(r"exitcode\s*:\s*3", text)  # TrainingDiverged
+    assert "stage1 step 1: the weights after its optimizer step give non-finite embeddings on the 4 random-token " \
+           "probe texts, so step 1 was NOT checkpointed; no good checkpoint is kept" in text, text[-3000:]
+    assert checkpoint.latest_tag(tmp_path / "run" / "stage1" / "checkpoints") is None
 
 
 @pytest.mark.slow

@@ -15,9 +15,9 @@ stores and a resume restores, so a resumed run repeats the uninterrupted run's m
 Stopping: SIGTERM, SIGUSR1 (Slurm's pre-timeout signal) or a first Ctrl-C on any rank makes
 every rank finish the current step, checkpoint and return. A NaN/inf loss stops before the optimizer step, with
 the weights of the last good checkpoint left untouched on disk. The loss is that of the weights *before* the
-step's update, so before each checkpoint the updated weights get a no-grad forward of their own on the step's
-last micro-batch: if it is not finite the run stops without saving them. (That batch only: weights that
-overflow on other texts but not on it are still saved.) A global gradient norm of exactly 0 for
+step's update, so before each checkpoint the updated weights get no-grad forwards of their own, on the step's
+last micro-batch and on a fixed probe of random tokens (t2t/train/checks.py): if either shows them broken, the run
+stops without saving them. A global gradient norm of exactly 0 for
 `train.stop_after_zero_grad_steps` steps in a row (a collapsed model, which trains no further) stops the run too.
 """
 
@@ -35,6 +35,7 @@ import torch
 from t2t import run_paths
 from t2t.config import Config
 from t2t.train import checkpoint
+from t2t.train.checks import all_reduce_sum, grad_norm_is_zero, probe_batch, problem_after_update, to_device
 from t2t.train.loss import check_objectives, objective_for
 from t2t.train.monitor import MetricsLog, StepClock, mfu, run_dtype
 from t2t.train.signals import STOP_SIGNALS, StopSignals  # noqa: F401 - StopSignals lives there (re-exported)
@@ -106,51 +107,6 @@ def train_step(engine, objective, micro_batches: list[dict], world_size: int, fl
         engine.step()
     return StepResult(loss=loss_sum / max(counted, 1.0), counted=int(counted), tokens=int(tokens), lr=lr,
                       stop=bool(stops), flags=summed)
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def all_reduce_sum(values: list[float], device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
-def outputs_are_finite(engine, objective, batch: dict) -> bool:
-    """Whether the weights as they are now give a finite loss and finite outputs on `batch`, on every rank.
-
-    `train_step` checks the loss of the weights before its update, so the update that blows up would
-    otherwise be checkpointed. No grad and eval mode (no dropout), the RNG fenced off: the training that
-    follows is bit-identical to a run without this check. Collective: under ZeRO-3 the forward gathers the
-    parameters from every rank."""
-    outputs = []
-
-    def model(*args, **kwargs):
-        out = engine(*args, **kwargs)
-        outputs.extend(out if isinstance(out, (tuple, list)) else [out])
-        return out
-
-    engine.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            parts = objective.loss(model, to_device(batch, engine.device))
-            bad = sum(not bool(torch.isfinite(t).all()) for t in (parts.total, *outputs) if t is not None)
-    finally:
-        engine.train()
-    (bad,) = all_reduce_sum([float(bad)], engine.device)
-    return bad == 0
-
-
-def grad_norm_is_zero(engine) -> bool:
-    """Whether the last optimizer step's global gradient norm was exactly 0, decided alike on every rank.
-
-    The norm is already global (DeepSpeed all-reduces it), but a rank that saw otherwise must not stop alone."""
-    norm = engine.get_global_grad_norm()
-    zero = norm is not None and float(norm) == 0.0
-    (zeros,) = all_reduce_sum([float(zero)], engine.device)
-    return zeros == torch.distributed.get_world_size()
 
 
 def apply_recipe_lr(engine, lr: float) -> None:
@@ -243,6 +199,8 @@ class TrainState:
     """One rank's matmul peak (`train.peak_flops`, or timed at the start); None: unknown. MFU is against it × ranks."""
     zero_grad_steps: int = 0
     """Steps in a row whose global gradient norm was exactly 0."""
+    probe: dict | None = None
+    """The fixed random-token batch every checkpoint's weights are checked on (`checks.probe_batch`)."""
 
     @classmethod
     def build(cls, cfg: Config, stage: str, resume: str, objective, rank: int, world: int) -> "TrainState":
@@ -293,7 +251,8 @@ class TrainState:
         return cls(cfg=cfg, stage=stage, rank=rank, world=world, total=own.steps, engine=engine, objective=objective,
                    reader=reader, ckpt_dir=ckpt_dir, recipe=recipe, metrics=metrics, stop=stop, bar=bar, step=step,
                    saved=step if client else -1, model_params=non_embedding_params(engine.module.lm),
-                   peak_flops=peak)
+                   peak_flops=peak, probe=probe_batch(min(len(tokenizer), engine.module.lm.config.vocab_size),
+                                                      settings.max_length, cfg.seed))
 
     def run(self) -> Path | None:
         """Train to the stage's last step and export; None when a stop signal ended the run (checkpointed)."""
@@ -367,11 +326,13 @@ class TrainState:
                 f"{self.continue_hint(newest_tag_before(self.ckpt_dir, first - 1))}")
 
     def save_checked(self, batch: dict) -> None:
-        """Checkpoint the current weights, once a forward on `batch` shows they are finite (else TrainingDiverged)."""
-        if not outputs_are_finite(self.engine, self.objective, batch):
+        """Checkpoint the current weights, once forwards on `batch` and the probe show them good (else
+        TrainingDiverged)."""
+        problem = problem_after_update(self.engine, self.objective, batch, self.probe)
+        if problem:
             raise TrainingDiverged(
-                f"{self.stage} step {self.step}: the weights after its optimizer step give a non-finite loss or "
-                f"output, so step {self.step} was NOT checkpointed; "
+                f"{self.stage} step {self.step}: the weights after its optimizer step {problem}, so step "
+                f"{self.step} was NOT checkpointed; "
                 f"{self.continue_hint(checkpoint.latest_tag(self.ckpt_dir))}, or check the shards")
         self.save()
 
