@@ -228,6 +228,49 @@ def test_each_checkpoint_gets_its_own_revision(tiny_export, tmp_path):
     assert all(table["status"][n] == {"BIOSSES": "ran"} for n in names)
 
 
+def test_a_plain_hf_dir_is_evaluated_with_the_recipe_settings(tiny_model_dir, tiny_export, tmp_path, capsys):
+    """A directory without t2t_config.json embeds with the recipe's model settings: the scores of the export made
+    with them, cached under a revision that includes them (two poolings never share results); an export keeps its
+    own; without --config the directory is refused naming it and --config."""
+    import dataclasses
+
+    from t2t.cli import main
+    from t2t.config import ModelConfig
+    from t2t.eval.models import describe_model
+    from t2t.model import EmbeddingIdentity
+
+    mean = EmbeddingIdentity.of(ModelConfig(path=str(tiny_model_dir)))  # what tiny_export was made with
+    last = dataclasses.replace(mean, pooling="last", prompt='This sentence : "{text}" means in one word:"')
+    specs = [describe_model(tiny_model_dir, settings=s) for s in (mean, last, mean)]
+    assert specs[0].kind == "hf" and specs[0].revision == specs[2].revision != specs[1].revision
+    assert describe_model(tiny_export, settings=last) == describe_model(tiny_export)
+
+    kw = dict(tasks=["BIOSSES"], out_dir=str(tmp_path / "out"), max_samples=CAP, batch_size=16)
+    scores = {}
+    for key, model, settings in (("export", tiny_export, None), ("mean", tiny_model_dir, mean),
+                                 ("last", tiny_model_dir, last)):
+        table = run_eval([str(model)], settings=settings, **kw)
+        (name,) = table["scores"]
+        assert table["status"][name] == {"BIOSSES": "ran"}, key
+        scores[key] = table["scores"][name]["BIOSSES"]
+    assert scores["mean"] == pytest.approx(scores["export"], abs=1e-6) and scores["last"] != scores["mean"]
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({"model": {"path": str(tiny_model_dir), "pooling": "mean"}}))
+    args = ["eval", "--model", str(tiny_model_dir), "--tasks", "BIOSSES", "--out", kw["out_dir"],
+            "--max-samples", str(CAP)]
+    assert main(args + ["--config", str(recipe), "--set", "model.pooling=last", "--workers", "1"]) == 0
+    capsys.readouterr()
+    table = json.loads((tmp_path / "out" / "results.json").read_text())
+    (name,) = table["scores"]
+    assert table["status"][name] == {"BIOSSES": "cached"} and table["scores"][name]["BIOSSES"] == scores["last"]
+    assert table["models"][0]["kind"] == "hf" and table["models"][0]["settings"]["pooling"] == "last"
+    assert "embedded with the recipe's pooling 'last'" in (tmp_path / "out" / "results.md").read_text()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(x in err for x in (str(tiny_model_dir), "t2t_config.json", "--config"))
+
+
 def test_cli_side_by_side_and_exit_codes(tiny_export, tmp_path, capsys):
     from t2t.cli import main
 

@@ -184,6 +184,36 @@ def test_inspect_cli(tiny_model_dir, tmp_path, capsys):
     assert "NaN or infinite" in captured.out and "for 2 of 2 texts; it is not usable" in captured.err
 
 
+def test_inspect_embeds_a_plain_hf_dir_as_the_recipe_says(tiny_model_dir, tmp_path, capsys):
+    """A directory without t2t_config.json (`t2t import`, a Hugging Face download) gives with `--config R` (and its
+    `--set`) the tokens of the export of R's base model; an export keeps its own settings; without a recipe a plain
+    directory is refused in one line naming it, the missing t2t_config.json and --config."""
+    from t2t.cli import main
+    from t2t.config import load_config
+    from t2t.model import from_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({"model": {"path": str(tiny_model_dir), "pooling": "last", "max_length": 16}}))
+    texts = ["The history of Rome", "a cat on a mat"]
+
+    def inspect(model, *flags) -> str:
+        assert main(["inspect", "--model", str(model), "--top-k", "5", *flags, *texts]) == 0
+        return capsys.readouterr().out
+
+    shown = {}
+    for pooling in ("last", "mean"):
+        overrides = [f"model.pooling={pooling}"]
+        exported = export(from_config(load_config(recipe, overrides).model, dtype="float32"), tmp_path / pooling)
+        shown[pooling] = inspect(tiny_model_dir, "--config", str(recipe), "--set", overrides[0])
+        assert shown[pooling] == inspect(exported), pooling
+    assert shown["last"] != shown["mean"]
+    assert inspect(tmp_path / "mean", "--config", str(recipe)) == shown["mean"]  # not the recipe's last pooling
+
+    assert main(["inspect", "--model", str(tiny_model_dir), "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(x in err for x in (str(tiny_model_dir), "t2t_config.json", "--config"))
+
+
 def test_bf16_falls_back_to_fp32_once_without_cpu_support(tiny_model_dir, monkeypatch, caplog):
     import t2t.model.io as io
 

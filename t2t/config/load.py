@@ -238,6 +238,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.simcse_dropout must be in [0, 1), got {cfg.train.simcse_dropout}")
     if not 0 < cfg.train.mntp_probability < 1:
         raise ConfigError(f"train.mntp_probability must be in (0, 1), got {cfg.train.mntp_probability}")
+    if cfg.layout is not None:
+        for key in ("nodes", "gpus_per_node"):
+            if getattr(cfg.layout, key) < 1:
+                raise ConfigError(f"layout.{key} must be at least 1 (the recipe's reference cluster), "
+                                  f"got {getattr(cfg.layout, key)}")
     if not cfg.train.mntp_mask_token:
         raise ConfigError("train.mntp_mask_token must name a token of the vocabulary, got an empty string")
     validate_stages(cfg)

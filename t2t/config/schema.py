@@ -247,6 +247,18 @@ class EvalConfig:
 
 
 @dataclass
+class LayoutConfig:
+    """The cluster a recipe was written for: its global batch (`train.micro_batch_size` x `train.grad_accum_steps`
+    x ranks) assumes it, and `t2t plan` sizes this layout when `--nodes` and `--gpus-per-node` are not given. It
+    starts nothing: training takes its ranks from the machine or allocation (`train.nproc`, Slurm)."""
+
+    nodes: int = 1
+    """Nodes of the reference allocation."""
+    gpus_per_node: int = 0
+    """GPUs per node of the reference allocation, one training rank each (required when `layout` is set)."""
+
+
+@dataclass
 class Config:
     """A whole recipe."""
 
@@ -268,6 +280,9 @@ class Config:
     """Evaluation."""
     stages: list[StageConfig] = field(default_factory=text2token_stages)
     """The training stages in order (default: Text2Token's two)."""
+    layout: LayoutConfig | None = None
+    """The reference cluster layout (`nodes`, `gpus_per_node`) that `t2t plan` sizes by default; unset: give
+    `t2t plan --nodes N --gpus-per-node G`."""
 
     def stage(self, name: str) -> StageConfig:
         """The stage called `name`."""

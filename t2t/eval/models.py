@@ -1,8 +1,11 @@
 """Model directories as mteb encoders, each with a ModelMeta unique to its content.
 
-Three kinds of directory are accepted:
+Four kinds of directory are accepted:
 - a t2t export (`t2t_config.json` present): loaded with `t2t.model.load` and embedded with
   `Embedder.encode` (its prompt, pooling and attention mode, length-sorted batches);
+- a plain Hugging Face causal-LM directory (`config.json`, weights, tokenizer: from `t2t import` or a
+  download), given with a recipe's model settings (`t2t eval --config R`): embedded like an export
+  made with those settings. Without them it is refused, naming `--config`;
 - a plain sentence-transformers directory (`modules.json`), e.g. a reference model such as
   all-MiniLM-L6-v2: loaded offline and run through mteb's own SentenceTransformer wrapper;
 - a TF-IDF baseline (`tfidf_config.json`, written by `t2t tfidf`): see `t2t.eval.tfidf`.
@@ -13,8 +16,9 @@ TF-IDF floor.
 
 mteb caches results per (model name, revision, task). The revision here is a SHA-256 of every
 file in the directory, so two checkpoints never share cached results, and an unchanged
-directory reuses them. A sample cap for smoke tests goes into the meta's `experiment_kwargs`,
-which mteb keeps in a separate cache folder.
+directory reuses them; a plain directory's also covers the recipe settings it is embedded with, so
+two poolings of one directory never share them either. A sample cap for smoke tests goes into the
+meta's `experiment_kwargs`, which mteb keeps in a separate cache folder.
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ from t2t.data.files import hash_into
 from t2t.data.tokens import CUT_RULE
 from t2t.errors import UserError
 from t2t.eval.tfidf import TFIDF_CONFIG, check_tfidf_dir, load_tfidf
-from t2t.model.io import T2T_CONFIG, check_model_dir, load
+from t2t.identity import EmbeddingIdentity
+from t2t.model.io import T2T_CONFIG, check_model_dir, load, no_settings_error
 
 ST_MODULES = "modules.json"
 MINILM_ALIAS = "all-MiniLM-L6-v2"
+EMBEDDER_KINDS = ("t2t", "hf")  # loaded with t2t.model.load, encoded by an Embedder in the eval dtype
 
 
 @dataclass(frozen=True)
@@ -46,40 +52,58 @@ class ModelSpec:
 
     path: str
     name: str
-    kind: str  # "t2t", "sentence-transformers" or "tfidf"
+    kind: str  # "t2t", "hf" (plain Hugging Face directory + recipe settings), "sentence-transformers" or "tfidf"
     revision: str
     experiment_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
-    dtype: str = "float32"  # what a t2t model encodes in
+    dtype: str = "float32"  # what a t2t or hf model encodes in
+    settings: EmbeddingIdentity | None = None  # how an hf model embeds (a recipe's model section)
 
     @property
     def mteb_name(self) -> str:
         return f"t2t-eval/{self.name}"
 
 
-def content_hash(path: Path) -> str:
-    """SHA-256 over the relative path and bytes of every file in the directory (sorted)."""
+def content_hash(path: Path, settings: EmbeddingIdentity | None = None) -> str:
+    """SHA-256 over the relative path and bytes of every file in the directory (sorted), after the `settings` a
+    plain directory is embedded with (none for an export: its t2t_config.json is one of its files)."""
     h = hashlib.sha256()
-    if (path / T2T_CONFIG).is_file():
-        if json.loads((path / T2T_CONFIG).read_text()).get("prompt", "{text}").rsplit("{text}", 1)[-1]:
-            # Such a model (PromptEOL) encodes a cut text differently since the cut keeps its tail: results
-            # cached before that are not reused. Other prompts encode as they did.
-            h.update(CUT_RULE.encode())
+    if settings is not None:
+        h.update(json.dumps(settings.as_dict(with_dtype=False)).encode() + b"\0")  # dtype: experiment_kwargs
+    if _prompt(path, settings).rsplit("{text}", 1)[-1]:
+        # Such a model (PromptEOL) encodes a cut text differently since the cut keeps its tail: results
+        # cached before that are not reused. Other prompts encode as they did.
+        h.update(CUT_RULE.encode())
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f"{f.relative_to(path)}\0{f.stat().st_size}\0".encode())
         hash_into(h, f)
     return h.hexdigest()
 
 
-def model_kind(path: Path) -> str:
+def _prompt(path: Path, settings: EmbeddingIdentity | None) -> str:
+    """The prompt template a directory embeds with ("{text}" for kinds that have none)."""
+    if settings is not None:
+        return settings.prompt
+    if (path / T2T_CONFIG).is_file():
+        return json.loads((path / T2T_CONFIG).read_text()).get("prompt", "{text}")
+    return "{text}"
+
+
+def model_kind(path: Path, settings: EmbeddingIdentity | None = None) -> str:
+    """The kind of a model directory; a plain Hugging Face one is "hf" given a recipe's `settings`, refused without."""
     if (path / T2T_CONFIG).is_file():
         return "t2t"
     if (path / ST_MODULES).is_file():
         return "sentence-transformers"
     if (path / TFIDF_CONFIG).is_file():
         return "tfidf"
+    if (path / "config.json").is_file():
+        if settings is None:
+            raise no_settings_error(path)
+        return "hf"
     raise UserError(f"model directory {path} is neither a t2t export ({T2T_CONFIG}), "
-                    f"a sentence-transformers directory ({ST_MODULES}) "
-                    f"nor a TF-IDF baseline ({TFIDF_CONFIG}, from `t2t tfidf`)")
+                    f"a sentence-transformers directory ({ST_MODULES}), "
+                    f"a TF-IDF baseline ({TFIDF_CONFIG}, from `t2t tfidf`) "
+                    f"nor a Hugging Face model directory (config.json, with --config RECIPE)")
 
 
 def minilm_path() -> Path:
@@ -100,33 +124,37 @@ def resolve_alias(path: str | Path, name: str | None) -> tuple[Path, str | None]
 
 
 def describe_model(path: str | Path, name: str | None = None, max_samples: int = 0,
-                   dtype: str = "float32") -> ModelSpec:
+                   dtype: str = "float32", settings: EmbeddingIdentity | None = None) -> ModelSpec:
     """Check a model directory and key it by content; a missing or unusable directory is a UserError naming it.
 
-    A t2t model encoding in another dtype than float32 is cached apart (the dtype joins `experiment_kwargs`).
+    A t2t or hf model encoding in another dtype than float32 is cached apart (the dtype joins `experiment_kwargs`).
+    `settings` (a recipe's, `EmbeddingIdentity.of(cfg.model)`) embed a plain Hugging Face directory; other
+    kinds ignore them.
 
     `path` may also be the alias `all-MiniLM-L6-v2` (see `resolve_alias`), shown under that name by default.
     """
     p, name = resolve_alias(path, name)
     if not p.is_dir():
         raise UserError(f"model directory {p} does not exist")
-    kind = model_kind(p)
-    if kind == "t2t":
+    kind = model_kind(p, settings)
+    if kind in EMBEDDER_KINDS:
         check_model_dir(p)  # names a missing config, weights or tokenizer before any worker starts
     if kind == "tfidf":
         check_tfidf_dir(p)
     display = re.sub(r"[^A-Za-z0-9._-]+", "_", name or p.resolve().name)
     kwargs = {"max_samples": max_samples} if max_samples else {}
-    dtype = dtype if kind == "t2t" else "float32"
+    dtype = dtype if kind in EMBEDDER_KINDS else "float32"
     if dtype != "float32":
         kwargs["dtype"] = dtype
-    return ModelSpec(path=str(p.resolve()), name=display, kind=kind, revision=content_hash(p)[:16],
-                     experiment_kwargs=kwargs, dtype=dtype)
+    settings = settings if kind == "hf" else None
+    return ModelSpec(path=str(p.resolve()), name=display, kind=kind, revision=content_hash(p, settings)[:16],
+                     experiment_kwargs=kwargs, dtype=dtype, settings=settings)
 
 
 # mteb's ModelMeta allows only its own framework names; it has none for scikit-learn, and a
 # TF-IDF model is numpy arrays in the end.
-FRAMEWORK_BY_KIND = {"t2t": ["PyTorch"], "sentence-transformers": ["Sentence Transformers", "PyTorch"],
+FRAMEWORK_BY_KIND = {"t2t": ["PyTorch"], "hf": ["PyTorch"],
+                     "sentence-transformers": ["Sentence Transformers", "PyTorch"],
                      "tfidf": ["NumPy"]}
 
 
@@ -149,7 +177,8 @@ def check_finite(embeddings, model: str, task: str) -> np.ndarray:
 
 
 class T2TEncoder(AbsEncoder):
-    """An exported t2t embedder as an mteb encoder (no task instructions: the export's prompt applies)."""
+    """A t2t embedder (an export, or a plain directory with a recipe's settings) as an mteb encoder (no task
+    instructions: its own prompt applies)."""
 
     def __init__(self, embedder, meta: ModelMeta):
         self.model = embedder
@@ -201,8 +230,8 @@ def load_encoder(spec: ModelSpec, device: str | None = None) -> AbsEncoder:
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.kind == "t2t":
-        embedder = load(spec.path, spec.dtype).to(device)
+    if spec.kind in EMBEDDER_KINDS:
+        embedder = load(spec.path, spec.dtype, settings=spec.settings).to(device)
         meta = model_meta(spec, embedder.lm.config.hidden_size, embedder.settings.max_length)
         return T2TEncoder(embedder, meta)
     from sentence_transformers import SentenceTransformer

@@ -27,8 +27,8 @@ def build_table(models, tasks, scores: dict, status: dict, errors: dict, seconds
                   "dataset_revision": t.metadata.revision} for t in tasks]
     categories = list(dict.fromkeys(r["category"] for r in task_rows))
     table = {
-        "models": [{"name": m.name, "path": m.path, "kind": m.kind, "mteb_name": m.mteb_name,
-                    "revision": m.revision} for m in models],
+        "models": [{"name": m.name, "path": m.path, "kind": m.kind, "mteb_name": m.mteb_name, "revision": m.revision,
+                    **({"settings": m.settings.as_dict(with_dtype=False)} if m.settings else {})} for m in models],
         "tasks": task_rows,
         "scores": {}, "category_means": {}, "overall_mean": {},
         "status": status, "errors": errors, "seconds": seconds, "max_samples": max_samples,
@@ -69,6 +69,8 @@ def to_markdown(table: dict) -> str:
         lines.append("")
         lines.append(f"`{m['name']}`: {m['kind']} directory {m['path']} (mteb name {m['mteb_name']}, "
                      f"revision {m['revision']})")
+        if m.get("settings"):  # a plain directory: how the recipe had it embedded
+            lines.append("embedded with the recipe's " + ", ".join(f"{k} {v!r}" for k, v in m["settings"].items()))
     return "\n".join(lines) + "\n"
 
 

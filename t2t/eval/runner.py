@@ -38,6 +38,7 @@ from t2t.errors import UserError
 from t2t.eval.models import ModelSpec, describe_model, load_encoder, model_meta
 from t2t.eval.report import build_table, write_reports
 from t2t.eval.tasks import LOCAL_TASKS, LocalTaskMixin, local_task
+from t2t.identity import EmbeddingIdentity
 from t2t.model.io import usable_dtype
 
 log = logging.getLogger(__name__)
@@ -315,14 +316,16 @@ def _unique_names(specs: list[ModelSpec]) -> list[ModelSpec]:
 def run_eval(model_dirs: list[str], tasks: list[str] | None = None, benchmark: str = "", workers: int = 1,
              out_dir: str = "runs/eval", batch_size: int = 64, ray_address: str | None = None,
              names: list[str] | None = None, *, gpus_per_worker: float = 0.0, cpus_per_worker: int = 0,
-             max_samples: int = 0, data_dir: str | None = None, dtype: str = "float32") -> dict:
+             max_samples: int = 0, data_dir: str | None = None, dtype: str = "float32",
+             settings: EmbeddingIdentity | None = None) -> dict:
     """Evaluate each model directory on the tasks (default: the six local ones) and write the tables.
 
     Writes mteb's per-task JSON under `<out_dir>/results` (reused on rerun) and `results.md`,
     `results.json`, `scores.png` in `out_dir`; returns the table (see `t2t.eval.report.build_table`).
     `max_samples` caps every local task at a seeded sample of that many rows per split (smoke tests;
     cached apart from full runs); `data_dir` replaces `data/eval` for the local tasks. t2t models encode in
-    `dtype` (bfloat16 where the hardware has it, see `t2t.model.io.usable_dtype`).
+    `dtype` (bfloat16 where the hardware has it, see `t2t.model.io.usable_dtype`). `settings` (a recipe's model
+    settings, `EmbeddingIdentity.of(cfg.model)`) embed the plain Hugging Face directories among them.
     """
     from mteb.cache import ResultCache
 
@@ -337,7 +340,7 @@ def run_eval(model_dirs: list[str], tasks: list[str] | None = None, benchmark: s
         workers = automatic_workers(ray_address, gpus_per_worker)
     task_specs = resolve_tasks(tasks, benchmark, data_dir, max_samples)
     dtype = usable_dtype(dtype)
-    models = _unique_names([describe_model(d, n, max_samples, dtype)
+    models = _unique_names([describe_model(d, n, max_samples, dtype, settings)
                             for d, n in zip(model_dirs, names or [None] * len(model_dirs))])
     task_objs = {t.name: build_task(t) for t in task_specs}
     out = Path(out_dir)

@@ -100,12 +100,24 @@ def from_config(m: ModelConfig, dtype: str | None = None) -> Embedder:
     return Embedder(load_lm(path, identity.dtype), load_tokenizer(path, identity.padding_side), identity)
 
 
-def load(path: str | Path, dtype: str = "float32", **overrides) -> Embedder:
-    """Load an exported embedder (its `t2t_config.json` decides pooling, prompt, attention), computing in `dtype`."""
+def no_settings_error(p: Path) -> UserError:
+    """What a plain Hugging Face directory (no t2t_config.json) loaded without a recipe's settings is told."""
+    return UserError(f"model directory {p} has no {T2T_CONFIG} (not a `t2t export`): pass --config RECIPE to "
+                     "embed it with the recipe's model settings (pooling, prompt, attention, max_length)")
+
+
+def load(path: str | Path, dtype: str = "float32", settings: EmbeddingIdentity | None = None,
+         **overrides) -> Embedder:
+    """Load an embedder computing in `dtype`. An export's `t2t_config.json` decides pooling, prompt and attention;
+    a plain Hugging Face directory without one (`t2t import`, a download) embeds with `settings`, a recipe's
+    (`EmbeddingIdentity.of(cfg.model)`), and is a UserError without them."""
     p = check_model_dir(path)
     cfg_file = p / T2T_CONFIG
     if not cfg_file.is_file():
-        raise UserError(f"model directory {p} is incomplete: missing {T2T_CONFIG} (export it with `t2t export`)")
+        if settings is None:
+            raise no_settings_error(p)
+        identity = dataclasses.replace(settings, dtype=dtype, **overrides)
+        return Embedder(load_lm(p, identity.dtype), load_tokenizer(p, identity.padding_side), identity)
     try:
         saved = json.loads(cfg_file.read_text())
         if isinstance(saved, dict) and "dtype" in saved:  # not a saved field: the loader picks the compute dtype

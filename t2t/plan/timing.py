@@ -12,7 +12,8 @@ reduce-scattered); a step takes the longer of compute and communication.
 Stages: the recipe's `stages` in order, each timed the same way: its training (steps x global batch texts)
 and its targets. A target kind that runs the model (`runs_model` in t2t.targets.kinds, e.g. model-derived)
 costs (corpus passes + 1) forward passes with the LM head per text of the stage's corpus; any other kind is
-CPU tokenization, not timed. The total is every stage's training and model-run targets plus one evaluation.
+CPU tokenization, not timed. The total is every stage's training and model-run targets plus one evaluation per
+model `t2t pipeline` evaluates (its eval step): the start model (base) and each stage's export.
 """
 
 from __future__ import annotations
@@ -217,6 +218,7 @@ def make_plan(cfg: Config, cluster: Cluster, recipe: str = "", tokens_per_text: 
         return min(math.ceil((chars + prompt_chars) / CHARS_PER_TOKEN) + 1, cfg.model.max_length)
 
     evaluation = None
+    evaluated = ["base", *cfg.stage_names]  # what t2t.pipeline's eval step evaluates: M0 and every stage's export
     if with_eval:
         rows, missing = mteb_text_groups(cfg, tokens_of)
         # Per task, the mean tokens per text: exact for the 2N term, the attention term uses the mean length.
@@ -224,11 +226,12 @@ def make_plan(cfg: Config, cluster: Cluster, recipe: str = "", tokens_per_text: 
         evaluation = {
             "benchmark": cfg.eval.benchmark or ", ".join(cfg.eval.tasks), "tasks": len(rows),
             "texts": sum(r["texts"] for r in rows), "tokens": sum(r["tokens"] for r in rows),
-            "seconds": forward_time(arch, cluster, groups, with_head=False),
+            "seconds": forward_time(arch, cluster, groups, with_head=False),  # per model
+            "models": evaluated, "evaluations": len(evaluated),
             "not_counted": missing, "per_task": rows,
         }
     total = sum(s["train"]["seconds"] + (s["targets"]["seconds"] or 0) for s in stages) \
-        + (evaluation["seconds"] if evaluation else 0)
+        + (evaluation["evaluations"] * evaluation["seconds"] if evaluation else 0)
     cpu_targets = [s["name"] for s in stages if not s["targets"]["runs_model"]]
     trainable = arch.n_trainable(t.train_embeddings)
     return {
