@@ -16,6 +16,7 @@ import webdataset as wds
 
 from t2t.config import Config, DataConfig, DataDrivenTargets, ModelConfig, ModelDerivedTargets, StageConfig, TargetsConfig
 from t2t.data.corpus import iter_texts
+from t2t.data.files import file_digest as shards_file_digest
 from t2t.data.shards import decode_sample
 from t2t.data.manifest import check_manifest, read_manifest
 from t2t.model import from_config, load_tokenizer
@@ -138,6 +139,33 @@ def test_stage1_end_to_end_rerun_and_changed_config(tiny_model_dir, corpus, clea
     assert redone["params"]["target"]["max_target_tokens"] == 8
     assert redone["corpus"]["counters"]["truncated"] > truncated
     assert is_complete(changed, "stage1", out=str(copy)) and not is_complete(cfg, "stage1", out=str(copy))
+
+
+def test_up_to_date_means_every_shard_verifies(clean, tmp_path, monkeypatch):
+    """Issue #25, BAD 2: a shard replaced by another of the same size is not up to date (sizes alone said it was),
+    and `t2t targets` mends it. An untouched directory is checked by a stat per shard, no checksum."""
+    import t2t.data.shards as shards
+
+    cfg, manifest, out = clean
+    copy = tmp_path / "stage1"
+    shutil.copytree(out, copy)  # copy2 keeps each shard's modification time: still as recorded
+    digests = []
+    monkeypatch.setattr(shards, "file_digest", lambda path: digests.append(path) or shards_file_digest(path))
+    assert is_complete(cfg, "stage1", out=str(copy)) and digests == []
+
+    touched = copy / manifest["shards"][1]["name"]
+    touched.touch()  # a new time, the same bytes: checksummed once, still up to date
+    assert is_complete(cfg, "stage1", out=str(copy)) and digests == [touched]
+
+    victim = copy / manifest["shards"][0]["name"]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # what copying a same-size shard of another job over it does to the checks
+    victim.write_bytes(bytes(data))
+    assert victim.stat().st_size == manifest["shards"][0]["bytes"]
+    assert not is_complete(cfg, "stage1", out=str(copy))
+    monkeypatch.undo()
+    run_targets(cfg, "stage1", out=str(copy))  # what the pipeline's targets step then runs: the shard is redone
+    assert victim.read_bytes() == (out / victim.name).read_bytes() and is_complete(cfg, "stage1", out=str(copy))
 
 
 def test_worker_death_gives_the_clean_shard_set(tiny_model_dir, corpus, clean, tmp_path, monkeypatch):

@@ -25,8 +25,10 @@
     ...             what the kind's `summary` adds (model-derived: dropped_mass {bound, delta_bound, mean,
                     texts_cut_by_top_k})
     shards          [{name, samples, bytes, sha256}] in index order, recorded by the worker that wrote each. The
-                    trainer checks every shard's size when it opens the directory; a rerun of `t2t targets`
-                    checks sizes and sha256 and recomputes the shards that fail.
+                    trainer checks every shard's size when it opens the directory; `t2t pipeline` calls the job
+                    up to date only if every shard's sha256 matches (re-read only where a file's size or time
+                    changed since it last matched: `verified.json`); a rerun of `t2t targets` checks sizes and
+                    sha256 and recomputes the shards that fail.
     samples         total samples; empty_targets: how many have no target ids
 
 Next to it: `ledger.jsonl` (finished shards of an unfinished job), the corpus passes' files and partial
@@ -48,7 +50,7 @@ from t2t.config import Config
 from t2t.data.corpus import CorpusStats, corpus_files
 from t2t.data.files import atomic_path, hash_into, write_json_atomic
 from t2t.data.ledger import Ledger
-from t2t.data.shards import shard_name, shard_problem
+from t2t.data.shards import VERIFIED, record_verified, shard_name, shard_problem, verified_now, verified_problems
 from t2t.errors import UserError
 from t2t.identity import EmbeddingIdentity
 from t2t.run_paths import corpus_of, for_stage, shards_dir, texts_limit
@@ -225,8 +227,8 @@ def plan(recipe: Config, stage: str, corpus: str | None = None, out: str | None 
 def is_complete(cfg: Config, stage: str, out: str | None = None) -> bool:
     """True only if `out` holds a finished job made with exactly the params `cfg` would use now.
 
-    Every shard must be there with the byte size its manifest records (a cheap check; `run_targets`
-    also compares checksums)."""
+    Every shard must be there as its manifest records it: its sha256, checked again only where the file's size
+    or modification time changed since it last matched (`shards.verified_problems`)."""
     out_dir = Path(out) if out else shards_dir(cfg, stage)
     try:
         manifest = read_manifest(out_dir)
@@ -238,15 +240,14 @@ def is_complete(cfg: Config, stage: str, out: str | None = None) -> bool:
         params = plan(cfg, stage, out=str(out_dir)).params
     except ValueError:
         return False
-    return manifest["params"] == params and all(shard_problem(out_dir, s, checksum=False) is None
-                                                 for s in manifest["shards"])
+    return manifest["params"] == params and not verified_problems(out_dir, manifest["shards"])
 
 
 # --------------------------------------------------------------------------- the job directory
 
 
 def _outputs(p: Plan) -> list[Path]:
-    names = {MANIFEST, LEDGER}
+    names = {MANIFEST, LEDGER, VERIFIED}
     for corpus_pass in p.kind.corpus_passes(p.spec):
         names |= {corpus_pass.file, partial_file(corpus_pass.name)}
     return sorted(p.out.glob("t2t-*.tar")) + [p.out / n for n in sorted(names) if (p.out / n).exists()]
@@ -388,6 +389,7 @@ def finish_manifest(p: Plan, manifest: dict, stats: CorpusStats) -> dict:
     manifest["corpus"]["counters"] = stats.as_dict()
     manifest.update(p.kind.summary(entries, p.params) or {})
     write_manifest(p.out, manifest)
+    record_verified(p.out, verified_now(p.out, shards))
     c = stats.as_dict()
     log.info("%s targets: %d samples in %d shards at %s; texts read %d, skipped empty %d, invalid UTF-8 "
              "replaced %d, truncated %d; empty targets %d", p.stage, manifest["samples"], len(entries), p.out,

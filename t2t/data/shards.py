@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from t2t.data.files import atomic_path, file_digest
+from t2t.data.files import atomic_path, file_digest, write_json_atomic
 from t2t.errors import UserError
 
 SHARD_PATTERN = "t2t-%06d.tar"
@@ -139,6 +140,51 @@ def shard_problem(shard_dir: str | Path, entry: dict, checksum: bool = True) -> 
     if checksum and digest != entry["sha256"]:
         return f"sha256 {digest[:16]}… differs from the recorded {entry['sha256'][:16]}…"
     return None
+
+
+VERIFIED = "verified.json"
+"""Next to the manifest: each shard's size and modification time when its sha256 last matched the manifest.
+A stat cache, as git's index is, not part of the contract: without it every shard is checksummed once more."""
+
+
+def verified_problems(shard_dir: str | Path, entries: list[dict]) -> dict[str, str]:
+    """`shard_problem` of every manifest entry, by name, for a check that runs often (is a stage's target job
+    up to date?): a shard whose size and modification time are those `VERIFIED` records costs a stat; any other
+    (copied over, touched, rewritten) is checksummed, and recorded when it matches. A same-size file from another
+    job is caught so: copying it gave it a new time."""
+    shard_dir = Path(shard_dir)
+    try:
+        seen = json.loads((shard_dir / VERIFIED).read_text())
+    except (OSError, ValueError):
+        seen = {}
+    problems, newly = {}, {}
+    for entry in entries:
+        path = shard_dir / entry["name"]
+        stat = path.stat() if path.is_file() else None
+        if stat is not None and seen.get(entry["name"]) == [entry.get("sha256"), stat.st_size, stat.st_mtime_ns]:
+            continue
+        problem = shard_problem(shard_dir, entry, checksum=True)
+        if problem:
+            problems[entry["name"]] = problem
+        else:
+            newly[entry["name"]] = [entry["sha256"], stat.st_size, stat.st_mtime_ns]
+    if newly:
+        record_verified(shard_dir, newly, seen)
+    return problems
+
+
+def record_verified(shard_dir: Path, shards: dict[str, list], seen: dict | None = None) -> None:
+    """Add `{name: [sha256, size, mtime_ns]}` to `VERIFIED`; a directory that cannot be written keeps checking."""
+    try:
+        write_json_atomic(shard_dir / VERIFIED, {**(seen or {}), **shards})
+    except OSError:
+        pass
+
+
+def verified_now(shard_dir: Path, entries: list[dict]) -> dict[str, list]:
+    """The `VERIFIED` records of shards just written with these entries (their sha256 taken from the files)."""
+    return {e["name"]: [e["sha256"], (shard_dir / e["name"]).stat().st_size,
+                        (shard_dir / e["name"]).stat().st_mtime_ns] for e in entries}
 
 
 def _as_array(value, key: str, name: str) -> np.ndarray:

@@ -222,7 +222,8 @@ class _UnitStream:
                 raise UserError(f"sha256 {digest[:16]}… differs from the recorded {entry['sha256'][:16]}…")
         except BAD_SHARD_ERRORS as e:
             if self.on_bad_shard == "error":
-                raise UserError(f"corrupt shard {url}: {e} (set data.on_bad_shard=skip to skip it)") from None
+                raise UserError(f"corrupt shard {url}: {e} (`t2t targets` for this stage, or a rerun of `t2t pipeline`, "
+                                "recomputes it; or set data.on_bad_shard=skip to skip it)") from None
             if url not in self.skipped:
                 log.warning("skipping corrupt shard %s: %s", url, e)
             self.skipped.add(url)
