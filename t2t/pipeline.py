@@ -129,6 +129,8 @@ class Pipeline:
             done = self.state.get(name) == fp[name] and not stale and self.outputs_present(name)
             if done:
                 print(f"[{i}/{n}] {name}: up to date, skipped", flush=True)
+            elif not stale and (aside := self.take_back(name, fp[name])):
+                print(f"[{i}/{n}] {name}: taken back from {aside}, made from these inputs; skipped", flush=True)
             else:
                 stale = True  # everything downstream of a re-run step re-runs too
                 # Finished from other inputs, or interrupted while running from other inputs: never resumed.
@@ -188,7 +190,7 @@ class Pipeline:
         a rerun that fails loses nothing finished. Unfinished checkpoints of other inputs are removed."""
         from t2t.train.checkpoint import TRAIN_INFO
 
-        self.state.pop(name, None)
+        finished_from = self.state.pop(name, None)
         self.save_state()
         stage, _, what = name.partition(":")
         if what != "train":
@@ -198,16 +200,39 @@ class Pipeline:
             aside = run_paths.replaced_dir(self.cfg, stage)
             shutil.rmtree(aside, ignore_errors=True)  # an older one: this stage finished again since
             stage_dir.replace(aside)
+            self.state.setdefault("replaced", {})[name] = finished_from  # what `take_back` matches
+            self.save_state()
             print(f"{stage_dir} was made from other inputs: kept as {aside} until its replacement is complete",
                   flush=True)
         else:
             shutil.rmtree(stage_dir, ignore_errors=True)
+
+    def take_back(self, name: str, fp: str) -> Path | None:
+        """A training step whose set-aside finished stage (`invalidate`) was made from exactly these inputs, as
+        when a recipe change is undone after its run failed: that stage is moved back instead of retrained.
+        Returns where it came from, or None. What stands in its place, made from other inputs, goes."""
+        from t2t.train.checkpoint import TRAIN_INFO
+
+        stage, _, what = name.partition(":")
+        aside = run_paths.replaced_dir(self.cfg, stage)
+        if what != "train" or self.state.get("replaced", {}).get(name) != fp or \
+                not (aside / run_paths.export_dir(self.cfg, stage).name / TRAIN_INFO).is_file():
+            return None
+        stage_dir = run_paths.stage_dir(self.cfg, stage)
+        shutil.rmtree(stage_dir, ignore_errors=True)
+        aside.replace(stage_dir)
+        del self.state["replaced"][name]
+        self.state[name] = self.state.setdefault("started", {})[name] = fp
+        self.save_state()
+        return aside
 
     def drop_replaced(self, name: str) -> None:
         """The step finished again: the finished outputs it replaced can go."""
         stage, _, what = name.partition(":")
         if what == "train":
             shutil.rmtree(run_paths.replaced_dir(self.cfg, stage), ignore_errors=True)
+            if self.state.get("replaced", {}).pop(name, None) is not None:
+                self.save_state()
 
     def logged(self, name: str, fn: Callable[[], None]) -> None:
         """Run `fn`, turning any failure into a StepFailed naming the step and its log."""

@@ -177,6 +177,56 @@ def test_reruns_never_resume_other_inputs_nor_lose_finished_stages(tmp_path, mon
     assert not (p.run_dir / "stage1.replaced").exists() and (stage1 / "model").is_dir()
 
 
+def test_undoing_a_failed_change_takes_the_finished_stage_back(tmp_path, monkeypatch, capsys):
+    """Issue #25, WEAK 10: stage 1 finished from recipe A, a change to B failed, the recipe is restored to A: the
+    stage set aside as stage1.replaced is moved back, not retrained, and what B left is gone."""
+    from t2t.pipeline import Pipeline
+
+    monkeypatch.chdir(tmp_path)
+    p = Pipeline(str(short_demo(tmp_path)), [])
+    monkeypatch.setattr(Pipeline, "outputs_present", lambda self, name: True)
+    stage1 = p.run_dir / "stage1"
+    trained = []
+
+    def train1(inputs: str, fail: bool):
+        trained.append(inputs)
+        (stage1 / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (stage1 / "checkpoints" / inputs).touch()
+        if fail:
+            raise RuntimeError("the new run failed")
+        (stage1 / "model").mkdir(parents=True)
+        (stage1 / "model" / "t2t_train.json").write_text(inputs)
+
+    def run(inputs: str, fail: bool = False):
+        fp = {name: "same" for name in p.steps} | {"stage1:train": inputs}
+        actions = {name: (lambda: None) for name in p.steps} | {"stage1:train": lambda: train1(inputs, fail)}
+        p._run_steps(fp, actions, only_until="stage2:targets")
+
+    p.logs.mkdir(parents=True)
+    run("A")
+    with pytest.raises(RuntimeError):
+        run("B", fail=True)
+    assert (p.run_dir / "stage1.replaced" / "model" / "t2t_train.json").read_text() == "A"
+    capsys.readouterr()
+    run("A")
+    assert trained == ["A", "B"]  # not trained again
+    assert f"stage1:train: taken back from {p.run_dir / 'stage1.replaced'}, made from these inputs" in \
+        capsys.readouterr().out
+    assert (stage1 / "model" / "t2t_train.json").read_text() == "A"
+    assert [c.name for c in (stage1 / "checkpoints").iterdir()] == ["A"]  # B's are gone
+    assert not (p.run_dir / "stage1.replaced").exists()
+    run("A")  # and it is simply up to date from then on
+    assert trained == ["A", "B"] and "stage1:train: up to date" in capsys.readouterr().out
+
+    # Another change that fails, then one that finishes: what was set aside is dropped, never taken back later.
+    with pytest.raises(RuntimeError):
+        run("B", fail=True)
+    run("C")
+    assert not (p.run_dir / "stage1.replaced").exists() and "replaced" not in p.state or not p.state["replaced"]
+    run("A")
+    assert trained == ["A", "B", "B", "C", "A"]
+
+
 def test_a_bad_deepspeed_json_stops_before_anything_is_touched(tmp_path, monkeypatch):
     from t2t.pipeline import Pipeline
 
