@@ -75,6 +75,11 @@ class Pipeline:
             for stage in self.cfg.stages:
                 if stage.start == "base":
                     run_paths.check_start_attention(self.cfg, stage.name)
+            missing = run_paths.missing_inputs(self.cfg)
+            if missing:  # here, not steps later with a traceback: typically t2t was run from another directory
+                raise UserError(f"{self.config_path} names inputs that are not here: {', '.join(missing)} (relative "
+                                f"paths resolve against the current directory, {Path.cwd()}: run t2t from the "
+                                "directory they are relative to, for the bundled recipes the repository root)")
         self.ray_address = ray_address
         self.run_dir = Path(self.cfg.run_dir)
         self.logs = self.run_dir / "logs"

@@ -90,3 +90,20 @@ def texts_limit(cfg: Config, stage: str) -> int:
 def corpus_of(cfg: Config, stage: str) -> str:
     """The corpus of a stage's targets."""
     return cfg.stage(stage).targets.corpus or cfg.data.corpus
+
+
+def missing_inputs(cfg: Config) -> list[str]:
+    """`key path` of each input the recipe names that is not there, before any step runs: the backbone directory
+    (unless built from `model.tiny` or converted from `model.gguf`; then the tiny tokenizer's corpus) and every
+    stage's corpus. Relative paths resolve against the current directory, as in every t2t verb."""
+    m = cfg.model
+    needed = []
+    if not (Path(m.path) / "config.json").is_file():
+        if m.tiny is not None:
+            needed.append(("model.tiny.tokenizer_corpus", m.tiny.tokenizer_corpus))
+        elif not m.gguf:
+            needed.append(("model.path", m.path))
+    for stage in cfg.stages:
+        key = f"stages.{stage.name}.targets.corpus" if stage.targets.corpus else "data.corpus"
+        needed.append((key, corpus_of(cfg, stage.name)))
+    return [f"{key} {path}" for key, path in dict.fromkeys(needed) if not Path(path).exists()]

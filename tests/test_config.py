@@ -268,6 +268,21 @@ def test_a_directory_that_cannot_be_written_is_one_line(capsys):
     assert line.startswith("t2t pipeline: error: cannot write /sys/t2t-run") and "run_dir" in line, line
 
 
+def test_the_demo_run_from_another_directory_says_what_it_needs_in_one_line(tmp_path, monkeypatch, capsys):
+    """Issue #25, 12: relative paths resolve against the current directory; the demo run from elsewhere used to
+    convert its base model and then fail at stage1:targets with a traceback. Now nothing runs, and one line says
+    which inputs are missing and against which directory they were looked up."""
+    from t2t.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["pipeline", "--config", str(REPO / "recipes" / "demo.yaml")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"t2t pipeline: error: {REPO / 'recipes' / 'demo.yaml'} names inputs that are not here: "
+                           "data.corpus data/corpus/wiki_sentences_60k.txt.gz (relative paths resolve against the "
+                           f"current directory, {tmp_path}"), line
+    assert list(tmp_path.iterdir()) == []  # no step ran: nothing converted, no run directory
+
+
 def test_a_bad_seed_stops_training_before_any_rank_starts(capsys):
     from t2t.cli import main
 
