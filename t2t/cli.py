@@ -64,8 +64,33 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+class _ExpectedCpuAccelerator(logging.Filter):
+    """Drops DeepSpeed's "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect
+    it." on a machine with no GPU: there CPU is what t2t means to run on (one rank per machine, fp32 where bf16 would be
+    emulated), so the line tells the user nothing, and every command that imports DeepSpeed printed it. It stays where
+    torch or the kernel sees an NVIDIA GPU DeepSpeed did not pick: that is worth acting on. DeepSpeed's other
+    warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Setting accelerator to CPU."):
+            return True
+        import glob
+
+        import torch  # DeepSpeed imported it before it warns
+
+        return torch.cuda.device_count() > 0 or bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def quiet_expected_cpu_accelerator() -> None:
+    """Install `_ExpectedCpuAccelerator` on DeepSpeed's logger (before DeepSpeed is imported; once per process)."""
+    ds_log = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _ExpectedCpuAccelerator) for f in ds_log.filters):
+        ds_log.addFilter(_ExpectedCpuAccelerator())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_expected_cpu_accelerator()
     # By default SIGTERM kills at once: no `finally` runs, and a local Ray this process started is left behind.
     # Verbs with their own handling (training ranks, `launch_local` while it trains) replace this one.
     signal.signal(signal.SIGTERM, _terminate)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,63 @@ def test_one_rank_keeps_its_parameters_resident_unless_they_are_offloaded(path):
     assert resident_on_one_rank(ds, world=2) == ds  # several ranks shard as the JSON says
     assert ds["zero_optimization"].get("stage3_param_persistence_threshold") == own  # the caller's dict is untouched
     deepspeed_parse(dict(one, train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda ds: ds["zero_optimization"].update(overlap_comm="maybe"),
+     "DeepSpeed rejects zero_optimization.overlap_comm: Input should be a valid boolean, unable to interpret input "
+     "(got 'maybe')"),
+    (lambda ds: ds["zero_optimization"].update(offload_optimizer={"device": "gpu"}),
+     "DeepSpeed rejects zero_optimization.offload_optimizer.device: Input should be 'none', 'cpu' or 'nvme' "
+     "(got 'gpu')"),
+    (lambda ds: ds.update(communication_data_type="int3"),  # a check outside pydantic: its own message
+     "DeepSpeed rejects it: Invalid communication_data_type. Supported data types: ['fp16', 'bf16', 'fp32']. "
+     "Got: int3"),
+])
+def test_what_deepspeed_rejects_is_one_line_naming_the_file_and_key_before_any_rank_starts(tmp_path, capsys, change,
+                                                                                          message):
+    """`t2t config` (and `t2t pipeline`, which checks the same before its first step) name the key; before, every
+    rank raised DeepSpeed's pydantic error from deep inside the model's loading."""
+    from t2t.cli import main
+
+    ds = json.loads((REPO / "ds_configs" / "zero3_cpu.json").read_text())
+    change(ds)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(ds))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{path: m}}\ntrain: {{ds_config: {path}}}\n")
+    assert main(["config", "--config", str(recipe)]) == 2
+    assert capsys.readouterr().err.strip() == f"t2t config: error: {path}: {message}"
+
+
+def test_deepspeeds_cpu_accelerator_warning_is_not_shown_where_there_is_no_gpu():
+    """A command that imports DeepSpeed (`t2t plan`) on a machine with no GPU, DS_ACCELERATOR unset: DeepSpeed's
+    "Setting accelerator to CPU. If you have GPU ..., we were unable to detect it." is not printed."""
+    import torch
+
+    if torch.cuda.device_count():
+        pytest.skip("DeepSpeed finds the GPU here and does not warn")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    done = subprocess.run([sys.executable, "-m", "t2t.cli", "plan", "--config", "recipes/tiny.yaml", "--nodes", "1",
+                           "--gpus-per-node", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Setting accelerator to CPU" not in done.stdout + done.stderr
+
+
+def test_only_that_warning_is_dropped_and_only_without_a_gpu(monkeypatch):
+    import logging
+
+    import torch
+
+    from t2t.cli import _ExpectedCpuAccelerator
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("DeepSpeed", logging.WARNING, "real_accelerator.py", 213, message, None, None)
+
+    cpu = record("Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.")
+    other = record("DeepSpeedConfig: vocabulary size 32001 is not aligned to 8, may import tensor core utilization.")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr("glob.glob", lambda pattern: [])
+    assert not _ExpectedCpuAccelerator().filter(cpu) and _ExpectedCpuAccelerator().filter(other)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a GPU DeepSpeed did not pick: worth acting on
+    assert _ExpectedCpuAccelerator().filter(cpu)

@@ -1,13 +1,16 @@
 """No rank outlives its own failure: a rank that raises in its data loader exits within seconds, its loader
-workers with it, the other rank stops too, and the console names the failing rank's own error line.
+workers with it, the other rank stops too, and the console names the failing rank's own error line, or the
+exception it raised where it printed none.
 
 Real processes: `t2t train` under torchrun as `t2t pipeline` and users start it (2 ranks of ZeRO-3 on CPU, one
-loader worker each), on shards whose manifest one shard no longer matches.
+loader worker each), on shards whose manifest one shard no longer matches; `launch_local` (what `t2t pipeline` runs)
+of one rank on a backbone whose weights file is cut short.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import sys
 import time
@@ -73,3 +76,21 @@ def test_a_corrupt_shard_found_mid_stream_ends_the_job_within_seconds(tiny_model
     assert any("rank 1 lost contact with another rank" in ln for ln in lines), out[-4000:]
     time.sleep(1)
     assert descendants_alive(family) == [], "processes outlived the run"
+
+
+def test_the_console_names_the_exception_a_rank_raised(tiny_model_dir, tmp_path):
+    from t2t.train.launch import TrainingFailed, launch_local
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])  # an interrupted copy
+    write_stage_shards(tiny_model_dir, tmp_path / "shards" / "stage1", n_shards=2, per_shard=8)
+    recipe = write_recipe(tmp_path / "r.yaml", model, tmp_path / "shards", tmp_path / "run", stage1=dict(steps=2))
+    with pytest.raises(TrainingFailed) as failed:
+        launch_local(str(recipe), [], stage="stage1", nproc=1, log_file=tmp_path / "train.log")
+    msg = str(failed.value).splitlines()
+    assert msg[0].startswith("stage1: training failed: rank 0 exited with code 1;"), msg
+    # the rank's own exception (torch prefixes its traceback `[rank0]: ` in the log), without the traceback
+    assert len(msg) > 1 and msg[1].startswith("rank 0: "), msg
+    assert "SafetensorError: Error while deserializing" in msg[1], msg
+    assert len(msg) <= 1 + 4 and not any("File " in line for line in msg), msg

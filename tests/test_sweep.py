@@ -234,3 +234,22 @@ def test_a_two_by_two_sweep_shares_steps_isolates_a_failure_and_reruns_only_what
     assert alone.returncode == 0, alone.stderr[-3000:]
     separate = json.loads((tmp_path / "alone" / "results.json").read_text())["scores"]
     assert [four["rows"][n]["scores"] for n in a_points + b_points] == list(separate.values())
+
+
+def test_a_slurm_command_that_does_not_answer_is_a_clear_error_not_a_hang(tmp_path, monkeypatch):
+    """sbatch and squeue talk to the Slurm controller; one that is down must not hang the sweep for ever."""
+    import time
+
+    from t2t.sweep import slurm
+
+    for name in ("sbatch", "squeue"):  # stand-ins for clients waiting on a controller that never answers
+        (tmp_path / name).write_text("#!/usr/bin/env bash\nexec sleep 60\n")
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(slurm, "SLURM_COMMAND_TIMEOUT_S", 1, raising=False)
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"sbatch did not answer within 1 s .*scontrol ping.*squeue --me"):
+        slurm.sbatch(["--wrap", "true"])
+    with pytest.raises(UserError, match=r"squeue did not answer within 1 s .*whether job 17 is still queued"):
+        slurm.alive("17")
+    assert time.monotonic() - started < 10

@@ -78,9 +78,11 @@ def run(args) -> int:
     return leave(0)
 
 
-# What gloo, NCCL and the TCP store say when the process at the other end is gone.
+# What gloo, NCCL and the TCP store say when the process at the other end is gone, or (gloo's "Timed out waiting")
+# has not answered within the process group's timeout: DeepSpeed's default, 10 min (DEEPSPEED_TIMEOUT, in minutes).
 PEER_LOST = re.compile(r"Connection reset by peer|Connection closed by (?:remote )?peer|Broken pipe|"
-                       r"Connection refused|Socket Timeout|NCCL communicator was aborted|remote process exited",
+                       r"Connection refused|Socket Timeout|NCCL communicator was aborted|remote process exited|"
+                       r"Timed out waiting \d+ ?ms for (?:recv|send) operation|Application timeout caused pair closure",
                        re.IGNORECASE)
 
 

@@ -169,9 +169,9 @@ def read_ds_config(path: str | Path) -> ZeroSettings:
     """Parse a ZeRO-3 DeepSpeed JSON with DeepSpeed's config model (its defaults fill what is unset)."""
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"train.ds_config {p} does not exist")
+    from t2t.train.engine import resolve_ds_config_path
+
+    p = resolve_ds_config_path(str(path))  # as training finds it: as given, else in t2t's own ds_configs/
     try:
         raw = json.loads(p.read_text())
         zero = DeepSpeedZeroConfig(**raw.get("zero_optimization", {}))

@@ -26,10 +26,26 @@ from t2t.errors import UserError
 
 TRAIN_SLURM = Path(__file__).resolve().parents[2] / "launchers" / "train.slurm"
 
+SLURM_COMMAND_TIMEOUT_S = 120
+"""How long sbatch or squeue may take to answer: well under a second while the Slurm controller is up; when it is
+busy or failing over they retry by themselves (MessageTimeout, 10 s by default, a few times), and 2 minutes is past
+those retries and still short for a person waiting at the prompt. Without a bound a dead controller hangs the sweep."""
+
+
+def _slurm(cmd: list[str], then: str) -> subprocess.CompletedProcess:
+    """Run a Slurm client command; a UserError when it does not answer in SLURM_COMMAND_TIMEOUT_S (`then`: what
+    that leaves unknown)."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=SLURM_COMMAND_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"{cmd[0]} did not answer within {SLURM_COMMAND_TIMEOUT_S} s (is the Slurm controller up? "
+                        f"`scontrol ping`); {then}") from None
+
 
 def sbatch(args: list[str]) -> str:
     """Submit; returns the job id (`--parsable` prints `ID` or `ID;CLUSTER`)."""
-    done = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True)
+    done = _slurm(["sbatch", "--parsable", *args], "it may have submitted the job all the same: check `squeue --me` "
+                  "before rerunning the sweep")
     if done.returncode != 0:
         raise UserError(f"sbatch {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout.strip().split(";")[0]
@@ -39,7 +55,8 @@ def alive(job: str | None) -> bool:
     """True if Slurm still has the job queued or running."""
     if not job:
         return False
-    done = subprocess.run(["squeue", "-h", "-o", "%i", "-j", job], capture_output=True, text=True)
+    done = _slurm(["squeue", "-h", "-o", "%i", "-j", job], f"whether job {job} is still queued is not known, and "
+                  "submitting its step again could run it twice: rerun once Slurm answers")
     return done.returncode == 0 and job in done.stdout.split()
 
 

@@ -11,6 +11,7 @@ is DeepSpeed's CPU Adam, which DeepSpeed requires there.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -120,7 +121,54 @@ def build_ds_config(cfg: Config) -> dict:
             log.info("%s: %s=%s replaced by the recipe's %s=%s", path, key, ds[key], RECIPE_OWNED[key], value)
         ds[key] = value
     ds.setdefault("steps_per_print", 10**9)  # t2t logs its own metrics
-    return fp32_where_bf16_is_emulated(ds, path)
+    ds = fp32_where_bf16_is_emulated(ds, path)
+    check_with_deepspeed(ds, path)
+    return ds
+
+
+def check_with_deepspeed(ds: dict, path) -> None:
+    """DeepSpeed's own parse of the config: a value its pydantic models reject (a string for a boolean, a misspelled
+    key inside `zero_optimization`) is one line naming the file and the key, at `t2t config`, when `t2t pipeline`
+    starts and before a rank loads the model, instead of a traceback on every rank. Only the JSON's contents are
+    checked: with no process group DeepSpeed parses it as for one process."""
+    from deepspeed.runtime.config import DeepSpeedConfig, DeepSpeedConfigError
+    from pydantic import ValidationError
+
+    try:
+        DeepSpeedConfig(copy.deepcopy(ds))  # it may fill in defaults; the caller's dict stays as read
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            where = _json_key(ds, err["loc"], err.get("input")) or f"{e.title}.{'.'.join(map(str, err['loc']))}"
+            got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+            problems.append(f"{where}: {err['msg']}{got}")
+        raise UserError(f"{path}: DeepSpeed rejects {'; '.join(problems)}") from None
+    except (DeepSpeedConfigError, ValueError, AssertionError) as e:  # its checks of values against each other
+        raise UserError(f"{path}: DeepSpeed rejects it: {e}") from None
+
+
+def _json_key(ds: dict, loc: tuple, value) -> str | None:
+    """The dotted key in the JSON of the field pydantic reports at `loc` with `value`: pydantic names the field
+    within one of DeepSpeed's sub-models only (`overlap_comm`, not `zero_optimization.overlap_comm`), so it is
+    looked for by its value; None unless exactly one place matches."""
+    found = []
+
+    def walk(node, path: list[str]) -> None:
+        if not isinstance(node, dict):
+            return
+        here = node
+        for key in loc:
+            here = here.get(key, _MISSING) if isinstance(here, dict) else _MISSING
+        if here is not _MISSING and here == value:
+            found.append(".".join([*path, *map(str, loc)]))
+        for key, child in node.items():
+            walk(child, [*path, key])
+
+    walk(ds, [])
+    return found[0] if len(found) == 1 else None
+
+
+_MISSING = object()
 
 
 def fp32_where_bf16_is_emulated(ds: dict, path) -> dict:

@@ -16,8 +16,8 @@ names the checkpoint a rerun resumes from. A second Ctrl-C kills torchrun and th
 runs in a session of its own, so a Ctrl-C in the terminal reaches it only through this process, once.
 The ranks also stop by themselves when this process exits, even by SIGKILL (t2t/train/signals.py).
 
-A failure says which rank died or failed, and how (from torchrun's summary in the log), with the ranks'
-own `t2t train: ...` lines first and where a rerun resumes from.
+A failure says which rank died or failed, and how (from torchrun's summary in the log), where a rerun resumes
+from, and why: the ranks' own `t2t train: ...` lines, and the failed rank's final exception where it raised one.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 120
 """Seconds torchrun gives the ranks to checkpoint and exit after a stop signal before it kills them."""
+
+LAUNCHER_EXIT_GRACE_S = 30
+"""Seconds past its shutdown timeout that torchrun may take to exit after SIGTERM: by then it has killed the ranks
+left and only writes its summary, which takes seconds. A torchrun still there is hung (or stopped): it and the ranks
+are killed rather than waited on forever."""
 
 
 class TrainingStopped(RuntimeError):
@@ -126,20 +131,39 @@ def launch_local(config_path: str | None, overrides: list[str], stage: str, npro
                                                log_file), stop.received)
     if code != 0:
         text = _read_from(log_file, start)
-        raise TrainingFailed(failure_message(stage, code, text, ckpt_dir, log_file), _root_cause(text)[1] in (2, 3))
+        raise TrainingFailed(failure_message(stage, code, text, ckpt_dir, log_file), _root_cause(text)[2] in (2, 3))
     if not stage_complete(cfg, stage):
         raise RuntimeError(f"{stage}: training stopped before its final export (interrupted?); "
                            f"{resume_hint(ckpt_dir)}; see {log_file}")
 
 
+def _stop_bound() -> float:
+    """How long torchrun may take to exit after SIGTERM: its shutdown timeout (as launch_local sets it), then the
+    grace."""
+    return float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT)) + LAUNCHER_EXIT_GRACE_S
+
+
 def _wait(proc: subprocess.Popen) -> None:
-    """Wait for `proc`, also through a KeyboardInterrupt (which PassOnStop raises after killing it)."""
+    """Wait for `proc`, sent SIGTERM, also through a KeyboardInterrupt (which PassOnStop raises after killing it);
+    after `_stop_bound()` seconds kill it and every process under it."""
+    bound = _stop_bound()
+    deadline = time.monotonic() + bound
     while True:
         try:
-            proc.wait()
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             return
+        except subprocess.TimeoutExpired:
+            _kill_hung(proc, bound)
         except KeyboardInterrupt:
             continue
+
+
+def _kill_hung(proc: subprocess.Popen, bound: float) -> None:
+    from t2t.train.signals import kill_tree
+
+    log.error("the launcher (pid %d) did not exit within %.0f s of SIGTERM; killing it and the ranks", proc.pid, bound)
+    kill_tree(proc.pid)
+    proc.wait()  # SIGKILL cannot be ignored
 
 
 def resume_hint(ckpt_dir: Path) -> str:
@@ -163,28 +187,77 @@ def _stopped_message(stage: str, signum: int, ckpt_dir: Path, complete: bool, lo
 
 # torchrun's failure summary (torch.distributed.elastic's ChildFailedError), per failed rank.
 _FAILURE = re.compile(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)", re.MULTILINE)
-_RANK_LINE = re.compile(r"^(?:\[(?:default)?rank\d+\]:\s*)?(t2t train: .*)$", re.MULTILINE)
+# A rank's line as torch's excepthook writes it once the process group is up (`[rank0]: `), or torchrun with --tee
+# (`[default0]:`) or a TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE of `[${rank}]:`; lines with none are a rank's too.
+_PREFIX = r"\[(?:rank|default)?(\d+)\]:\s?"
+_RANK_LINE = re.compile(rf"^(?:{_PREFIX})?(t2t train: .*)$", re.MULTILINE)
+EXCEPTION_LINES = 4
+"""The most lines of a rank's final exception the console shows: its `Type: message` line and 3 more of the message,
+enough for a pydantic error's field and what it expected; the traceback and anything longer stay in the log."""
+# What ends an exception's message in a log without rank prefixes: the next traceback, torchrun's own log lines
+# (`E1207 06:09:51.615000 ...`) and t2t's (`06:09:51 INFO ...`).
+_NOT_MESSAGE = re.compile(r"^(?:Traceback |During handling |The above exception |[WEI]\d{4} \d\d:|\d\d:\d\d:\d\d )")
 
 
 def failure_message(stage: str, code: int, log_text: str, ckpt_dir: Path, log_file: Path) -> str:
     """What went wrong, from this run's part of the log: the rank that failed first and how (`rank 1 died
-    (signal 9, SIGKILL)`), where a rerun resumes from, then the ranks' own `t2t train: ...` lines; the log's
-    tail only when neither is there."""
-    cause, rank_code = _root_cause(log_text)
+    (signal 9, SIGKILL)`), where a rerun resumes from, then why: that rank's final exception (`rank 0:
+    ValueError: ...`) where it raised one, and the ranks' own `t2t train: ...` lines; the log's tail only when
+    none of these is there."""
+    cause, rank, rank_code = _root_cause(log_text)
     head = f"{stage}: training failed: {cause or f'the launcher exited with code {code}'}; "
     if rank_code not in (2, 3):  # a user error, a diverged loss: the rank's own line says what to do
         head += f"{resume_hint(ckpt_dir)}; "
     head += f"see {log_file}"
-    own = list(dict.fromkeys(m.group(1).rstrip() for m in _RANK_LINE.finditer(log_text)))
-    if own:
-        return "\n".join([head, *own[:8]])
+    own = list(dict.fromkeys(m.group(2).rstrip() for m in _RANK_LINE.finditer(log_text)))
+    raised, its_own = rank_exception(log_text, rank)
+    # Another rank's exception, or one no prefix ties to a rank, only where no rank said anything itself.
+    lines = [head, *(raised if its_own or not own else []), *own[:8]]
+    if len(lines) > 1:
+        return "\n".join(lines)
     if cause:
         return head
     return head + ":\n" + _tail(_before_launcher_traceback(log_text))
 
 
-def _root_cause(log_text: str) -> tuple[str | None, int | None]:
-    """(`rank R died (signal N, NAME)` or `rank R exited with code N`, its exit code), or (None, None).
+def rank_exception(log_text: str, rank: int | None) -> tuple[list[str], bool]:
+    """(the final exception of a rank's last traceback in the log as console lines, whether it is `rank`'s): the
+    `Type: message` line, prefixed `rank R: ` where the log says which rank wrote it, and at most EXCEPTION_LINES - 1
+    lines of the message. `rank`'s own where its lines carry a prefix (torch adds `[rankR]: ` once the process group
+    is up), else the last traceback without a prefix (from before that: which rank is not known), else another
+    rank's; ([], False) if the log holds no traceback of a rank."""
+    by_rank: dict[int | None, list[str]] = {}
+    for line in _before_launcher_traceback(log_text).splitlines():
+        m = re.match(_PREFIX, line)
+        by_rank.setdefault(int(m.group(1)) if m else None, []).append(line[m.end():] if m else line)
+    for key in dict.fromkeys([rank, None, *sorted(k for k in by_rank if k is not None)]):
+        lines = _final_exception(by_rank.get(key, []))
+        if lines:
+            return [f"rank {key}: {lines[0]}" if key is not None else lines[0],
+                    *(f"  {line}" for line in lines[1:])], key is not None and key == rank
+    return [], False
+
+
+def _final_exception(lines: list[str]) -> list[str]:
+    """The exception line after the last `Traceback (most recent call last):` in `lines`, and its message's next
+    lines."""
+    starts = [i for i, line in enumerate(lines) if line.rstrip() == "Traceback (most recent call last):"]
+    if not starts:
+        return []
+    i = starts[-1] + 1
+    while i < len(lines) and (not lines[i].strip() or lines[i][0].isspace()):
+        i += 1  # the frames: `  File ...`, their source lines and ^^^ markers
+    out = lines[i:i + 1]
+    for line in lines[i + 1:]:
+        if len(out) == EXCEPTION_LINES or not line.strip() or _NOT_MESSAGE.match(line):
+            break
+        if not line.strip().startswith("For further information visit"):  # pydantic's link to its docs: no cause
+            out.append(line.rstrip())
+    return [line.rstrip() for line in out]
+
+
+def _root_cause(log_text: str) -> tuple[str | None, int | None, int | None]:
+    """(`rank R died (signal N, NAME)` or `rank R exited with code N`, R, its exit code), or (None, None, None).
 
     torchrun's "Root Cause" is the earliest error file, but a rank killed by a signal writes none: its
     survivors, which exit by themselves ("lost contact", code 4) or die of the SIGTERM torchrun then sends,
@@ -192,13 +265,13 @@ def _root_cause(log_text: str) -> tuple[str | None, int | None]:
     root = log_text.split("Root Cause", 1)[-1] if "Root Cause" in log_text else log_text
     failures = [(int(m.group(1)), int(m.group(2))) for text in (root, log_text) for m in _FAILURE.finditer(text)]
     if not failures:
-        return None, None
+        return None, None, None
     rank, code = next(((r, c) for r, c in failures if c < 0 and -c != signal.SIGTERM), failures[0])
     if code < 0:
         from t2t.train.signals import signal_name
 
-        return f"rank {rank} died (signal {-code}, {signal_name(-code)})", code
-    return f"rank {rank} exited with code {code}", code
+        return f"rank {rank} died (signal {-code}, {signal_name(-code)})", rank, code
+    return f"rank {rank} exited with code {code}", rank, code
 
 
 def _before_launcher_traceback(log_text: str) -> str:
@@ -219,14 +292,16 @@ def _follow(proc: subprocess.Popen, metrics: Path, stage: str, steps: int, stop=
 
     from t2t.train.signals import signal_name
 
-    told = False
+    stopped_at = None  # when a stop was first seen: torchrun has _stop_bound() seconds from then to exit
     with tqdm(total=steps, desc=f"train {stage}", unit="step") as bar:
         while proc.poll() is None:
             time.sleep(1.0)
-            if stop is not None and stop.received is not None and not told:
-                told = True
+            if stop is not None and stop.received is not None and stopped_at is None:
+                stopped_at = time.monotonic()
                 bar.write(f"{signal_name(stop.received)}: the ranks finish their step and checkpoint, then stop "
                           f"(Ctrl-C again stops them at once)", file=sys.stderr)
+            elif stopped_at is not None and time.monotonic() - stopped_at > _stop_bound():
+                _kill_hung(proc, _stop_bound())
             last = _last_record(metrics)
             if last is not None and last["step"] != bar.n:
                 if not bar.initial:  # the rate and ETA count from the first step, not the ranks' start-up
@@ -261,4 +336,4 @@ def _tail(text: str, lines: int = 15) -> str:
 
 
 __all__ = ["launch_local", "local_ranks", "train_command", "TrainingStopped", "TrainingFailed", "failure_message",
-           "SHUTDOWN_TIMEOUT"]
+           "rank_exception", "SHUTDOWN_TIMEOUT", "LAUNCHER_EXIT_GRACE_S"]
