@@ -144,3 +144,43 @@ def test_local_ranks_honour_the_recipe_and_choose_one_rank_on_a_cpu(caplog):
         from t2t.train.launch import launch_local
 
         launch_local("recipes/tiny.yaml", [], "stage1", -1, log_file=None)
+
+
+def test_the_progress_eta_counts_from_the_first_step_not_the_ranks_start_up(tmp_path, monkeypatch):
+    """Issue #25, 16: the launcher's bar used to time its rate (and so its ETA) from the launch, so seconds of rank
+    start-up made the first steps look slow. Its clock now starts at the first step's metrics line."""
+    import tqdm.auto
+
+    from t2t.train import launch
+
+    metrics = tmp_path / "metrics.jsonl"
+    seen = []
+
+    class Recording(tqdm.auto.tqdm):
+        def refresh(self, *args, **kwargs):
+            seen.append((self.n, self.format_dict["elapsed"]))
+            return super().refresh(*args, **kwargs)
+
+    ticks = iter([None, None, 1, None, 2])  # two polls of start-up, then steps 1 and 2 appear
+    real_sleep = time.sleep
+
+    def sleep(_):
+        real_sleep(0.3)
+        step = next(ticks, None)
+        if step is not None:
+            with metrics.open("a") as f:
+                f.write(json.dumps({"step": step, "loss": 1.0}) + "\n")
+
+    class Launcher:
+        polls = 0
+
+        def poll(self):
+            self.polls += 1
+            return None if self.polls <= 5 else 0
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    monkeypatch.setattr(launch.time, "sleep", sleep)
+    launch._follow(Launcher(), metrics, "stage1", steps=4)
+    first, second = [(n, elapsed) for n, elapsed in seen if n in (1, 2)][:2]
+    assert first[0] == 1 and first[1] < 0.25  # 0.9 s of start-up before it is not counted
+    assert second[0] == 2 and 0.3 <= second[1] < 1.0
