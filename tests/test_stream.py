@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import json
 import logging
 from pathlib import Path
@@ -148,6 +150,28 @@ def test_bad_shard_stops_the_reader_by_default(shard_dir, tokenizer, tmp_path, w
                      world_size=1, shuffle_buffer=4, workers=workers)
     with pytest.raises(UserError, match="^corrupt shard .*t2t-000001.tar: .*on_bad_shard=skip to skip it\\)$"):
         take(r, 12)
+    processes = list(getattr(r._iter, "_workers", []))
+    assert len(processes) == workers
+    r.close()
+    assert not any(p.is_alive() for p in processes)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_any_other_loader_exception_reaches_the_rank_at_once_with_its_traceback(shard_dir, tokenizer, monkeypatch,
+                                                                                workers):
+    """Issue #25: a loader that fails for a reason that is not a bad shard (a bug) raises in the rank on the next
+    batch, named, and closing leaves no loader worker behind; the rank then exits (tests/test_rank_failures.py)."""
+    import t2t.data.stream as stream
+
+    def broken(raw):
+        raise RuntimeError("a bug in decoding")
+
+    monkeypatch.setattr(stream, "decode_sample", broken)  # before the reader starts: its worker inherits it
+    r = reader(shard_dir, tokenizer, workers=workers)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="a bug in decoding"):
+        take(r, 2)
+    assert time.monotonic() - started < 10
     processes = list(getattr(r._iter, "_workers", []))
     assert len(processes) == workers
     r.close()

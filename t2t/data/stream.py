@@ -377,7 +377,13 @@ class TargetReader:
         """Stop the loader's worker processes, and kill any that is still there after DataLoader's own shutdown
         (which ends them with SIGTERM, which they ignore): a rank must never wait on its loader to exit."""
         workers = list(getattr(self._iter, "_workers", []))
-        self._iter = None  # DataLoader's shutdown: tells the workers to stop and joins them for a while
+        shutdown = getattr(self._iter, "_shutdown_workers", None)
+        if shutdown is not None:
+            # What dropping the iterator would do, called here because it may not be dropped: after an exception
+            # raised inside DataLoader (a worker's), the traceback keeps the iterator, and with it the SIGCHLD
+            # handler that turns the kill below into "DataLoader worker ... is killed by signal", masking the cause.
+            shutdown()
+        self._iter = None
         for worker in workers:
             if worker.is_alive():
                 worker.kill()
