@@ -31,6 +31,7 @@ from typing import Callable
 
 from t2t import run_paths
 from t2t.config import Config, load_config, to_dict
+from t2t.config.schema import CADENCE_FIELDS
 from t2t.data.files import write_json_atomic
 from t2t.errors import UserError
 
@@ -94,7 +95,7 @@ class Pipeline:
         c = to_dict(self.cfg)
         data, train = c["data"], c["train"]
         reading = {k: data[k] for k in ("shuffle_buffer", "on_bad_shard", "loader_workers", "length_group")}
-        optim = {k: v for k, v in train.items() if k not in ("save_every", "log_every", "monitors", "peak_flops")}
+        optim = {k: v for k, v in train.items() if k not in CADENCE_FIELDS}
         fp = {"base": _hash([c["model"]])}
         model_fp = {"base": fp["base"]}  # the fingerprint of each model a stage can start from
         for stage in self.cfg.stages:

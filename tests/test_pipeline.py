@@ -129,6 +129,11 @@ def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):
         "train.stage2.steps=9": {"stage2:train", "eval", "report"},  # the old layout's key, translated
         "stages.stage2.objective=simcse": {"stage2:train", "eval", "report"},
         "targets.workers=1": set(),
+        # How often a run saves, logs and watches itself never retrains a finished stage (issue #26).
+        "train.keep_checkpoints=3": set(),
+        "train.save_every=7": set(),
+        "train.log_every=5": set(),
+        "train.stop_after_zero_grad_steps=0": set(),
         "eval.tasks=[BIOSSES]": {"eval", "report"},
         "eval.dtype=bfloat16": {"eval", "report"},
         "model.pooling=eos": set(base),

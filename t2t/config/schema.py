@@ -170,6 +170,12 @@ class LoraConfig:
     """Module names that get adapters."""
 
 
+CADENCE_FIELDS = frozenset({"save_every", "keep_checkpoints", "log_every", "monitors", "peak_flops",
+                            "stop_after_zero_grad_steps"})
+"""`train` fields that say how often a run saves, logs and watches itself, never what it trains: changing one
+neither retrains a finished stage (`t2t pipeline`'s fingerprints) nor stops a checkpoint from resuming."""
+
+
 @dataclass
 class TrainConfig:
     """The DeepSpeed trainer."""

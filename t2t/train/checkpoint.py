@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from t2t.config import Config
+from t2t.config.schema import CADENCE_FIELDS
 from t2t.errors import UserError
 from t2t.run_paths import checkpoints_dir, export_dir, for_stage
 
@@ -117,8 +118,9 @@ def gather(obj) -> list:
 
 
 # Fields a resumed stage may change: how far it trains, how it checkpoints and logs, not what it trains.
-RESUMABLE = {"save_every", "keep_checkpoints", "log_every", "nproc", "stop_after_zero_grad_steps", "monitors",
-             "peak_flops"}
+RESUMABLE = CADENCE_FIELDS | {"nproc"}
+"""`train` fields a checkpoint resumes under when they changed: the cadence, and the ranks (the data stream then
+restarts its epoch; see t2t/data/stream.py)."""
 
 
 def recipe_identity(cfg: Config, stage: str) -> dict:
