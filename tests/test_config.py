@@ -1,20 +1,17 @@
 """Recipes load into typed configs; bad keys, types and combinations are rejected with the key named.
 
-A recipe is a list of stages (`stages:`), each addressed by its name in overrides; recipes and overrides of the
-layout before (`train.stage1`, `data.stage2_corpus`, `targets.tau`, ...) are translated with a warning.
+A recipe is a list of stages (`stages:`), each addressed by its name in overrides; a recipe or override of the
+layout before (`train.stage1`, `data.stage2_corpus`, `targets.tau`, ...) is refused, naming the key it became.
 The `t2t config` verb itself (docstrings, --explain) is tested in test_config_cmd.py.
 """
 
 from __future__ import annotations
-
-import logging
 
 import pytest
 
 from conftest import REPO
 from t2t import config as C
 from t2t.config import ConfigError, load_config, to_dict
-from t2t.config import legacy
 from t2t.targets.kinds import TARGET_KINDS, DataDrivenTargets, ModelDerivedTargets
 
 
@@ -22,12 +19,6 @@ def write(tmp_path, text: str, name: str = "r.yaml"):
     p = tmp_path / name
     p.write_text(text)
     return p
-
-
-@pytest.fixture
-def fresh_warnings(monkeypatch):
-    """Legacy warnings are logged once per process and key; each test that looks for one starts afresh."""
-    monkeypatch.setattr(legacy, "_warned", set())
 
 
 TWO_STAGES = """\
@@ -293,118 +284,57 @@ def test_a_bad_seed_stops_training_before_any_rank_starts(capsys):
 
 # --------------------------------------------------------------------------- the layout before stages were a list
 
-OLD_RECIPE = """\
-model: {path: m, pooling: mean}
-data:
-  stage1_corpus: wiki.txt.gz
-  stage2_corpus: sentences.txt
-  max_texts: 4000
-  stage2_max_texts: 1024
-  shards_dir: shards/x
-targets:
-  stopwords: none
-  max_target_tokens: 64
-  weighting: idf
-  tau: 1.0e-4
-  delta: 1.0e-5
-  top_k: 32
-  shard_size: 256
-train:
-  objective: simcse
-  micro_batch_size: 8
-  stage1: {steps: 40, lr: 1.0e-5, schedule: warmup, warmup_steps: 5}
-  stage2: {steps: 24, lr: 2.0e-5}
-"""
-
-NEW_RECIPE = """\
-model: {path: m, pooling: mean}
-data:
-  corpus: wiki.txt.gz
-  max_texts: 4000
-  shards_dir: shards/x
-targets:
-  shard_size: 256
-train:
-  micro_batch_size: 8
-stages:
-  - name: stage1
-    start: base
-    objective: simcse
-    targets: {kind: data-driven, stopwords: none, max_target_tokens: 64, weighting: idf}
-    steps: 40
-    lr: 1.0e-5
-    schedule: warmup
-    warmup_steps: 5
-  - name: stage2
-    start: stage1
-    objective: simcse
-    targets: {kind: model-derived, corpus: sentences.txt, max_texts: 1024, tau: 1.0e-4, delta: 1.0e-5, top_k: 32}
-    steps: 24
-    lr: 2.0e-5
-"""
+REFUSED = "is the layout before stages were a list; use"
 
 
-def test_an_old_layout_recipe_is_its_stage_list_equivalent(tmp_path, caplog, fresh_warnings):
-    old = write(tmp_path, OLD_RECIPE, "old.yaml")
-    new = write(tmp_path, NEW_RECIPE, "new.yaml")
-    with caplog.at_level(logging.WARNING, logger="t2t.config.legacy"):
-        translated = load_config(old)
-    assert to_dict(translated) == to_dict(load_config(new))
-    warnings = [r.getMessage() for r in caplog.records if r.name == "t2t.config.legacy"]
-    assert len(warnings) == 1, warnings
-    assert "old.yaml uses the layout before stages were a list" in warnings[0]
-    for key in ("train.stage1", "train.stage2", "train.objective", "data.stage1_corpus", "data.stage2_corpus",
-                "data.stage2_max_texts", "targets.tau", "targets.weighting"):
-        assert key in warnings[0]
-    # The defaults of the old layout are the default stage list (stage 2 trained 50 steps there too).
-    assert to_dict(load_config(write(tmp_path, "model: {path: m}\ntrain: {objective: t2t}\n", "bare.yaml"))) == \
-        to_dict(load_config(None, ["model.path=m"]))
-
-
-@pytest.mark.parametrize("override, where, value", [
-    ("train.stage2.steps=7", lambda c: c.stage("stage2").steps, 7),
-    ("train.stage1.lr=1e-3", lambda c: c.stage("stage1").lr, 1e-3),
-    ("targets.tau=1e-6", lambda c: c.stage("stage2").targets.tau, 1e-6),
-    ("targets.weighting=idf", lambda c: c.stage("stage1").targets.weighting, "idf"),
-    ("train.objective=simcse", lambda c: [s.objective for s in c.stages], ["simcse", "simcse"]),
-    ("data.stage2_max_texts=5", lambda c: c.stage("stage2").targets.max_texts, 5),
-    ("data.stage2_corpus=s2.txt", lambda c: c.stage("stage2").targets.corpus, "s2.txt"),
-    ("data.stage1_corpus=s1.txt", lambda c: c.data.corpus, "s1.txt"),
+@pytest.mark.parametrize("section, message", [
+    ("train: {stage2: {steps: 24, lr: 2.0e-5, schedule: constant}}",
+     f"train.stage2 {REFUSED} stages.stage2.steps/lr/schedule (see t2t config --explain stages)"),
+    ("train: {objective: simcse}",
+     f"train.objective {REFUSED} stages.<stage>.objective (see t2t config --explain stages)"),
+    ("data: {stage1_corpus: wiki.txt.gz}",
+     f"data.stage1_corpus {REFUSED} data.corpus (see t2t config --explain data.corpus)"),
+    ("data: {stage2_corpus: s.txt}",
+     f"data.stage2_corpus {REFUSED} stages.stage2.targets.corpus (see t2t config --explain stages.targets)"),
+    ("targets: {tau: 1.0e-4, shard_size: 8}",
+     f"targets.tau {REFUSED} stages.<stage>.targets.tau (see t2t config --explain stages.targets)"),
 ])
-def test_old_overrides_land_in_their_stage(tmp_path, caplog, fresh_warnings, override, where, value):
+def test_an_old_layout_recipe_is_refused_naming_the_new_key(tmp_path, section, message):
+    for text in (section, section + "\n" + TWO_STAGES):  # with or without a stage list beside it
+        p = write(tmp_path, "model: {path: m}\n" + text + "\n", "old.yaml")
+        with pytest.raises(ConfigError) as e:
+            load_config(p)
+        assert str(e.value) == f"{p}: {message}"
+
+
+@pytest.mark.parametrize("override, named, equivalent", [
+    ("train.stage2.steps=7", "train.stage2 → stages.stage2.steps", "stages.stage2.steps=7"),
+    ("train.stage1.lr=1e-3", "train.stage1 → stages.stage1.lr", "stages.stage1.lr=1e-3"),
+    ("train.objective=simcse", "train.objective → stages.<stage>.objective", "stages.stage1.objective=simcse"),
+    ("targets.tau=1e-6", "targets.tau → stages.<stage>.targets.tau", "stages.stage2.targets.tau=1e-6"),
+    ("targets.weighting=idf", "targets.weighting → stages.<stage>.targets.weighting",
+     "stages.stage1.targets.weighting=idf"),
+    ("data.stage2_max_texts=5", "data.stage2_max_texts → stages.stage2.targets.max_texts",
+     "stages.stage2.targets.max_texts=5"),
+    ("data.stage2_corpus=s2.txt", "data.stage2_corpus → stages.stage2.targets.corpus",
+     "stages.stage2.targets.corpus=s2.txt"),
+    ("data.stage1_corpus=s1.txt", "data.stage1_corpus → data.corpus", "data.corpus=s1.txt"),
+])
+def test_an_old_layout_override_is_refused_naming_the_new_key(tmp_path, override, named, equivalent):
     p = write(tmp_path, "model: {path: m, pooling: mean}\n" + TWO_STAGES)
-    with caplog.at_level(logging.WARNING, logger="t2t.config.legacy"):
-        cfg = load_config(p, [override])
-    assert where(cfg) == value
-    old_key = override.split("=")[0]
-    assert any(r.getMessage().startswith(f"{old_key} is the layout before stages were a list; read as ")
-               for r in caplog.records if r.name == "t2t.config.legacy"), caplog.text
-    # The rest of the recipe is untouched.
-    untouched = load_config(p)
-    assert to_dict(cfg)["model"] == to_dict(untouched)["model"]
-    assert cfg.stage_names == untouched.stage_names
+    with pytest.raises(ConfigError) as e:
+        load_config(p, [override])
+    old, new = named.split(" → ")
+    assert str(e.value).startswith(f"{p}: override {override!r}: {old} {REFUSED} {new} (see t2t config --explain ")
+    assert "\n" not in str(e.value)
+    load_config(p, [equivalent])  # the key it names is the one that works now
 
 
-def test_an_old_kind_parameter_with_no_stage_of_its_kind_is_refused(tmp_path):
-    p = write(tmp_path, "model: {path: m}\nstages: [{name: only, targets: {kind: data-driven}}]\n")
-    with pytest.raises(ConfigError, match=r"targets\.tau .* no stage has targets it applies to \(stages: only\)"):
-        load_config(p, ["targets.tau=1e-6"])
-    # A stage that writes no `targets:` is data-driven, so stage-1 parameters reach it.
-    p = write(tmp_path, "model: {path: m}\nstages: [{name: only}]\n")
-    assert load_config(p, ["targets.weighting=idf"]).stage("only").targets.weighting == "idf"
+def test_an_old_layout_override_is_one_line_and_exit_2(capsys):
+    from t2t.cli import main
 
-
-def test_mixing_both_layouts_is_refused(tmp_path):
-    p = write(tmp_path, "model: {path: m}\ntrain: {stage1: {lr: 1e-4}}\n" + TWO_STAGES)
-    with pytest.raises(ConfigError, match=r"train\.stage1 belongs to the layout before stages were a list, and this "
-                                          r"recipe lists stages"):
-        load_config(p)
-    p = write(tmp_path, "model: {path: m}\ndata: {stage2_corpus: x.txt}\n" + TWO_STAGES)
-    with pytest.raises(ConfigError, match=r"data\.stage2_corpus belongs to the layout before"):
-        load_config(p)
-
-
-def test_new_layout_logs_no_legacy_warning(tmp_path, caplog, fresh_warnings):
-    with caplog.at_level(logging.WARNING, logger="t2t.config.legacy"):
-        load_config(write(tmp_path, NEW_RECIPE), ["stages.stage2.steps=3"])
-    assert not [r for r in caplog.records if r.name == "t2t.config.legacy"]
+    recipe = REPO / "recipes" / "tiny.yaml"
+    assert main(["config", "--config", str(recipe), "--set", "targets.tau=1e-5"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"t2t config: error: {recipe}: override 'targets.tau=1e-5': targets.tau {REFUSED} "
+                    "stages.<stage>.targets.tau (see t2t config --explain stages.targets)")

@@ -87,7 +87,8 @@ def test_explain_a_section(capsys):
     assert "\nstages[].lr" not in out
     rc, out, _ = _explain(capsys, "model.pooling")  # one field
     assert rc == 0 and "\nmodel.pooling: " in out and "model.path" not in out
-    # a field as `--set` and the old layout write it: with its stage's name, or a kind's field under `targets`
+    # a field as `--set` writes it (with its stage's name), or as the layout before stages were a list did (a
+    # kind's field under `targets`): a recipe or override of that layout is refused, but --explain only reads
     for key, field in (("stages.stage1.lr", "stages[].lr"), ("stages.stage2.targets.tau", "stages[].targets.tau"),
                        ("targets.tau", "stages[].targets.tau")):
         rc, out, _ = _explain(capsys, key)

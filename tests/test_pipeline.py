@@ -126,7 +126,6 @@ def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):
         "stages.stage2.targets.max_texts=400": {"stage2:targets", "stage2:train", "eval", "report"},
         "stages.stage1.targets.weighting=idf": {"stage1:targets", "stage1:train", "stage2:targets", "stage2:train",
                                                 "eval", "report"},
-        "train.stage2.steps=9": {"stage2:train", "eval", "report"},  # the old layout's key, translated
         "stages.stage2.objective=simcse": {"stage2:train", "eval", "report"},
         "targets.workers=1": set(),
         # How often a run saves, logs and watches itself never retrains a finished stage (issue #26).

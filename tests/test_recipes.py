@@ -1,6 +1,6 @@
 """Every recipe (recipes/, and the quality study's in bench/quality/) loads and validates without any
-weights, is written as a list of stages (not the layout before, which loads translated with a warning),
-and the files it names inside the repository exist; the cluster recipes match the reference setup of
+weights, is written as a list of stages (the layout before is refused), and so are the `--set` overrides
+its comments suggest; the files it names inside the repository exist; the cluster recipes match the reference setup of
 docs/DESIGN.md §1.
 
     .venv/bin/pytest tests/test_recipes.py
@@ -11,12 +11,13 @@ docs/DESIGN.md §1.
 from __future__ import annotations
 
 import json
-import logging
+import re
 from pathlib import Path
 
 import pytest
 
-from t2t.config import PROMPT_EOL, ModelConfig, legacy, load_config
+from t2t.config import PROMPT_EOL, ModelConfig, load_config
+from t2t.config.load import check_old_layout
 from t2t.targets.kinds import DataDrivenTargets, ModelDerivedTargets
 from t2t.model.gguf import locate
 from t2t.plan import load_arch, read_ds_config
@@ -51,13 +52,12 @@ def test_recipe_validates_and_names_existing_files(recipe, monkeypatch):
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO)))
-def test_recipe_is_a_stage_list(recipe, monkeypatch, caplog):
+def test_recipe_is_a_stage_list(recipe, monkeypatch):
     monkeypatch.chdir(REPO)
-    monkeypatch.setattr(legacy, "_warned", set())  # legacy warnings are once per process: none suppressed here
-    with caplog.at_level(logging.WARNING, logger="t2t.config.legacy"):
-        cfg = load_config(recipe)
-    assert not [r.getMessage() for r in caplog.records if r.name == "t2t.config.legacy"]
+    cfg = load_config(recipe)
     assert "stages:" in recipe.read_text()
+    for key in re.findall(r"--set (\S+?)=", recipe.read_text()):  # what a comment tells the reader to override
+        check_old_layout({}, f"{key}=1")
     assert cfg.stages and all(s.start == "base" or s.start in cfg.stage_names for s in cfg.stages)
 
 

@@ -197,5 +197,3 @@ def test_shard_entry_records_size_and_sha256_and_shard_problem_checks_them(tmp_p
     assert shard_problem(tmp_path, entry).startswith("sha256 ")
     path.unlink()
     assert shard_problem(tmp_path, entry) == "missing"
-    path.write_bytes(data)
-    assert "older t2t" in shard_problem(tmp_path, {"name": path.name, "samples": 6})

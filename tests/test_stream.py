@@ -270,23 +270,13 @@ def test_shard_altered_at_the_same_size_is_caught_as_it_is_read(shard_dir, tiny_
 
 
 def test_sample_count_is_checked_as_a_shard_is_read(shard_dir, tiny_model_dir, tokenizer, tmp_path):
-    """With an older manifest (sample counts, no sizes or checksums), a short shard shows at its end."""
-    import io
-
-    import numpy as np
-
-    from t2t.data.shards import write_shard
-
+    """A manifest that records another sample count for a shard of the recorded size and sha256 (the count alone
+    edited): the difference shows at the shard's end."""
     copy = copy_dir(shard_dir, tmp_path / "stage1")
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest.update(format="t2t-targets/1", shards=[dict(name=s["name"], samples=s["samples"])
-                                                    for s in manifest["shards"]])
+    manifest["shards"][3]["samples"] += 1
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    rows = [{"__key__": r["__key__"], "txt": r["txt"].decode(), "ids.npy": np.load(io.BytesIO(r["ids.npy"])),
-             "w.npy": np.load(io.BytesIO(r["w.npy"]))} for r in wds.WebDataset(str(copy / "t2t-000003.tar"),
-                                                                              shardshuffle=False)]
-    write_shard(copy / "t2t-000003.tar", rows[:20])
     urls = open_stage_shards(copy, ModelConfig(path=str(tiny_model_dir), pooling="mean"), tokenizer)
     r = TargetReader(urls, tokenizer, SETTINGS, batch_size=8, seed=0, rank=0, world_size=1, shuffle_buffer=4)
-    with pytest.raises(ValueError, match=r"corrupt shard .*t2t-000003\.tar: 20 samples, the manifest records 24"):
+    with pytest.raises(ValueError, match=r"corrupt shard .*t2t-000003\.tar: 24 samples, the manifest records 25"):
         take(r, 12)

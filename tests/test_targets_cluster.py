@@ -75,7 +75,7 @@ def test_ray_job_submit_to_a_loopback_head(tiny_model_dir, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
         "model": {"path": str(tiny_model_dir), "max_length": 48},
-        "data": {"stage1_corpus": str(corpus), "shards_dir": str(tmp_path / "shards")},
+        "data": {"corpus": str(corpus), "shards_dir": str(tmp_path / "shards")},
         "targets": {"shard_size": 16, "workers": 2},
     }))
     gcs, dashboard, *more = free_ports(9)

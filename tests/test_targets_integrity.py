@@ -27,6 +27,7 @@ from t2t.data.files import exclusive_lock, file_digest
 from t2t.data.shards import write_shard
 from t2t.data.manifest import read_manifest
 from t2t.data.stream import TargetReader, open_stage_shards
+from t2t.errors import UserError
 from t2t.model import EmbeddingIdentity, load_tokenizer
 from t2t.data.manifest import LOCK_FILE
 from t2t.ray_jobs.targets import run_targets
@@ -117,7 +118,7 @@ def test_concurrent_jobs_on_one_directory(tiny_model_dir, corpus, clean, tmp_pat
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
         "model": {"path": str(tiny_model_dir), "max_length": 48},
-        "data": {"stage1_corpus": str(corpus), "shards_dir": str(shards)},
+        "data": {"corpus": str(corpus), "shards_dir": str(shards)},
         "targets": {"shard_size": 16, "workers": 2, "batch_size": 8, "max_retries": 2},
     }))
     # Both jobs join this module's local Ray, so killing a driver leaves no Ray processes behind.
@@ -134,8 +135,8 @@ def test_concurrent_jobs_on_one_directory(tiny_model_dir, corpus, clean, tmp_pat
         os.kill(job_a.pid, signal.SIGSTOP)  # ... and stays there, whatever the scheduler does
         before = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
         started = time.monotonic()
-        job_b = subprocess.run([*cmd, "--overwrite", "--set", "targets.max_target_tokens=8"], env=env, cwd=REPO,
-                               capture_output=True, text=True, timeout=120)
+        job_b = subprocess.run([*cmd, "--overwrite", "--set", "stages.stage1.targets.max_target_tokens=8"], env=env,
+                               cwd=REPO, capture_output=True, text=True, timeout=120)
         took = time.monotonic() - started
         assert job_b.returncode == 2, job_b.stdout[-3000:] + job_b.stderr[-3000:]
         error = [line for line in job_b.stderr.splitlines() if "error:" in line]
@@ -250,16 +251,41 @@ def test_rerun_of_a_verified_job_writes_nothing(clean):  # noqa: F811
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.iterdir() if p.name != LOCK_FILE} == before
 
 
-def test_manifest_without_checksums_is_accepted_with_a_warning(tiny_model_dir, tmp_path, caplog):
-    """An older manifest (format t2t-targets/1, shards as {name, samples}): trained on, with a warning."""
-    from train_support import write_stage_shards
-
-    out = write_stage_shards(tiny_model_dir, tmp_path / "stage1", n_shards=2, per_shard=4)
-    manifest = read_manifest(out)
+def format_1(out: Path) -> None:
+    """Rewrite `out`'s manifest as an older t2t wrote it: format t2t-targets/1, shards as {name, samples}."""
+    manifest = json.loads((out / "manifest.json").read_text())
     manifest["format"] = "t2t-targets/1"
     manifest["shards"] = [{"name": s["name"], "samples": s["samples"]} for s in manifest["shards"]]
     (out / "manifest.json").write_text(json.dumps(manifest))
-    cfg = ModelConfig(path=str(tiny_model_dir), pooling="mean")
-    with caplog.at_level(logging.WARNING):
-        assert len(open_stage_shards(out, cfg, load_tokenizer(tiny_model_dir))) == 2
-    assert "2 shard(s)" in caplog.text and "rerun `t2t targets`" in caplog.text
+
+
+def test_a_format_1_manifest_is_refused_saying_how_to_recompute(tiny_model_dir, tmp_path):
+    from train_support import write_stage_shards
+
+    out = write_stage_shards(tiny_model_dir, tmp_path / "stage1", n_shards=2, per_shard=4)
+    cfg, tok = ModelConfig(path=str(tiny_model_dir), pooling="mean"), load_tokenizer(tiny_model_dir)
+    manifest = read_manifest(out)
+    del manifest["shards"][1]["sha256"]  # format 2, an entry without its checksum: nothing vouches for it either
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    recompute = ("recompute the targets: `t2t targets --stage stage1 --config R --overwrite`, or a rerun of "
+                 "`t2t pipeline`")
+    with pytest.raises(UserError) as e:
+        open_stage_shards(out, cfg, tok)
+    assert str(e.value) == (f"{out / 'manifest.json'}: shards[1] does not record bytes, name, samples, sha256; "
+                            f"{recompute}")
+    format_1(out)
+    with pytest.raises(UserError) as e:
+        open_stage_shards(out, cfg, tok)
+    assert str(e.value) == (f"{out / 'manifest.json'}: format 't2t-targets/1' is not 't2t-targets/2' (written by an "
+                            f"older t2t); {recompute}")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_a_format_1_job_is_recomputed_with_overwrite(clean, tmp_path):  # noqa: F811
+    cfg, clean_manifest, clean_out = clean
+    out = copy_job(clean_out, tmp_path / "stage1")
+    format_1(out)
+    with pytest.raises(UserError, match=r"already holds shards of another job \(.*format 't2t-targets/1'.*--overwrite"):
+        run_targets(cfg, "stage1", out=str(out))
+    assert run_targets(cfg, "stage1", out=str(out), overwrite=True)["shards"] == clean_manifest["shards"]

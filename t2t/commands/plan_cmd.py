@@ -41,8 +41,6 @@ def register(sub) -> None:
                    help="texts of stage NAME's targets, for a target kind that runs the model (repeatable; "
                         "default: counted in the stage's corpus if present, else its targets.max_texts or "
                         "data.max_texts, else the texts its training reads)")
-    p.add_argument("--stage2-texts", type=int, default=None, metavar="N",
-                   help="the same as --stage-texts stage2=N")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="plan a sweep (as `t2t sweep --grid`): its points, shared steps, GPU-hours and wall time")
     p.add_argument("--no-eval", action="store_true", help="skip the MTEB estimate (it imports mteb)")
@@ -50,8 +48,8 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def parse_stage_texts(items: list[str], stage2_texts: int | None = None) -> dict[str, int]:
-    """`--stage-texts NAME=N` (repeated) and its alias `--stage2-texts N` as {stage name: texts}."""
+def parse_stage_texts(items: list[str]) -> dict[str, int]:
+    """`--stage-texts NAME=N` (repeated) as {stage name: texts}."""
     from t2t.errors import UserError
 
     out: dict[str, int] = {}
@@ -69,12 +67,6 @@ def parse_stage_texts(items: list[str], stage2_texts: int | None = None) -> dict
         if name in out and out[name] != n:
             raise UserError(f"--stage-texts gives stage {name} two counts: {out[name]} and {n}")
         out[name] = n
-    if stage2_texts is not None:
-        if stage2_texts < 0:
-            raise UserError(f"--stage2-texts must be >= 0, got {stage2_texts}")
-        if out.get("stage2", stage2_texts) != stage2_texts:
-            raise UserError(f"--stage2-texts {stage2_texts} and --stage-texts stage2={out['stage2']} disagree")
-        out["stage2"] = stage2_texts
     return out
 
 
@@ -117,7 +109,7 @@ def cluster_size(args, cfg) -> tuple[int, int, str]:
 def run(args) -> int:
     from t2t.plan import Cluster, make_plan
 
-    stage_texts = parse_stage_texts(args.stage_texts, args.stage2_texts)
+    stage_texts = parse_stage_texts(args.stage_texts)
     mfu = measured_mfu(args.mfu_from) if args.mfu_from else args.mfu
     cfg = load_recipe(args)
     nodes, gpus, source = cluster_size(args, cfg)

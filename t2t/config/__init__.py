@@ -1,5 +1,5 @@
-"""Typed configuration for every t2t job: the schema (`schema`), the loader (`load`), and the translation of
-recipes written before stages were a list (`legacy`). See `t2t config --explain [section]`."""
+"""Typed configuration for every t2t job: the schema (`schema`) and the loader (`load`). See
+`t2t config --explain [section]`."""
 
 from t2t.config.load import field_docs, from_dict, load_config, to_dict, validate
 from t2t.config.schema import (PROMPT_EOL, Config, DataConfig, EvalConfig, LayoutConfig, LoraConfig, ModelConfig,

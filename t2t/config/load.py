@@ -1,8 +1,8 @@
 """Loading a recipe: YAML → overrides → typed `Config` → cross-field validation.
 
-`load_config(path, overrides)` reads a YAML recipe, translates the pre-stages layout if it meets one
-(`t2t.config.legacy`), applies `--set key=value` overrides, builds the dataclasses of `t2t.config.schema`
-type-checking every value, and validates the whole. Every error is a `ConfigError` naming the key.
+`load_config(path, overrides)` reads a YAML recipe, applies `--set key=value` overrides, builds the dataclasses
+of `t2t.config.schema` type-checking every value, and validates the whole. Every error is a `ConfigError` naming
+the key. A key of the layout before stages were a list (`OLD_LAYOUT`) is refused, naming where it lives now.
 
 Overrides address a stage by its name: `--set stages.stage2.lr=1e-5`, `--set stages.stage1.targets.weighting=idf`.
 """
@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import yaml
 
-from t2t.config.legacy import translate_override, translate_recipe
 from t2t.config.schema import Config, StageConfig
 from t2t.errors import ConfigError
 from t2t.pooling import POOLINGS
@@ -28,6 +27,15 @@ from t2t.targets.kinds import TARGET_KINDS, TargetsSpec, spec_from
 
 STAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 """A stage name is a directory name and an override path segment."""
+
+OLD_LAYOUT = {"train.stage1": "stages.stage1", "train.stage2": "stages.stage2",
+              "train.objective": "stages.<stage>.objective", "data.stage1_corpus": "data.corpus",
+              "data.stage2_corpus": "stages.stage2.targets.corpus",
+              "data.stage2_max_texts": "stages.stage2.targets.max_texts",
+              **{f"targets.{k}": f"stages.<stage>.targets.{k}"  # the two kinds' parameters, then under `targets`
+                 for k in ("stopwords", "max_target_tokens", "weighting", "tau", "delta", "top_k")}}
+"""Keys of the layout before stages were a list → where each lives now. They are no longer read, and named
+so rather than by the generic unknown-key error, whose did-you-mean would point at the wrong key."""
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -48,10 +56,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(raw, dict):
             raise ConfigError(f"recipe {p} must be a mapping of sections, got {type(raw).__name__}")
     try:
-        raw = translate_recipe(raw, source)
+        check_old_layout(raw)
         for item in overrides:
-            for new_item in translate_override(raw, item):
-                _apply_override(raw, new_item)
+            _apply_override(raw, item)
         cfg = from_dict(Config, raw, prefix="")
         derive_paths(cfg)
         validate(cfg)
@@ -66,9 +73,29 @@ def derive_paths(cfg: Config) -> None:
     cfg.eval.out_dir = cfg.eval.out_dir or str(Path(cfg.run_dir) / "eval")
 
 
+def check_old_layout(raw: dict, override: str | None = None) -> None:
+    """Refuse a key of `OLD_LAYOUT` in the recipe `raw`, or in `override` (`key=value`), naming its new key."""
+    for old, new in OLD_LAYOUT.items():
+        section, _, name = old.partition(".")
+        if override is not None:
+            key = override.split("=", 1)[0].strip()
+            if key != old and not key.startswith(old + "."):
+                continue
+            where, tail = f"override {override!r}: ", key[len(old):]  # train.stage2.lr → stages.stage2.lr
+        elif isinstance(raw.get(section), dict) and name in raw[section]:
+            value = raw[section][name]  # train.stage2: {steps, lr} → stages.stage2.steps/lr
+            where, tail = "", "." + "/".join(map(str, value)) if isinstance(value, dict) and value else ""
+        else:
+            continue
+        topic = "stages.targets" if ".targets." in new else "stages" if new.startswith("stages.") else new
+        raise ConfigError(f"{where}{old} is the layout before stages were a list; use {new}{tail} "
+                          f"(see t2t config --explain {topic})")
+
+
 def _apply_override(raw: dict, item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value")
+    check_old_layout(raw, item)
     dotted, value = item.split("=", 1)
     keys = dotted.strip().split(".")
     node: Any = raw

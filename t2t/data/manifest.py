@@ -2,7 +2,7 @@
 
 `<shards_dir>/<stage>/manifest.json` (written atomically; `complete` turns true only when every shard is there):
 
-    format          "t2t-targets/2" ("t2t-targets/1": the same without shard sizes and checksums)
+    format          "t2t-targets/2" (a "t2t-targets/1" manifest, whose shards carry no size or checksum, is refused)
     code_version    t2t.__version__ of the writer
     complete        false while the job runs, true at the end
     stage           the stage name the targets were made for
@@ -60,9 +60,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "t2t-targets/2"
-LEGACY_FORMATS = ("t2t-targets/1",)
-"""Older formats still read: their shard entries carry no size or checksum, so nothing vouches for the files."""
 REQUIRED = ("format", "code_version", "complete", "stage", "params", "shards", "samples")
+SHARD_KEYS = {"name", "samples", "bytes", "sha256"}
 LEDGER = "ledger.jsonl"
 LOCK_FILE = "targets.lock"
 """In the shard directory: `--overwrite` removes only the job's outputs (`_outputs`), never it or the directory."""
@@ -92,11 +91,17 @@ def read_manifest(shard_dir: str | Path) -> dict:
         raise UserError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{path} must hold a JSON object")
+    recompute = (f"recompute the targets: `t2t targets --stage {manifest.get('stage', 'NAME')} --config R "
+                 "--overwrite`, or a rerun of `t2t pipeline`")
+    if "format" in manifest and manifest["format"] != MANIFEST_FORMAT:  # format 1 recorded no shard size or sha256
+        raise UserError(f"{path}: format {manifest['format']!r} is not {MANIFEST_FORMAT!r} (written by an older "
+                        f"t2t); {recompute}")
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise UserError(f"{path} is missing {', '.join(missing)}")
-    if manifest["format"] != MANIFEST_FORMAT and manifest["format"] not in LEGACY_FORMATS:
-        raise UserError(f"{path}: format {manifest['format']!r} is not {MANIFEST_FORMAT!r}")
+    unvouched = [i for i, e in enumerate(manifest["shards"]) if not isinstance(e, dict) or not SHARD_KEYS <= set(e)]
+    if unvouched:  # every reader relies on them: a shard is checked against its size and sha256
+        raise UserError(f"{path}: shards[{unvouched[0]}] does not record {', '.join(sorted(SHARD_KEYS))}; {recompute}")
     return manifest
 
 

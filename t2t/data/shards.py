@@ -124,14 +124,11 @@ def shard_problem(shard_dir: str | Path, entry: dict, checksum: bool = True) -> 
     """How the shard a manifest (or ledger) entry describes differs from it, or None if it matches.
 
     Checks that the file is there and has the recorded byte size, and with `checksum` also its
-    sha256 (which reads the whole file). An entry without a recorded size or checksum (format
-    t2t-targets/1) cannot be vouched for: that is a problem too, worded so. Callers name the shard.
+    sha256 (which reads the whole file). Callers name the shard.
     """
     path = Path(shard_dir) / entry["name"]
     if not path.is_file():
         return "missing"
-    if "bytes" not in entry or (checksum and "sha256" not in entry):
-        return "no size or checksum recorded (written by an older t2t)"
     size = path.stat().st_size
     if checksum:
         size, digest = file_digest(path)

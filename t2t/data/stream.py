@@ -115,8 +115,7 @@ def open_stage_shards(shard_dir: str | Path, model_cfg, tokenizer, on_bad_shard:
     another size (truncated, even at a sample boundary; copied from another job) is an error naming
     it, or with `on_bad_shard=skip` a warning, and it is left out. Altered content of the same size
     (tar pads to 10 KiB records) is caught by `TargetReader`'s sha256 as it reads the shard, and by
-    a rerun of `t2t targets`. A manifest that records no sizes (format t2t-targets/1) is accepted
-    with a warning.
+    a rerun of `t2t targets`.
     """
     manifest = read_manifest(shard_dir)
     check_manifest(manifest, model_cfg, tokenizer, where=str(shard_dir))
@@ -127,12 +126,7 @@ def open_stage_shards(shard_dir: str | Path, model_cfg, tokenizer, on_bad_shard:
         if on_bad_shard == "error":
             raise UserError(message + " (set data.on_bad_shard=skip to train on the rest)")
         log.warning("%s; they will be skipped", message)
-    unrecorded = [s["name"] for s in manifest["shards"] if "bytes" not in s]
-    if unrecorded:
-        log.warning("%s: the manifest records no byte size for %d shard(s) (%s), so they are not verified; "
-                    "rerun `t2t targets` to check and record them", shard_dir, len(unrecorded),
-                    ", ".join(unrecorded[:3]) + (", ..." if len(unrecorded) > 3 else ""))
-    present = [s for s in manifest["shards"] if "bytes" in s and (Path(shard_dir) / s["name"]).is_file()]
+    present = [s for s in manifest["shards"] if (Path(shard_dir) / s["name"]).is_file()]
     differ = {s["name"]: problem for s in present if (problem := shard_problem(shard_dir, s, checksum=False))}
     if differ:
         listed = "; ".join(f"{name}: {problem}" for name, problem in list(differ.items())[:5])
@@ -218,7 +212,7 @@ class _UnitStream:
                 digest = stream.digest_to_end()
             if count != entry["samples"]:
                 raise UserError(f"{count} samples, the manifest records {entry['samples']}")
-            if "sha256" in entry and digest != entry["sha256"]:
+            if digest != entry["sha256"]:
                 raise UserError(f"sha256 {digest[:16]}… differs from the recorded {entry['sha256'][:16]}…")
         except BAD_SHARD_ERRORS as e:
             if self.on_bad_shard == "error":

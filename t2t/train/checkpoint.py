@@ -139,32 +139,13 @@ def recipe_identity(cfg: Config, stage: str) -> dict:
     return flat
 
 
-LEGACY_DATA_KEYS = ("data.stage1_corpus", "data.stage2_corpus", "data.stage2_max_texts")
-"""Identity keys of a checkpoint written before stages were a list that now live in a stage's `targets`."""
-
-
-def from_legacy_identity(saved: dict, now: dict) -> tuple[dict, dict]:
-    """(saved, now) made comparable when `saved` was written before stages were a list (it has `train.objective`).
-
-    Such a checkpoint recorded its stage's lr, schedule and warmup as `train.<stage>` and the objective as
-    `train.objective`: they are compared as the stage's own keys. What it did not record (the stage's start and
-    targets, `data.corpus`) is left out of the comparison, and so are the corpora it recorded under `data.`."""
-    if "train.objective" not in saved:
-        return saved, now
-    names = {k.split(".")[1] for k in now if k.startswith("stages.")}
-    saved = {k: v for k, v in saved.items() if k not in LEGACY_DATA_KEYS}
-    objective = saved.pop("train.objective")
-    for name in names:
-        own = saved.pop(f"train.{name}", None)
-        if isinstance(own, dict):
-            saved.update({f"stages.{name}.{k}": v for k, v in own.items()})
-            saved[f"stages.{name}.objective"] = objective
-    return saved, {k: v for k, v in now.items() if k in saved}
+OLD_LAYOUT_KEY = "train.objective"
+"""In the recipe identity of every checkpoint written before stages were a list (the objective, and each stage's
+lr and schedule, lived in `train` then). Its identity cannot equal a stage's now, so `auto` refuses it, saying so."""
 
 
 def recipe_changes(saved: dict, now: dict) -> list[str]:
     """`key: saved → now` for every field that differs."""
-    saved, now = from_legacy_identity(saved, now)
     return [f"{k}: {saved.get(k)!r} → {now.get(k)!r}" for k in sorted(set(saved) | set(now))
             if saved.get(k) != now.get(k)]
 
@@ -319,7 +300,11 @@ def resume(engine, ckpt_dir: Path, mode: str, recipe: dict | None = None) -> dic
     else:
         load_dir, tag = resolve_checkpoint(mode)
         state = load(engine, load_dir, tag)
-    changes = recipe_changes(state.get("recipe") or {}, recipe) if recipe is not None and state.get("recipe") else []
+    saved = state.get("recipe") or {}
+    changes = recipe_changes(saved, recipe) if recipe is not None and saved else []
+    if changes and mode == "auto" and OLD_LAYOUT_KEY in saved:  # its changes would list every key, not why
+        raise UserError(f"{load_dir / tag} was written by an older t2t layout (before stages were a list) and is "
+                        f"not resumed; remove {load_dir} to retrain the stage from its start")
     if changes and mode == "auto":
         raise UserError(f"{load_dir / tag} was written under a different recipe ({'; '.join(changes)}); resuming "
                         f"it would mix two runs. Restore those values to resume, or remove {load_dir} to start "
