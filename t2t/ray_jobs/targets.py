@@ -34,8 +34,9 @@ from t2t.config import Config
 from t2t.data.corpus import CorpusStats, iter_texts
 from t2t.data.files import atomic_path, exclusive_lock
 from t2t.data.ledger import Ledger
-from t2t.data.manifest import (LEDGER, LOCK_FILE, Plan, array_intact, finish_manifest, partial_file, plan,
-                               prepare_out, restart_shards, start_manifest, write_array, write_manifest)
+from t2t.data.manifest import LEDGER, LOCK_FILE, Plan, plan, write_manifest
+from t2t.data.target_job import (array_intact, finish_manifest, partial_file, prepare_out, restart_shards,
+                                 start_manifest, write_array)
 from t2t.data.shards import shard_name
 from t2t.errors import UserError
 from t2t.ray_jobs.session import ray_session
