@@ -138,6 +138,10 @@ class Sweep:
         from t2t.ray_jobs.session import start_or_join
 
         self.announce()
+        if not self.ray_address and all(self.store.settle(n) for n in self.nodes.values()):
+            # A rerun of a finished sweep starts no Ray: its evaluation is cached, or runs as `t2t eval` would.
+            print("sweep: every step is done; nothing to run", flush=True)
+            return self.finish(None)
         started = start_or_join(self.ray_address, None)
         try:
             address = ray.get_runtime_context().gcs_address
