@@ -21,7 +21,7 @@ from t2t.train.launch import failure_message
 
 def rank_traceback(rank: int | None, *exception: str) -> str:
     """A rank's traceback as it reaches the log: frames, then the exception's lines."""
-    lines = ["Traceback (most recent call last):", '  File "/work/main/t2t/train/engine.py", line 259, in build_engine',
+    lines = ["Traceback (most recent call last):", '  File "t2t/train/engine.py", line 259, in build_engine',
              "    embedder = build_model(cfg, model_dir, ds)", "               ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
              *exception]
     return "".join(f"[rank{rank}]: {line}\n" if rank is not None else f"{line}\n" for line in lines)
