@@ -156,7 +156,7 @@ def format_plan(plan: dict) -> str:
         "none frozen: train.train_embeddings"
     lines = [
         f"t2t plan  {plan['recipe']}  on {c['nodes']} node{'s' if c['nodes'] > 1 else ''} x "
-        f"{c['gpus_per_node']} GPUs = {c['world']} ranks" + (f" ({c['source']})" if "source" in c else ""),
+        f"{c['gpus_per_node']} GPUs = {c['world']} ranks" + f" ({c['source']})",
         f"backbone  {a['model_type']}, {_count(a['n_params'])} parameters: {a['num_layers']} layers, "
         f"d {a['hidden_size']}, {a['num_heads']} heads ({a['num_kv_heads']} kv), MLP {a['intermediate_size']}, "
         f"vocab {a['vocab_size']}  [{a['source']}]",
@@ -220,7 +220,7 @@ def format_plan(plan: dict) -> str:
 def format_sweep_plan(plan: dict) -> str:
     c = plan["cluster"]
     lines = [f"t2t plan  {plan['recipe']}  sweep of {len(plan['points'])} points on {c['nodes']} node(s) x "
-             f"{c['gpus_per_node']} GPUs = {c['world']} GPUs" + (f" ({c['source']})" if "source" in c else ""),
+             f"{c['gpus_per_node']} GPUs = {c['world']} GPUs" + f" ({c['source']})",
              *[f"  {note}" for note in plan["notes"]],
              f"points    {', '.join(plan['points'])}",
              f"steps     {plan['distinct_steps']} distinct (separate pipelines: {plan['separate_steps']}); "

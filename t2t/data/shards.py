@@ -157,14 +157,14 @@ def verified_problems(shard_dir: str | Path, entries: list[dict]) -> dict[str, s
     problems, newly = {}, {}
     for entry in entries:
         path = shard_dir / entry["name"]
-        stat = path.stat() if path.is_file() else None
-        if stat is not None and seen.get(entry["name"]) == [entry.get("sha256"), stat.st_size, stat.st_mtime_ns]:
+        record = _verified_record(entry["sha256"], path) if path.is_file() else None
+        if record is not None and seen.get(entry["name"]) == record:
             continue
         problem = shard_problem(shard_dir, entry, checksum=True)
         if problem:
             problems[entry["name"]] = problem
         else:
-            newly[entry["name"]] = [entry["sha256"], stat.st_size, stat.st_mtime_ns]
+            newly[entry["name"]] = record
     if newly:
         record_verified(shard_dir, newly, seen)
     return problems
@@ -180,8 +180,13 @@ def record_verified(shard_dir: Path, shards: dict[str, list], seen: dict | None 
 
 def verified_now(shard_dir: Path, entries: list[dict]) -> dict[str, list]:
     """The `VERIFIED` records of shards just written with these entries (their sha256 taken from the files)."""
-    return {e["name"]: [e["sha256"], (shard_dir / e["name"]).stat().st_size,
-                        (shard_dir / e["name"]).stat().st_mtime_ns] for e in entries}
+    return {e["name"]: _verified_record(e["sha256"], shard_dir / e["name"]) for e in entries}
+
+
+def _verified_record(sha256: str, path: Path) -> list:
+    """What `VERIFIED` keeps of a shard whose bytes match `sha256`: that hash, and the file's size and mtime now."""
+    stat = path.stat()
+    return [sha256, stat.st_size, stat.st_mtime_ns]
 
 
 def _as_array(value, key: str, name: str) -> np.ndarray:
