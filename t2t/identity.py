@@ -45,7 +45,7 @@ class EmbeddingIdentity:
     padding_side: str = "left"
     """The side the tokenizer pads on."""
     dtype: str = "float32"
-    """The compute dtype asked for (t2t.model.io.usable_dtype may still fall back to float32 on a CPU
+    """The compute dtype asked for (t2t.dtypes.usable_dtype may still fall back to float32 on a CPU
     without bf16); not saved in `t2t_config.json`."""
 
     TARGET_FIELDS: ClassVar[tuple[str, ...]] = ("pooling", "prompt", "attention", "max_length")

@@ -14,7 +14,7 @@ import pytest
 
 from t2t.eval import run_eval
 from t2t.eval.tasks import DEFAULT_DATA_DIR, LOCAL_TASKS
-from t2t.model.io import cpu_has_bf16
+from t2t.dtypes import cpu_has_bf16
 
 CAP = 48
 REPO = Path(__file__).resolve().parents[1]

@@ -215,17 +215,18 @@ def test_inspect_embeds_a_plain_hf_dir_as_the_recipe_says(tiny_model_dir, tmp_pa
 
 
 def test_bf16_falls_back_to_fp32_once_without_cpu_support(tiny_model_dir, monkeypatch, caplog):
+    import t2t.dtypes as dtypes
     import t2t.model.io as io
 
-    monkeypatch.setattr(io, "_said_once", set())
-    monkeypatch.setattr(io, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(dtypes, "_said_once", set())
+    monkeypatch.setattr(dtypes, "cpu_has_bf16", lambda: False)
     with caplog.at_level("WARNING"):
-        assert io.usable_dtype("bfloat16") == "float32" and io.usable_dtype("bfloat16") == "float32"
+        assert dtypes.usable_dtype("bfloat16") == "float32" and dtypes.usable_dtype("bfloat16") == "float32"
         lm = io.load_lm(tiny_model_dir, "bfloat16")
     assert next(lm.parameters()).dtype == torch.float32
     assert sum("no native bf16" in r.message for r in caplog.records) == 1
-    monkeypatch.setattr(io, "cpu_has_bf16", lambda: True)
-    assert io.usable_dtype("bfloat16") == "bfloat16" and io.usable_dtype("float32") == "float32"
+    monkeypatch.setattr(dtypes, "cpu_has_bf16", lambda: True)
+    assert dtypes.usable_dtype("bfloat16") == "bfloat16" and dtypes.usable_dtype("float32") == "float32"
 
 
 def test_bf16_head_cast_is_reused_out_of_autograd_and_follows_weight_changes(tiny_model_dir):

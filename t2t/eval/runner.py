@@ -39,7 +39,7 @@ from t2t.eval.models import ModelSpec, describe_model, load_encoder, model_meta
 from t2t.eval.report import build_table, write_reports
 from t2t.eval.tasks import LOCAL_TASKS, LocalTaskMixin, local_task
 from t2t.identity import EmbeddingIdentity
-from t2t.model.io import usable_dtype
+from t2t.dtypes import usable_dtype
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ def run_eval(model_dirs: list[str], tasks: list[str] | None = None, benchmark: s
     `results.json`, `scores.png` in `out_dir`; returns the table (see `t2t.eval.report.build_table`).
     `max_samples` caps every local task at a seeded sample of that many rows per split (smoke tests;
     cached apart from full runs); `data_dir` replaces `data/eval` for the local tasks. t2t models encode in
-    `dtype` (bfloat16 where the hardware has it, see `t2t.model.io.usable_dtype`). `settings` (a recipe's model
+    `dtype` (bfloat16 where the hardware has it, see `t2t.dtypes.usable_dtype`). `settings` (a recipe's model
     settings, `EmbeddingIdentity.of(cfg.model)`) embed the plain Hugging Face directories among them.
     """
     from mteb.cache import ResultCache

@@ -14,28 +14,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import shutil
 from pathlib import Path
 
-import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from t2t.config import ModelConfig
 from t2t.data.files import replace_dir, temp_name
 from t2t.data.tokens import load_tokenizer, tokenizer_fingerprint  # noqa: F401 - re-exported (t2t.model.io.*)
+from t2t.dtypes import DTYPES, usable_dtype
 from t2t.errors import UserError
 from t2t.identity import EmbeddingIdentity
 from t2t.model.embedder import Embedder
 from t2t.pooling import pooling_mode
 
-log = logging.getLogger(__name__)
-
 T2T_CONFIG = "t2t_config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_said_once: set[str] = set()  # things logged once per process (the bf16 fallback)
 
 
 def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
@@ -66,21 +61,6 @@ def resolve_model_dir(m: ModelConfig) -> Path:
 
         convert(m.gguf, m.path)
     return check_model_dir(m.path)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, slowly."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def usable_dtype(dtype: str) -> str:
-    """`dtype`, or float32 where bf16 would be emulated: no GPU and a CPU without bf16 support (said once)."""
-    if dtype == "bfloat16" and not torch.cuda.is_available() and not cpu_has_bf16():
-        if "bf16" not in _said_once:
-            _said_once.add("bf16")
-            log.warning("this CPU has no native bf16 (AVX512-BF16/AMX): computing in float32 instead")
-        return "float32"
-    return dtype
 
 
 def load_lm(path: str | Path, dtype: str = "float32"):

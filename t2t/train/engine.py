@@ -175,7 +175,7 @@ def fp32_where_bf16_is_emulated(ds: dict, path) -> dict:
     """The DeepSpeed config with bf16 turned off on a machine that would only emulate it (no GPU, a CPU without
     AVX512-BF16/AMX): DeepSpeed would cast the model to bf16 and every matmul would be emulated (the demo's
     first stage-1 step took 253 s instead of seconds). Training then runs in fp32, as `model.dtype` does there."""
-    from t2t.model.io import usable_dtype
+    from t2t.dtypes import usable_dtype
 
     keys = [k for k in ("bf16", "bfloat16") if ds.get(k, {}).get("enabled") is True]
     if not keys or usable_dtype("bfloat16") == "bfloat16":
