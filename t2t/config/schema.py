@@ -210,7 +210,8 @@ class TrainConfig:
     settings; one whose package is not installed is skipped with a warning naming the package."""
     peak_flops: float = 0.0
     """One rank's matmul peak in FLOP/s (one GPU's; a CPU rank's share of its cores); per-step MFU is measured against
-    it × the ranks (0 = timed once at the start of each stage: a 2048³ matmul in the run's dtype on rank 0)."""
+    it × the ranks (0 = timed once at the start of each stage: a square matmul in the run's dtype on rank 0:
+    1024³ on a CPU, 8192³ on a GPU)."""
     stop_after_zero_grad_steps: int = 3
     """Stop the run when the global gradient norm is exactly 0 for this many optimizer steps in a row: the model has
     collapsed (typically after too high an lr) and trains no further (0 = never stop for it)."""

@@ -14,7 +14,7 @@ Where a step's time goes (`StepClock`), in seconds, summed over the step's micro
   reduce-scatters, as DeepSpeed's comms logger times them (switched on only when there is more than one rank).
 
 MFU is 6 × the non-embedding parameters × real tokens/s over the ranks' matmul peak: `train.peak_flops` per rank
-when the user gives one, else a 2048³ matmul in the run's dtype timed once on rank 0 at the start, with rank 0's
+when the user gives one, else a square matmul in the run's dtype timed once on rank 0 at the start, with rank 0's
 device and threads (`measure_peak_flops`), times the number of ranks (each has its own GPU, or its share of a
 machine's cores). A peak that cannot be measured leaves MFU out (null), never a guess.
 """
@@ -124,14 +124,21 @@ class StepClock:
             self.seconds["comm_s"] += comm
 
 
+PEAK_MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}
+"""The side of the square matmul timed for the peak, by device type. A CPU's 1024³ runs at its 2048³ rate (82.6 against
+79.0 GFLOP/s on one thread, 146.5 against 147.0 on two, fp32, bench/BENCHMARKS.md) in an eighth of the time, which every
+training start pays; a GPU reaches its peak only at about 8192³ (a few milliseconds there)."""
+
+
 def measure_peak_flops(dtype: torch.dtype, device) -> float | None:
-    """FLOP/s of a 2048³ matmul in `dtype` on `device`, best of 5 (torch's threads as the run has them); None where
-    it cannot be measured."""
+    """FLOP/s of an n³ matmul (`PEAK_MATMUL_SIZE`) in `dtype` on `device`, best of 6 (torch's threads as the run has
+    them); None where it cannot be measured."""
+    n = PEAK_MATMUL_SIZE.get(torch.device(device).type, 2048)
     try:
         # Constant operands: the speed does not depend on the values, and no RNG is drawn from (a resumed run's
         # restored RNG must give the dropout masks the uninterrupted run got).
-        a = torch.full((2048, 2048), 0.5, dtype=dtype, device=device)
-        b = torch.full((2048, 2048), 0.25, dtype=dtype, device=device)
+        a = torch.full((n, n), 0.5, dtype=dtype, device=device)
+        b = torch.full((n, n), 0.25, dtype=dtype, device=device)
         best = float("inf")
         for _ in range(6):
             _sync(device)
@@ -139,7 +146,7 @@ def measure_peak_flops(dtype: torch.dtype, device) -> float | None:
             torch.matmul(a, b)
             _sync(device)
             best = min(best, time.perf_counter() - start)
-        return 2 * 2048 ** 3 / best
+        return 2 * n ** 3 / best
     except (RuntimeError, TypeError) as e:  # a dtype the device has no matmul for
         log.warning("the matmul peak could not be measured (%s): MFU is left out", e)
         return None
