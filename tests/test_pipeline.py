@@ -1,6 +1,7 @@
 """`t2t pipeline` end to end on a shortened tiny recipe: interrupted in stage-1 training, resumed, then up to date.
 
-One real run through the console entry (Ray for targets and eval, 2 DeepSpeed ranks for training):
+One real run through the console entry (Ray for targets, one DeepSpeed rank for training: several ranks are
+stopped and resumed in tests/test_signals.py and tests/test_train_run.py):
 1. start it, wait for the first stage-1 checkpoint, press Ctrl-C (SIGINT to the process group);
 2. rerun: the targets are not recomputed, training resumes from the checkpoint, the rest finishes;
 3. rerun again: every step is up to date.
@@ -32,7 +33,7 @@ def short_demo(tmp: Path) -> Path:
                                    hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
     recipe["data"].update(corpus=str(CORPUS), max_texts=1200, shards_dir="shards/short", loader_workers=0)
     recipe["targets"].update(shard_size=300)
-    recipe["train"].update(micro_batch_size=8, save_every=3)
+    recipe["train"].update(micro_batch_size=8, save_every=3, nproc=1)
     stage1, stage2 = recipe["stages"]
     stage1.update(steps=24, lr=1.0e-3, schedule="constant", warmup_steps=0)
     stage2.update(steps=4, lr=1.0e-4, schedule="constant")
