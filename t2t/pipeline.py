@@ -160,7 +160,7 @@ class Pipeline:
     def ensure_ray(self) -> None:
         from t2t.ray_jobs.session import start_or_join
 
-        cpus = max(self.cfg.targets.workers, self.cfg.eval.workers)
+        cpus = max(self.cfg.targets.workers, self.cfg.eval.workers) or None  # 0 (automatic): the machine's
         self._ray_started = start_or_join(self.ray_address, cpus) or self._ray_started
 
     def stop_ray(self) -> None:
@@ -272,7 +272,8 @@ class Pipeline:
     def step_targets(self, stage: str) -> None:
         from t2t.ray_jobs.targets import run_targets
 
-        self.ensure_ray()
+        if self.cfg.targets.workers or self.ray_address:  # else run_targets decides, and on one machine needs no Ray
+            self.ensure_ray()
         self.logged(f"{stage}-targets", lambda: run_targets(self.cfg, stage, ray_address=self.ray_address,
                                                             overwrite=True))
 

@@ -234,6 +234,7 @@ def test_simcse_needs_mean_pooling(tmp_path, capsys):
     ("train.grad_clip=-1", r"train\.grad_clip must be a finite number >= 0"),
     ("train.weight_decay=.inf", r"train\.weight_decay must be a finite number >= 0"),
     ("train.simcse_temperature=.inf", r"train\.simcse_temperature must be > 0"),
+    ("targets.workers=-1", r"targets\.workers must be >= 0 \(0 = automatic\), got -1"),
     ("seed=-1", r"r\.yaml: seed must be an integer in \[0, 2\*\*32\), got -1$"),  # it hung the loader workers
     ("seed=4294967296", r"r\.yaml: seed must be an integer in \[0, 2\*\*32\)"),
 ])

@@ -27,7 +27,7 @@ def tiny_llm2vec(tmp: Path) -> Path:
                 num_layers=2, num_heads=4, intermediate_size=128)
     recipe["model"].update(path="runs/llm2vec/base", gguf="", arch_config="", tiny=tiny, dtype="float32")
     recipe["data"].update(corpus=str(CORPUS), max_texts=200, loader_workers=0)
-    recipe["targets"].update(shard_size=100, workers=1)
+    recipe["targets"].update(shard_size=100, workers=0)
     recipe["train"].update(ds_config="ds_configs/zero3_cpu.json", micro_batch_size=8, nproc=1)
     recipe["eval"].update(tasks=["BIOSSES"], workers=1, dtype="float32")
     for stage in recipe["stages"]:

@@ -105,7 +105,7 @@ def three_stages(tmp: Path, tiny_recipe: Path) -> Path:
                                    hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
     recipe["model"]["pooling"] = "mean"  # the SimCSE stage needs it
     recipe["data"].update(corpus=str(CORPUS), max_texts=400, shards_dir="shards/three", loader_workers=0)
-    recipe["targets"].update(shard_size=100, workers=1)
+    recipe["targets"].update(shard_size=100, workers=0)
     recipe["train"].update(micro_batch_size=8, save_every=50, nproc=1)
     recipe["eval"].update(tasks=["STSBenchmark"], workers=1, out_dir="runs/three/eval")
     recipe["stages"] = [

@@ -239,6 +239,15 @@ def test_bad_corpora_are_named(tiny_model_dir, tmp_path):
         run_targets(dataclasses.replace(cfg, data=DataConfig()), "stage1")
 
 
+def test_workers_0_computes_stage1_in_this_process_with_the_bytes_ray_workers_write(tiny_model_dir, corpus, clean,
+                                                                                    tmp_path, caplog):
+    _, manifest, ray_out = clean  # two Ray workers
+    with caplog.at_level("INFO", logger="t2t.ray_jobs.targets"):
+        here = run_targets(make_cfg(tiny_model_dir, corpus, tmp_path, workers=0), "stage1")
+    assert "targets.workers 0 (automatic): one worker in this process" in caplog.text
+    assert shard_bytes(tmp_path / "stage1") == shard_bytes(ray_out) and here["shards"] == manifest["shards"]
+
+
 def test_stage2_background_one_vs_two_workers_with_an_actor_death(tiny_model_dir, corpus, tmp_path, monkeypatch):
     one = run_targets(make_cfg(tiny_model_dir, corpus, tmp_path / "w1", workers=1), "stage2")
     marker = tmp_path / "died"
@@ -260,6 +269,16 @@ def test_stage2_background_one_vs_two_workers_with_an_actor_death(tiny_model_dir
     assert shard_bytes(tmp_path / "w1/stage2") == shard_bytes(tmp_path / "w2/stage2")
     assert two["dropped_mass"]["bound"] <= two["dropped_mass"]["delta_bound"]
     assert two["params"]["embedding"]["pooling"] == "mean" and two["params"]["target"]["tau"] == 1e-5
+
+    # One worker in this process (`workers: 0`) computes with torch's threads, a Ray worker with one: the same
+    # targets up to the last bits of the matmuls' sums, not the same bytes.
+    monkeypatch.delenv(FAULT_ENV)
+    here = run_targets(make_cfg(tiny_model_dir, corpus, tmp_path / "w0", workers=0), "stage2")
+    np.testing.assert_allclose(np.load(tmp_path / "w0/stage2" / here["background"]["file"]), theta1, rtol=1e-5)
+    ray_rows, here_rows = read_shards(tmp_path / "w1/stage2"), read_shards(tmp_path / "w0/stage2")
+    assert ray_rows.keys() == here_rows.keys()
+    top = [int(rows[k][1][np.argmax(rows[k][2])]) for rows in (ray_rows, here_rows) for k in sorted(rows)]
+    assert top[:61] == top[61:]  # each text's heaviest target token
     check_manifest(two, cfg.model, embedder.tokenizer, where="w2")
     other = dataclasses.replace(cfg.model, pooling="last")
     with pytest.raises(ValueError, match="pooling: 'mean' -> 'last'"):
@@ -272,6 +291,7 @@ def test_reduce_pass_sums_in_chunk_order_whatever_order_the_workers_finish_in(ti
     import ray
 
     from t2t.data.manifest import plan
+    from t2t.ray_jobs.target_workers import RayPool
     from t2t.ray_jobs.targets import reduce_pass
 
     p = plan(make_cfg(tiny_model_dir, corpus, tmp_path), "stage1")  # 61 texts: 4 chunks of 16
@@ -284,6 +304,6 @@ def test_reduce_pass_sums_in_chunk_order_whatever_order_the_workers_finish_in(ti
             time.sleep(0.5 if index == 0 else 0.0)
             return index, (parts[index], 1)
 
-    workers = [ChunkZeroLast.remote() for _ in range(4)]
-    total, count = reduce_pass("test", p, workers, lambda worker, i, keys, texts: worker.part.remote(i))
+    pool = RayPool([ChunkZeroLast.remote() for _ in range(4)])
+    total, count = reduce_pass("test", p, pool, lambda i, keys, texts: pool.submit("part", i))
     assert count == 4 and total.tolist() == [((1e16 + 1.0) - 1e16) + 1.0]

@@ -225,7 +225,6 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.tiny.vocab_size must be at least 300, got {t.vocab_size}")
     for key, value in (
         ("targets.shard_size", cfg.targets.shard_size),
-        ("targets.workers", cfg.targets.workers),
         ("targets.batch_size", cfg.targets.batch_size),
         ("train.micro_batch_size", cfg.train.micro_batch_size),
         ("train.grad_accum_steps", cfg.train.grad_accum_steps),
@@ -250,8 +249,9 @@ def validate(cfg: Config) -> None:
                           "adapters train")
     if not math.isfinite(cfg.train.peak_flops) or cfg.train.peak_flops < 0:
         raise ConfigError(f"train.peak_flops must be a finite number >= 0 (0 = measured), got {cfg.train.peak_flops}")
-    if cfg.eval.workers < 0:
-        raise ConfigError(f"eval.workers must be >= 0 (0 = automatic), got {cfg.eval.workers}")
+    for key, workers in (("targets.workers", cfg.targets.workers), ("eval.workers", cfg.eval.workers)):
+        if workers < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = automatic), got {workers}")
     if cfg.train.nproc < 0:
         raise ConfigError(f"train.nproc must be >= 0 (0 = automatic), got {cfg.train.nproc}")
     if cfg.data.loader_workers < 0:

@@ -111,8 +111,10 @@ class TargetsConfig:
 
     shard_size: int = 2000
     """Samples per output shard."""
-    workers: int = 2
-    """Ray workers computing targets at once (each holds the tokenizer, or the model for model-derived targets)."""
+    workers: int = 0
+    """Ray workers computing targets at once (each holds the tokenizer, or the model for model-derived targets).
+    0 (automatic): one worker in the job's own process on one machine, where Ray's start-up does not pay for itself
+    (bench/BENCHMARKS.md); one Ray worker per CPU, or per GPU with `gpus_per_worker`, where a cluster is named."""
     gpus_per_worker: float = 0.0
     """GPUs each worker of a target kind that runs the model asks Ray for (1 on a GPU cluster, 0 on CPU)."""
     batch_size: int = 64

@@ -1,6 +1,7 @@
-"""What runs inside the Ray actors of a target job (the driver is `t2t.ray_jobs.targets`).
+"""What computes a target job's chunks: Ray actors, or one worker in the driver's own process (the driver is
+`t2t.ray_jobs.targets`, which chooses).
 
-Each actor builds its stage's target-kind builder once (`TargetKind.builder`: the tokenizer, or the frozen
+Each worker builds its stage's target-kind builder once (`TargetKind.builder`: the tokenizer, or the frozen
 start model on the GPU Ray gave it), then takes chunk after chunk: `reduce` returns a corpus pass's sum over a
 chunk, `shard` computes the chunk's targets and writes the shard itself (atomically, see
 `t2t.data.shards.write_shard_entry`), returning its ledger entry: index, samples, the file's byte size and sha256
@@ -11,7 +12,8 @@ when it restarts a dead actor, and no result depends on state kept between calls
 
 Fault injection, for the worker-death tests only: with `T2T_FAULT_INJECT=PASS:INDEX:MARKER` in the driver's
 environment, the worker that first takes chunk INDEX of PASS (`shards`, or a corpus pass: `background`, `idf`)
-exits abruptly, once (MARKER records that it did). It is read here and nowhere else.
+exits abruptly, once (MARKER records that it did). It is read here and nowhere else, and only Ray workers may
+die so: a worker in the driver's process refuses it.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import os
 import time
 from pathlib import Path
 
+from collections import deque
+
 import numpy as np
-import ray
 
 from t2t.data.shards import shard_name, write_shard_entry
 from t2t.errors import UserError
@@ -30,20 +33,76 @@ from t2t.targets.kinds import target_kind
 FAULT_ENV = "T2T_FAULT_INJECT"
 
 
-def start_workers(p) -> list:
-    """`targets.workers` actors for plan `p` (a `t2t.data.manifest.Plan`)."""
+class LocalPool:
+    """One worker in this process, behind the part of Ray's `ActorPool` interface the driver uses: a chunk runs
+    when it is submitted, and its result comes back next."""
+
+    def __init__(self, p):
+        if os.environ.get(FAULT_ENV):
+            raise UserError(f"{FAULT_ENV} kills a Ray worker: set targets.workers to 1 or more to use it")
+        self.worker = _new_worker(TargetWorker, p)
+        self.results: deque = deque()
+
+    def submit(self, method: str, *args) -> None:
+        self.results.append(getattr(self.worker, method)(*args))
+
+    def has_free(self) -> bool:
+        return True
+
+    def has_next(self) -> bool:
+        return bool(self.results)
+
+    def get_next_unordered(self):
+        return self.results.popleft()
+
+    def put(self, value):
+        return value
+
+
+def ray_pool(p, workers: int) -> "RayPool":
+    """`workers` Ray actors of plan `p`'s target kind (a `t2t.data.manifest.Plan`)."""
+    import ray
+
     t = p.cfg.targets
     options = dict(num_cpus=1, num_gpus=t.gpus_per_worker if p.kind.runs_model else 0,
                    max_restarts=t.max_retries, max_task_retries=t.max_retries)
     if os.environ.get(FAULT_ENV):  # the tests' hook reaches the workers whatever Ray session they run in
         _fault(os.environ[FAULT_ENV])
         options["runtime_env"] = {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}
-    actor = TargetWorker.options(**options)
-    return [actor.remote(p.kind.name, p.cfg.model, str(p.model_dir), p.spec, p.params["vocab_size"],
-                         t.batch_size) for _ in range(t.workers)]
+    actor = ray.remote(TargetWorker).options(**options)
+    return RayPool([_new_worker(actor.remote, p) for _ in range(workers)])
 
 
-@ray.remote
+class RayPool:
+    """Ray actors in Ray's `ActorPool`: a chunk goes to whichever actor is free."""
+
+    def __init__(self, actors: list):
+        from ray.util import ActorPool
+
+        self.pool = ActorPool(actors)
+
+    def submit(self, method: str, *args) -> None:
+        self.pool.submit(lambda actor, args: getattr(actor, method).remote(*args), args)
+
+    def has_free(self) -> bool:
+        return self.pool.has_free()
+
+    def has_next(self) -> bool:
+        return self.pool.has_next()
+
+    def get_next_unordered(self):
+        return self.pool.get_next_unordered()
+
+    def put(self, value):
+        import ray
+
+        return ray.put(value)  # once in the object store, not once per chunk
+
+
+def _new_worker(make, p):
+    return make(p.kind.name, p.cfg.model, str(p.model_dir), p.spec, p.params["vocab_size"], p.cfg.targets.batch_size)
+
+
 class TargetWorker:
     """One kind's builder, held for the whole job."""
 

@@ -1,13 +1,13 @@
 """The Ray driver of target precomputation: a corpus in, a stage's WebDataset target shards out (docs/DESIGN.md §1, §3).
 
-    t2t targets --config recipes/demo.yaml --stage stage1              # local Ray, targets.workers CPUs
+    t2t targets --config recipes/demo.yaml --stage stage1              # here (workers: 0), or a local Ray pool
     t2t targets --config recipes/demo.yaml --stage stage2 --ray-address 10.0.0.1:6379
     RAY_ADDRESS=10.0.0.1:6379 t2t targets --config R --stage stage2     # the same, through the environment
     launchers/submit_targets.sh recipes/demo.yaml stage1                # `ray job submit` to a running cluster
 
 The corpus is cut into chunks of `targets.shard_size` texts in a fixed order; chunk i becomes shard
-`t2t-%06d.tar` % i. A pool of `targets.workers` actors (`t2t.ray_jobs.target_workers`), each holding the
-stage's target kind's builder (the tokenizer, or the frozen start model on its own GPU), first runs the kind's
+`t2t-%06d.tar` % i. A pool of `targets.workers` Ray actors (`t2t.ray_jobs.target_workers`; with `workers: 0` on
+one machine, one worker in this process instead: `in_this_process`), each holding the stage's target kind's builder (the tokenizer, or the frozen start model on its own GPU), first runs the kind's
 corpus passes (IDF, background θ: per-chunk sums that the driver adds up in chunk order and checkpoints), then
 writes the shards itself, atomically, so writing scales with the workers (the shard directory must be on storage
 the workers share, as the model and corpus are on a cluster). The driver only reads the corpus and keeps the
@@ -25,6 +25,7 @@ NFS byte-range locks, which other clients see.) Workers that die are restarted b
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, Iterator
 
 import numpy as np
@@ -40,6 +41,7 @@ from t2t.data.target_job import (array_intact, finish_manifest, partial_file, pr
 from t2t.data.shards import shard_name
 from t2t.errors import UserError
 from t2t.ray_jobs.session import ray_session
+from t2t.ray_jobs.target_workers import LocalPool, ray_pool
 
 log = logging.getLogger(__name__)
 
@@ -63,29 +65,50 @@ def run_targets(cfg: Config, stage: str, corpus: str | None = None, out: str | N
             return finished
         manifest = start_manifest(p)
         write_manifest(p.out, manifest)
-        with ray_session(ray_address, cfg.targets.workers):
-            stats = _compute(p, manifest, Ledger(p.out / LEDGER))
+        t = cfg.targets
+        if in_this_process(t.workers, ray_address, t.gpus_per_worker if p.kind.runs_model else 0.0):
+            stats = _compute(p, manifest, Ledger(p.out / LEDGER), LocalPool(p))
+        else:
+            with ray_session(ray_address, t.workers or None):
+                stats = _compute(p, manifest, Ledger(p.out / LEDGER), ray_pool(p, t.workers or cluster_workers(t)))
         return finish_manifest(p, manifest, stats)
 
 
-def _compute(p: Plan, manifest: dict, ledger: Ledger) -> CorpusStats:
-    """The kind's corpus passes (each skipped when its vector is on disk as recorded), then the shards."""
+def in_this_process(workers: int, ray_address: str | None, gpus_per_worker: float) -> bool:
+    """`targets.workers: 0` (automatic) computes in this process on one machine, as `eval.workers: 0` evaluates:
+    Ray's start-up and a builder per actor cost more there than they gave (bench/BENCHMARKS.md). A named cluster
+    (`--ray-address`, RAY_ADDRESS) or workers that ask for GPUs get Ray; `workers: N` chooses a local Ray pool."""
+    if workers or ray_address or os.environ.get("RAY_ADDRESS") or gpus_per_worker > 0:
+        return False
+    log.info("targets.workers 0 (automatic): one worker in this process (no Ray cluster named; on one machine "
+             "Ray's start-up did not pay for itself, bench/BENCHMARKS.md)")
+    return True
+
+
+def cluster_workers(t) -> int:
+    """`targets.workers: 0` on a cluster: one actor per GPU where the workers ask for GPUs, else one per CPU."""
     import ray
 
-    from t2t.ray_jobs.target_workers import start_workers
+    resources = ray.cluster_resources()
+    if t.gpus_per_worker > 0:
+        return max(1, int(resources.get("GPU", 0) // t.gpus_per_worker))
+    return max(1, int(resources.get("CPU", 1)))
 
-    workers = start_workers(p)
+
+def _compute(p: Plan, manifest: dict, ledger: Ledger, pool) -> CorpusStats:
+    """The kind's corpus passes (each skipped when its vector is on disk as recorded), then the shards, on `pool`
+    (`t2t.ray_jobs.target_workers`: Ray actors, or one worker in this process)."""
     arrays = {}
     for corpus_pass in p.kind.corpus_passes(p.spec):
         if not array_intact(p.out, manifest.get(corpus_pass.name)):
-            total, texts = reduce_pass(corpus_pass.name, p, workers, lambda a, i, keys, chunk, name=corpus_pass.name:
-                                       a.reduce.remote(name, i, chunk))
+            total, texts = reduce_pass(corpus_pass.name, p, pool, lambda i, keys, chunk, name=corpus_pass.name:
+                                       pool.submit("reduce", name, i, chunk))
             manifest[corpus_pass.name] = write_array(p.out, corpus_pass.file, corpus_pass.finish(total, texts), texts)
             restart_shards(p, manifest, ledger, corpus_pass.name)
         arrays[corpus_pass.name] = np.load(p.out / corpus_pass.file)
-    arrays_ref = ray.put(arrays)
+    arrays_ref = pool.put(arrays)
     out = str(p.out)
-    return _shards_pass(p, ledger, workers, lambda a, i, keys, chunk: a.shard.remote(i, keys, chunk, arrays_ref, out))
+    return _shards_pass(p, ledger, pool, lambda i, keys, chunk: pool.submit("shard", i, keys, chunk, arrays_ref, out))
 
 
 # --------------------------------------------------------------------------- passes over the corpus
@@ -107,15 +130,12 @@ def chunks(p: Plan, stats: CorpusStats) -> Iterator[tuple[int, list[str], list[s
         yield index, keys, texts
 
 
-def run_pass(name: str, p: Plan, workers: list, submit: Callable, on_result: Callable, done: set[int],
+def run_pass(name: str, p: Plan, pool, submit: Callable, on_result: Callable, done: set[int],
              stats: CorpusStats, already: int = 0) -> None:
-    """Run `submit(worker, index, keys, texts)` (an actor call returning `(index, result)`) over every chunk not in
-    `done`, through Ray's `ActorPool`, at most one chunk per worker at a time: the driver reads the corpus only
-    as fast as the workers take it. `on_result(index, result)` runs in the driver as each chunk finishes, in
-    completion order, and returns the number of samples it accounts for (for the progress bar)."""
-    from ray.util import ActorPool
-
-    pool = ActorPool(workers)
+    """Run `submit(index, keys, texts)` (a worker call returning `(index, result)`) over every chunk not in `done`,
+    through `pool`, at most one chunk per worker at a time: the driver reads the corpus only as fast as the
+    workers take it. `on_result(index, result)` runs in the driver as each chunk finishes, in completion order,
+    and returns the number of samples it accounts for (for the progress bar)."""
     bar = tqdm(desc=f"{p.stage} {name}", unit="sample", initial=already, dynamic_ncols=True)
     finished = len(done)
 
@@ -132,14 +152,14 @@ def run_pass(name: str, p: Plan, workers: list, submit: Callable, on_result: Cal
                 continue
             while not pool.has_free():
                 collect_one()
-            pool.submit(lambda worker, chunk: submit(worker, *chunk), (index, keys, texts))
+            submit(index, keys, texts)
         while pool.has_next():
             collect_one()
     finally:
         bar.close()
 
 
-def _shards_pass(p: Plan, ledger: Ledger, workers: list, submit: Callable) -> CorpusStats:
+def _shards_pass(p: Plan, ledger: Ledger, pool, submit: Callable) -> CorpusStats:
     """The pass where workers write shards: those the ledger records and the disk holds are skipped; each
     finished one is recorded (with its counts, see `t2t.ray_jobs.target_workers`) after the worker's rename."""
     done = {i for i in ledger.entries if (p.out / shard_name(i)).is_file()}
@@ -150,15 +170,16 @@ def _shards_pass(p: Plan, ledger: Ledger, workers: list, submit: Callable) -> Co
         return entry["samples"]
 
     stats = CorpusStats()
-    run_pass("targets", p, workers, submit, on_result, done, stats,
+    run_pass("targets", p, pool, submit, on_result, done, stats,
              already=sum(ledger.entries[i]["samples"] for i in done))
     return stats
 
 
-def reduce_pass(name: str, p: Plan, workers: list, submit: Callable) -> tuple[np.ndarray, int]:
+def reduce_pass(name: str, p: Plan, pool, submit: Callable) -> tuple[np.ndarray, int]:
     """Sum per-chunk (vector, count) results over the corpus in chunk order, whatever order the workers finish
     in: a float sum depends on its order, and θ (hence every model-derived target) must be the same bytes for the
-    same corpus however many workers computed it. The running sum over the finished prefix of chunks is
+    same corpus however many Ray workers computed it (one worker in this process computes with torch's threads, a
+    Ray worker with one: the same θ to the 9th digit, not the same bytes). The running sum over the finished prefix of chunks is
     checkpointed after each step (atomically), so a restarted job resumes the pass; chunks that finished
     ahead of an unfinished one wait in memory (one vector each) and are recomputed after a crash."""
     partial = p.out / partial_file(name)
@@ -183,7 +204,7 @@ def reduce_pass(name: str, p: Plan, workers: list, submit: Callable) -> tuple[np
             np.savez(f, total=total, count=count, upto=upto)
         return result[1]
 
-    run_pass(name, p, workers, submit, on_result, set(range(upto)), CorpusStats())
+    run_pass(name, p, pool, submit, on_result, set(range(upto)), CorpusStats())
     assert not ahead, f"chunks {sorted(ahead)} finished but were never summed"
     return total, count
 
