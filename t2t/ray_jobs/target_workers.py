@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
-
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 

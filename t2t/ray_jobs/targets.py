@@ -1,4 +1,4 @@
-"""The Ray driver of target precomputation: a corpus in, a stage's WebDataset target shards out (docs/DESIGN.md §1, §3).
+"""The driver of target precomputation: a corpus in, a stage's WebDataset target shards out (docs/DESIGN.md §1, §3).
 
     t2t targets --config recipes/demo.yaml --stage stage1              # here (workers: 0), or a local Ray pool
     t2t targets --config recipes/demo.yaml --stage stage2 --ray-address 10.0.0.1:6379
@@ -7,10 +7,11 @@
 
 The corpus is cut into chunks of `targets.shard_size` texts in a fixed order; chunk i becomes shard
 `t2t-%06d.tar` % i. A pool of `targets.workers` Ray actors (`t2t.ray_jobs.target_workers`; with `workers: 0` on
-one machine, one worker in this process instead: `in_this_process`), each holding the stage's target kind's builder (the tokenizer, or the frozen start model on its own GPU), first runs the kind's
-corpus passes (IDF, background θ: per-chunk sums that the driver adds up in chunk order and checkpoints), then
-writes the shards itself, atomically, so writing scales with the workers (the shard directory must be on storage
-the workers share, as the model and corpus are on a cluster). The driver only reads the corpus and keeps the
+one machine, one worker in this process instead: `in_this_process`), each holding the stage's target kind's
+builder (the tokenizer, or the frozen start model on its own GPU), first runs the kind's corpus passes (IDF,
+background θ: per-chunk sums that the driver adds up in chunk order and checkpoints), then writes the shards
+itself, atomically, so writing scales with the workers (the shard directory must be on storage the workers share,
+as the model and corpus are on a cluster). The driver only reads the corpus and keeps the
 books: each finished shard goes into `ledger.jsonl`, so a rerun skips finished shards and a crash never leaves a
 partial one. Which kind computes what is the kind's business (`t2t.targets.kinds`); the manifest is
 `t2t.data.manifest`'s.
@@ -65,12 +66,13 @@ def run_targets(cfg: Config, stage: str, corpus: str | None = None, out: str | N
             return finished
         manifest = start_manifest(p)
         write_manifest(p.out, manifest)
-        t = cfg.targets
-        if in_this_process(t.workers, ray_address, t.gpus_per_worker if p.kind.runs_model else 0.0):
+        workers = cfg.targets.workers
+        gpus = cfg.targets.gpus_per_worker if p.kind.runs_model else 0.0
+        if in_this_process(workers, ray_address, gpus):
             stats = _compute(p, manifest, Ledger(p.out / LEDGER), LocalPool(p))
         else:
-            with ray_session(ray_address, t.workers or None):
-                stats = _compute(p, manifest, Ledger(p.out / LEDGER), ray_pool(p, t.workers or cluster_workers(t)))
+            with ray_session(ray_address, workers or None):
+                stats = _compute(p, manifest, Ledger(p.out / LEDGER), ray_pool(p, workers or cluster_workers(gpus)))
         return finish_manifest(p, manifest, stats)
 
 
@@ -85,13 +87,14 @@ def in_this_process(workers: int, ray_address: str | None, gpus_per_worker: floa
     return True
 
 
-def cluster_workers(t) -> int:
-    """`targets.workers: 0` on a cluster: one actor per GPU where the workers ask for GPUs, else one per CPU."""
+def cluster_workers(gpus_per_worker: float) -> int:
+    """`targets.workers: 0` on a cluster: one actor per `gpus_per_worker` GPUs where they ask for GPUs, else one
+    per CPU."""
     import ray
 
     resources = ray.cluster_resources()
-    if t.gpus_per_worker > 0:
-        return max(1, int(resources.get("GPU", 0) // t.gpus_per_worker))
+    if gpus_per_worker > 0:
+        return max(1, int(resources.get("GPU", 0) // gpus_per_worker))
     return max(1, int(resources.get("CPU", 1)))
 
 
@@ -179,9 +182,9 @@ def reduce_pass(name: str, p: Plan, pool, submit: Callable) -> tuple[np.ndarray,
     """Sum per-chunk (vector, count) results over the corpus in chunk order, whatever order the workers finish
     in: a float sum depends on its order, and θ (hence every model-derived target) must be the same bytes for the
     same corpus however many Ray workers computed it (one worker in this process computes with torch's threads, a
-    Ray worker with one: the same θ to the 9th digit, not the same bytes). The running sum over the finished prefix of chunks is
-    checkpointed after each step (atomically), so a restarted job resumes the pass; chunks that finished
-    ahead of an unfinished one wait in memory (one vector each) and are recomputed after a crash."""
+    Ray worker with one: the same θ to the 9th digit, not always the same bytes). The running sum over the finished
+    prefix of chunks is checkpointed after each step (atomically), so a restarted job resumes the pass; chunks that
+    finished ahead of an unfinished one wait in memory (one vector each) and are recomputed after a crash."""
     partial = p.out / partial_file(name)
     total, count, upto = None, 0, 0  # the sum over chunks [0, upto)
     if partial.is_file():

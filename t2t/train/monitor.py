@@ -125,9 +125,9 @@ class StepClock:
 
 
 PEAK_MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}
-"""The side of the square matmul timed for the peak, by device type. A CPU's 1024³ runs at its 2048³ rate (82.6 against
-79.0 GFLOP/s on one thread, 146.5 against 147.0 on two, fp32, bench/BENCHMARKS.md) in an eighth of the time, which every
-training start pays; a GPU reaches its peak only at about 8192³ (a few milliseconds there)."""
+"""The side of the square matmul timed for the peak, by device type. A CPU's 1024³ runs at its 2048³ rate (82.6
+against 79.0 GFLOP/s on one thread, 146.5 against 147.0 on two, fp32, bench/BENCHMARKS.md) in an eighth of the
+time, which every training start pays; a GPU reaches its peak only at about 8192³ (a few milliseconds there)."""
 
 
 def measure_peak_flops(dtype: torch.dtype, device) -> float | None:
