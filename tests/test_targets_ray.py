@@ -247,6 +247,16 @@ def test_workers_0_computes_stage1_in_this_process_with_the_bytes_ray_workers_wr
     assert "targets.workers 0 (automatic): one worker in this process" in caplog.text
     assert shard_bytes(tmp_path / "stage1") == shard_bytes(ray_out) and here["shards"] == manifest["shards"]
 
+    # A named cluster gets Ray workers (one per CPU of it: this module's Ray has 2).
+    import ray
+
+    caplog.clear()
+    address = ray.get_runtime_context().gcs_address
+    on_cluster = run_targets(make_cfg(tiny_model_dir, corpus, tmp_path / "cluster", workers=0), "stage1",
+                             ray_address=address)
+    assert "in this process" not in caplog.text
+    assert shard_bytes(tmp_path / "cluster" / "stage1") == shard_bytes(ray_out) and on_cluster["samples"] == 61
+
 
 def test_stage2_background_one_vs_two_workers_with_an_actor_death(tiny_model_dir, corpus, tmp_path, monkeypatch):
     one = run_targets(make_cfg(tiny_model_dir, corpus, tmp_path / "w1", workers=1), "stage2")
