@@ -14,15 +14,16 @@ No weights travel either: the model is a random Llama of SmolLM2-135M's shape (5
 SmolLM2's 106M) with a BPE tokenizer trained on the repository's corpus (t2t.model.tiny), which serves for
 MFU and for NCCL/ZeRO-3 correctness. Parts, all written to <out>/gpu_check.json:
 
-1. peak   matmul FLOP/s on the device in the dtype it trains in (bf16 on a GPU, 8192³; on a CPU bf16 where it is
-          native, else fp32, 2048³), best of 11: the MFU denominator.
+1. peak   matmul FLOP/s on the device in the dtype it trains in (bf16 on a GPU; on a CPU bf16 where it is native,
+          else fp32), timed as the trainer times it (`t2t.train.monitor.measure_peak_flops`: 8192³ on a GPU,
+          1024³ on a CPU): the MFU denominator.
 2. train  `t2t train --stage stage1` under torchrun, one rank, ds_configs/zero3_bf16.json (ZeRO-3; NCCL and bf16
           on the GPU), global batch 32 at max length 64, `--steps` steps on real stage-1 targets of 2,048 corpus
           texts; then the same steps on the CPU (gloo; bf16 where the CPU has it, else fp32). Passes if every
           step's loss agrees to 2 % (bf16 rounding, different kernels) and the device run's loss falls (not
           required of --smoke's 3 steps).
 3. mfu    6 × non-embedding parameters × real tokens/s of the device run (steps 2 on) over part 1's peak,
-          and the trainer's own MFU figure (its 2048³ peak) from metrics.jsonl.
+          and the trainer's own MFU figure (the same measure, timed inside the run) from metrics.jsonl.
 4. stage2 stage-2 targets (t2t.targets.stage2.Stage2Builder, both passes) of 512 texts from the device-trained
           model, on the device in bf16 and on the CPU in fp32: texts/s, and how often the two agree on each text's
           top target token (passes at ≥ 0.9).
@@ -86,20 +87,6 @@ def corpus_texts(n: int) -> list[str]:
     from t2t.data.corpus import iter_texts
 
     return [t.text for _, t in zip(range(n), iter_texts(CORPUS))]
-
-
-def peak_flops(device: str, dtype: torch.dtype) -> float:
-    n = 2048 if device == "cpu" else 8192
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    best = float("inf")
-    for _ in range(11):
-        sync(device)
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
 
 
 def sync(device: str) -> None:
@@ -253,7 +240,9 @@ def main() -> None:
     # The dtype the device trains in: bf16 on a GPU, and on a CPU where it is native (else t2t trains in fp32).
     dtype = "bfloat16" if args.device.startswith("cuda") else usable_dtype("bfloat16")
     result["train_dtype"] = dtype
-    result["peak_flops"] = peak_flops(args.device, getattr(torch, dtype))
+    from t2t.train.monitor import measure_peak_flops
+
+    result["peak_flops"] = measure_peak_flops(getattr(torch, dtype), args.device)
     done("peak")
     prepare(out, SMOKE_SHAPE if args.smoke else SMOLLM2_SHAPE, 256 if args.smoke else 2048)
     done("prepare")
