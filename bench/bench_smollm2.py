@@ -457,8 +457,7 @@ def report(name: str, r: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=("step", "mfu", "stage2", "encode", "evalpath", "compile",
-                                                 "optimizer"))
+    p.add_argument("--only", choices=("step", "mfu", "stage2", "encode", "evalpath", "compile", "optimizer"))
     p.add_argument("--levers", default=",".join(LEVERS), help=f"step: which levers (default all: {', '.join(LEVERS)})")
     p.add_argument("--eval-sizes", default="50,300,0", help="evalpath: rows per split, comma-separated (0 = full)")
     p.add_argument("--smoke", action="store_true", help="every part cut to seconds: checks the script, not figures")

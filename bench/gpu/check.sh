@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # t2t's GPU paths checked on one H100/H200 in one call (bench/gpu/check.py says what it runs and measures).
 #
-#   bash bench/gpu/check.sh --prepare    here, once: the pinned wheels the GPU machine lacks, into .whl/ (about 6 MB)
+#   bash bench/gpu/check.sh --prepare    here, once: the pinned wheels the GPU machine lacks, into .whl/ (about 5 MB)
 #   bash bench/gpu/check.sh              there, as one device call carrying .whl: about 5 min, at most 8
 #   bash bench/gpu/check.sh --device cpu --smoke    anywhere: the same code paths on CPU, cut to a minute or two
 #
