@@ -26,7 +26,6 @@ NFS byte-range locks, which other clients see.) Workers that die are restarted b
 from __future__ import annotations
 
 import logging
-import os
 from typing import Callable, Iterator
 
 import numpy as np
@@ -41,7 +40,7 @@ from t2t.data.target_job import (array_intact, finish_manifest, partial_file, pr
                                  start_manifest, write_array)
 from t2t.data.shards import shard_name
 from t2t.errors import UserError
-from t2t.ray_jobs.session import ray_session
+from t2t.ray_jobs.session import cluster_address, ray_session
 from t2t.ray_jobs.target_workers import LocalPool, ray_pool
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,7 @@ def in_this_process(workers: int, ray_address: str | None, gpus_per_worker: floa
     """`targets.workers: 0` (automatic) computes in this process on one machine, as `eval.workers: 0` evaluates:
     Ray's start-up and a builder per actor cost more there than they gave (bench/BENCHMARKS.md). A named cluster
     (`--ray-address`, RAY_ADDRESS) or workers that ask for GPUs get Ray; `workers: N` chooses a local Ray pool."""
-    if workers or ray_address or os.environ.get("RAY_ADDRESS") or gpus_per_worker > 0:
+    if workers or cluster_address(ray_address) or gpus_per_worker > 0:
         return False
     log.info("targets.workers 0 (automatic): one worker in this process (no Ray cluster named; on one machine "
              "Ray's start-up did not pay for itself, bench/BENCHMARKS.md)")
