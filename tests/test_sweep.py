@@ -23,16 +23,17 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS
 
 
 def small_recipe(tmp: Path) -> Path:
-    """recipes/tiny.yaml cut to seconds: a 2-layer model, 3 + 2 steps on one rank, STSBenchmark only."""
+    """recipes/tiny.yaml cut to seconds: a 2-layer model, 3 + 2 steps on one rank, STSBenchmark only, targets and
+    evaluation in the steps' and the sweep's processes (`workers: 0`, as on one machine by default)."""
     recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
     recipe["name"], recipe["run_dir"] = "sw", "runs/sw"
     recipe["model"]["path"] = "runs/sw/base"
     recipe["model"]["tiny"].update(tokenizer_corpus=str(CORPUS), vocab_size=1000, tokenizer_train_texts=2000,
                                    hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
     recipe["data"].update(corpus=str(CORPUS), max_texts=400, shards_dir="shards/sw", loader_workers=0)
-    recipe["targets"].update(shard_size=100, workers=1)
+    recipe["targets"].update(shard_size=100, workers=0)
     recipe["train"].update(micro_batch_size=8, save_every=50, nproc=1)
-    recipe["eval"].update(tasks=["STSBenchmark"], workers=1, out_dir="runs/sw/eval")
+    recipe["eval"].update(tasks=["STSBenchmark"], workers=0, out_dir="runs/sw/eval")
     stage1, stage2 = recipe["stages"]
     stage1.update(steps=3, schedule="constant", warmup_steps=0)
     stage2.update(steps=2)
@@ -170,6 +171,9 @@ def test_a_two_by_two_sweep_shares_steps_isolates_a_failure_and_reruns_only_what
     assert all(result["rows"][n]["status"] == "done" and result["rows"][n]["scores"]["STSBenchmark"] is not None
                for n in a_points)
     assert "failed at stage2:targets" in (root / "sweep.md").read_text()
+    # The sweep's own Ray only schedules the steps: on one machine they compute their targets in their processes.
+    [log] = (root / "logs").glob("stage1-targets-*.log")
+    assert "targets.workers 0 (automatic): one worker in this process" in log.read_text()
 
     # Stage 1 was computed once: one shard directory, every shard once in its ledger, the finished points link it;
     # one training; one stage-2 targets job per corpus (the failed one is not among the finished steps).
@@ -229,7 +233,7 @@ def test_a_two_by_two_sweep_shares_steps_isolates_a_failure_and_reruns_only_what
     # The table's scores are those of a separate `t2t eval` of the same models.
     models = [str(root / "points" / n / "stage2" / "model") for n in a_points + b_points]
     alone = subprocess.run([sys.executable, "-m", "t2t.cli", "eval", "--model", *models, "--names", *a_points,
-                            *b_points, "--tasks", "STSBenchmark", "--workers", "1", "--batch-size", "64", "--out", "alone"], cwd=tmp_path,
+                            *b_points, "--tasks", "STSBenchmark", "--batch-size", "64", "--out", "alone"], cwd=tmp_path,
                            env=ENV, capture_output=True, text=True, timeout=600)
     assert alone.returncode == 0, alone.stderr[-3000:]
     separate = json.loads((tmp_path / "alone" / "results.json").read_text())["scores"]

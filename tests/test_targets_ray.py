@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +259,27 @@ def test_workers_0_computes_stage1_in_this_process_with_the_bytes_ray_workers_wr
                              ray_address=address)
     assert "in this process" not in caplog.text
     assert shard_bytes(tmp_path / "cluster" / "stage1") == shard_bytes(ray_out) and on_cluster["samples"] == 61
+
+
+def test_a_local_sweeps_step_joins_the_sweeps_ray_yet_names_no_cluster():
+    """A `t2t sweep` on one machine sets LOCAL_RAY_ENV for its steps: a step that wants Ray joins that Ray, not a
+    second one, while `workers: 0` still computes in the step's process."""
+    import ray
+
+    from t2t.ray_jobs.session import LOCAL_RAY_ENV
+
+    address = ray.get_runtime_context().gcs_address
+    step = ("import ray\n"
+            "from t2t.ray_jobs.session import cluster_address, start_or_join\n"
+            "from t2t.ray_jobs.targets import in_this_process\n"
+            "assert cluster_address(None) is None and in_this_process(0, None, 0)\n"
+            "assert start_or_join(None, None)\n"
+            "print(ray.get_runtime_context().gcs_address)\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", step], env={**env, LOCAL_RAY_ENV: address}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == address
 
 
 def test_stage2_background_one_vs_two_workers_with_an_actor_death(tiny_model_dir, corpus, tmp_path, monkeypatch):

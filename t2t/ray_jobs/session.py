@@ -4,6 +4,8 @@ A job joins the cluster it is given (`--ray-address`, else `$RAY_ADDRESS`) and o
 private local Ray with `address="local"`: a bare `ray.init()` would silently join whatever cluster
 a `ray start` left running on the machine, with its CPUs, its other jobs and its stale code.
 A process already connected to Ray (the pipeline holds one session for all its steps) is left as is.
+A step of a local `t2t sweep` that wants Ray joins the sweep's own Ray (`LOCAL_RAY_ENV`) instead of starting
+a second one on the same cores.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import os
 from typing import Iterator
 
 from t2t.errors import UserError
+
+LOCAL_RAY_ENV = "T2T_LOCAL_RAY"
+"""The address of the Ray that a `t2t sweep` started on this machine, set for its steps' processes. A step that
+wants Ray joins it, but it names no cluster: where `workers: 0`, targets and evaluation run in the step's own
+process, as `t2t pipeline` runs them on one machine."""
 
 
 def cluster_address(given: str | None) -> str | None:
@@ -26,8 +33,8 @@ def cluster_address(given: str | None) -> str | None:
 
 
 def start_or_join(address: str | None, num_cpus: int | None) -> bool:
-    """Join `address` (see `cluster_address`) or start a local Ray with `num_cpus` CPUs (None: all the machine's);
-    True if this call started or joined it (and so should shut it down), False if the process was already connected."""
+    """Join `address` (see `cluster_address`), else the local sweep's Ray (`LOCAL_RAY_ENV`), else start a local Ray
+    with `num_cpus` CPUs (None: all the machine's); True if this call started or joined it (and so should shut it down), False if the process was already connected."""
     import ray
 
     if ray.is_initialized():
@@ -37,6 +44,8 @@ def start_or_join(address: str | None, num_cpus: int | None) -> bool:
     address = cluster_address(address)
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
+    elif os.environ.get(LOCAL_RAY_ENV):
+        ray.init(address=os.environ[LOCAL_RAY_ENV], logging_level=logging.WARNING)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     return True

@@ -135,23 +135,28 @@ class Sweep:
         """Run every missing step on Ray, evaluate, write sweep.md/sweep.json; returns the sweep.json content."""
         import ray
 
-        from t2t.ray_jobs.session import start_or_join
+        from t2t.ray_jobs.session import cluster_address, start_or_join
 
         self.announce()
         if not self.ray_address and all(self.store.settle(n) for n in self.nodes.values()):
             # A rerun of a finished sweep starts no Ray: its evaluation is cached, or runs as `t2t eval` would.
             print("sweep: every step is done; nothing to run", flush=True)
             return self.finish(None)
+        # A cluster the user named is handed to every step. A Ray started here only schedules the steps of one
+        # machine: steps join it where they want Ray, but compute as `t2t pipeline` does there (LOCAL_RAY_ENV).
+        named = cluster_address(self.ray_address)
         started = start_or_join(self.ray_address, None)
         try:
             address = ray.get_runtime_context().gcs_address
-            self.run_steps(address)
-            return self.finish(address)
+            self.run_steps(address, named=bool(named))
+            if named:
+                return self.finish(address)
         finally:
             if started:
                 ray.shutdown()
+        return self.finish(None)  # on one machine, once the steps are done: evaluated as `t2t eval` would
 
-    def resources(self, node: Node) -> dict:
+    def resources(self, node: Node, named: bool) -> dict:
         import ray
 
         if node.is_training:
@@ -159,15 +164,23 @@ class Sweep:
             if ray.cluster_resources().get("GPU", 0) > 0:
                 return dict(num_cpus=1, num_gpus=nproc or 1)
             return dict(num_cpus=min(nproc or os.cpu_count() or 1, int(ray.cluster_resources().get("CPU", 1))))
-        return dict(num_cpus=0 if node.step.endswith(":targets") else 1)
+        if node.step.endswith(":targets") and (named or self.store.rep(node).cfg.targets.workers):
+            return dict(num_cpus=0)  # its Ray workers compute, and need the CPUs
+        return dict(num_cpus=1)
 
-    def run_steps(self, address: str) -> None:
-        """Launch each point's next missing step as soon as the one before it is done."""
+    def run_steps(self, address: str, named: bool) -> None:
+        """Launch each point's next missing step as soon as the one before it is done; `named`: `address` is a
+        cluster the user named, not the Ray this sweep started on its machine."""
         import ray
+
+        from t2t.ray_jobs.session import LOCAL_RAY_ENV
 
         running: dict = {}  # Ray ref → node
         failed_now: set[str] = set()  # a rerun retries what failed before it, not what failed in this run
         env = {k: os.environ[k] for k in CARRIED_ENV if k in os.environ}
+        joins = ("--ray-address", address) if named else ()
+        if not named:
+            env[LOCAL_RAY_ENV] = address
         task = ray.remote(run_step_process)
         launched = 0
         try:
@@ -181,8 +194,8 @@ class Sweep:
                         continue  # backbones are built or converted one at a time (they may share a path)
                     print(f"sweep: {node.step} of {', '.join(node.points)}: running (log: {self.log_file(node)})",
                           flush=True)
-                    ref = task.options(max_retries=0, **self.resources(node)).remote(
-                        self.node_command(node, "--ray-address", address), os.getcwd(), env, str(self.log_file(node)))
+                    ref = task.options(max_retries=0, **self.resources(node, named)).remote(
+                        self.node_command(node, *joins), os.getcwd(), env, str(self.log_file(node)))
                     running[ref] = node
                     launched += 1
                 if not running:
