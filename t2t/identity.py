@@ -22,12 +22,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 from t2t.errors import UserError
 
-if TYPE_CHECKING:
-    from t2t.config import ModelConfig
+
+class ModelSettings(Protocol):
+    """What an identity is read from: a recipe's `model:` section (`t2t.config.ModelConfig`, a layer above this
+    one, which is why it is not imported here)."""
+
+    pooling: str
+    template: str
+    attention: str
+    max_length: int
+    padding_side: str
+    dtype: str
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ class EmbeddingIdentity:
     """Fields older files may lack; `from_dict` gives them their defaults."""
 
     @classmethod
-    def of(cls, model_cfg: "ModelConfig") -> "EmbeddingIdentity":
+    def of(cls, model_cfg: ModelSettings) -> "EmbeddingIdentity":
         """The identity a recipe's model section asks for (the prompt is the template in effect)."""
         return cls(pooling=model_cfg.pooling, prompt=model_cfg.template, attention=model_cfg.attention,
                    max_length=model_cfg.max_length, padding_side=model_cfg.padding_side, dtype=model_cfg.dtype)

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -324,4 +325,21 @@ def run_pipeline(config_path: str | None = None, overrides: list[str] = (), ray_
     return pipeline.run(until)
 
 
-__all__ = ["run_pipeline", "Pipeline", "StepFailed", "step_names", "DEMO_RECIPE"]
+def run_and_tell(config_path: str | None, overrides: list[str], ray_address: str | None = None,
+                 until: str | None = None) -> int:
+    """`t2t pipeline` (and a sweep's step job): run, say how it ended, return the exit code (1: a step failed)."""
+    try:
+        report = run_pipeline(config_path, overrides, ray_address, until)
+    except StepFailed as e:
+        then = ("once that is fixed, the same command goes on from this step" if e.needs_a_fix
+                else "rerun the same command to resume")
+        print(f"t2t pipeline: {e}\nfinished steps are kept; {then}", file=sys.stderr)
+        return 1
+    if until in (None, "report"):
+        print(f"done: {report}")
+    else:  # the report is written by the last step only
+        print(f"done up to {until} in {report.parent}; rerun without --until to go on")
+    return 0
+
+
+__all__ = ["run_pipeline", "run_and_tell", "Pipeline", "StepFailed", "step_names", "DEMO_RECIPE"]

@@ -12,6 +12,7 @@ import pytest
 
 from t2t.config import load_config
 from t2t.train.engine import build_ds_config, read_ds_config
+from t2t.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
@@ -68,7 +69,7 @@ def test_t2t_rejects_what_the_recipe_owns_or_auto(tmp_path, change, message):
     ds.update(change)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(ds))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         read_ds_config(path)
 
 
@@ -145,7 +146,7 @@ def test_only_that_warning_is_dropped_and_only_without_a_gpu(monkeypatch):
 
     import torch
 
-    from t2t.cli import _ExpectedCpuAccelerator
+    from t2t.process import _ExpectedCpuAccelerator
 
     def record(message: str) -> logging.LogRecord:
         return logging.LogRecord("DeepSpeed", logging.WARNING, "real_accelerator.py", 213, message, None, None)

@@ -1,9 +1,9 @@
 """The import graph of `t2t` points one way (docs/DESIGN.md §2), read statically from the source: every `import`
-inside t2t, at any depth (a lazy import inside a function is still a dependency), except under TYPE_CHECKING.
+inside t2t, at any depth (a lazy import inside a function is still a dependency) and under TYPE_CHECKING too (an
+annotation that names a module above is still a dependency on it).
 
+- `LAYERS` orders the rooms as docs/DESIGN.md lists them: a module imports from its own layer or lower ones only;
 - no import cycle between modules;
-- `t2t/data` and `t2t/targets` import neither `t2t.model`'s internals (its modules; the package's public names
-  are allowed) nor anything that drives jobs (Ray drivers, training, evaluation, the pipeline);
 - the torch-free modules the recipe loader and the manifest use really load without torch or Ray.
 """
 
@@ -16,8 +16,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "t2t"
-DRIVERS = ("t2t.ray_jobs", "t2t.train", "t2t.eval", "t2t.pipeline", "t2t.commands", "t2t.cli", "t2t.report",
-           "t2t.plan")
+LAYERS = [
+    ("core", ["t2t.errors", "t2t.dtypes", "t2t.data.files", "t2t.process"]),
+    ("embedding", ["t2t.pooling", "t2t.identity", "t2t.data.tokens"]),
+    ("targets", ["t2t.data.corpus", "t2t.targets"]),
+    ("recipe", ["t2t.config", "t2t.run_paths"]),
+    ("model", ["t2t.model"]),
+    ("shards", ["t2t.data"]),
+    ("jobs", ["t2t.ray_jobs"]),
+    ("train", ["t2t.train"]),
+    ("eval", ["t2t.eval"]),
+    ("workflow", ["t2t.report", "t2t.pipeline", "t2t.sweep"]),
+    ("plan", ["t2t.plan"]),
+    ("cli", ["t2t.commands", "t2t.cli"]),
+]
+"""Lowest first; a module belongs to the layer of the longest prefix that names it (so `t2t.data.tokens` is in
+`embedding`, the rest of `t2t.data` in `shards`). The same list, in words, is docs/DESIGN.md §2."""
 
 
 def module_name(path: Path) -> str:
@@ -28,14 +42,8 @@ def module_name(path: Path) -> str:
 def imports_of(path: Path, modules: set[str]) -> set[str]:
     """The t2t modules `path` imports (`from t2t.x import y` counts as t2t.x.y when that is a module)."""
     tree = ast.parse(path.read_text())
-    skip = set()
-    for node in ast.walk(tree):  # `if TYPE_CHECKING:` blocks are for annotations only
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            skip |= {id(n) for child in node.body for n in ast.walk(child)}
     found = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("t2t")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("t2t") and node.level == 0:
@@ -70,15 +78,24 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-def test_data_and_targets_do_not_reach_up():
-    bad = []
-    for name, deps in graph().items():
-        if not name.startswith(("t2t.data", "t2t.targets")):
-            continue
-        for dep in deps:
-            if dep.startswith("t2t.model.") or dep.startswith(DRIVERS):
-                bad.append(f"{name} imports {dep}")
-    assert not bad, "\n".join(bad)
+def layer_of(module: str) -> int:
+    matches = [(len(prefix), i) for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+               if module == prefix or module.startswith(prefix + ".")]
+    assert matches, f"{module} is in no layer: add it to LAYERS and to docs/DESIGN.md §2"
+    return max(matches)[1]
+
+
+def test_no_import_runs_back_up():
+    up = [f"{name} ({LAYERS[layer_of(name)][0]}) imports {dep} ({LAYERS[layer_of(dep)][0]})"
+          for name, deps in sorted(graph().items()) if name != "t2t" for dep in sorted(deps)
+          if dep != "t2t" and layer_of(dep) > layer_of(name)]
+    assert not up, "imports from a lower layer to a higher one:\n" + "\n".join(up)
+
+
+def test_the_layers_are_those_docs_design_lists():
+    design = (REPO / "docs" / "DESIGN.md").read_text()
+    listed = [line.split("|")[1].strip() for line in design.splitlines() if line.startswith("| L")]
+    assert listed == [f"L{i} {name}" for i, (name, _) in enumerate(LAYERS)], listed
 
 
 def test_loader_and_manifest_modules_load_without_torch_or_ray():

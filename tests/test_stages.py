@@ -40,7 +40,7 @@ class FirstTokensTargets(TargetsSpec):
 
 
 class FirstTokensWorker:
-    def __init__(self, model_cfg, model_dir: str, spec: FirstTokensTargets, vocab_size: int, batch_size: int):
+    def __init__(self, model_dir: str, spec: FirstTokensTargets, vocab_size: int, batch_size: int, embedder=None):
         from t2t.data.tokens import load_tokenizer
 
         self.tokenizer, self.n = load_tokenizer(model_dir), spec.n
@@ -92,7 +92,7 @@ def test_a_target_kind_registered_outside_t2t_is_a_recipe_entry(first_tokens_kin
     p = plan(cfg, "lead")
     assert p.params["target"] == {"kind": "first-tokens", "n": 2} and p.params["embedding"] is None
     assert p.out == Path(cfg.data.shards_dir) / "lead"
-    worker = p.kind.builder(cfg.model, str(tiny_model_dir), p.spec, p.params["vocab_size"], 8)
+    worker = p.kind.builder(str(tiny_model_dir), p.spec, p.params["vocab_size"], 8)
     batch, counts = worker.targets(["rivers flow to the sea", "a"], {})
     assert np.diff(batch.offsets).tolist()[0] == 2 and counts == {"truncated": 0}
 

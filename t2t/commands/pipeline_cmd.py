@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from t2t.commands import add_config_args
 
 
@@ -16,17 +14,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from t2t.pipeline import StepFailed, run_pipeline
+    from t2t.pipeline import run_and_tell
 
-    try:
-        report = run_pipeline(args.config, args.overrides, args.ray_address, args.until)
-    except StepFailed as e:
-        then = ("once that is fixed, the same command goes on from this step" if e.needs_a_fix
-                else "rerun the same command to resume")
-        print(f"t2t pipeline: {e}\nfinished steps are kept; {then}", file=sys.stderr)
-        return 1
-    if args.until in (None, "report"):
-        print(f"done: {report}")
-    else:  # the report is written by the last step only
-        print(f"done up to {args.until} in {report.parent}; rerun without --until to go on")
-    return 0
+    return run_and_tell(args.config, args.overrides, args.ray_address, args.until)

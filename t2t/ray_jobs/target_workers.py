@@ -106,7 +106,9 @@ class TargetWorker:
     """One kind's builder, held for the whole job."""
 
     def __init__(self, kind: str, model_cfg, model_dir: str, spec, vocab_size: int, batch_size: int):
-        self.builder = target_kind(kind).builder(model_cfg, model_dir, spec, vocab_size, batch_size)
+        kind = target_kind(kind)
+        embedder = frozen_embedder(model_cfg) if kind.runs_model else None
+        self.builder = kind.builder(model_dir, spec, vocab_size, batch_size, embedder)
 
     def reduce(self, pass_name: str, index: int, texts: list[str]) -> tuple[int, tuple[np.ndarray, int]]:
         """(index, (this chunk's sum for the corpus pass, texts counted))."""
@@ -122,6 +124,21 @@ class TargetWorker:
         cpu, wall = (now - then for now, then in zip(_clocks(), started))
         return index, dict(index=index, samples=shard["samples"], bytes=shard["bytes"], sha256=shard["sha256"],
                            empty=batch.empty_count, cpu_s=round(cpu, 3), wall_s=round(wall, 3), **counts)
+
+
+def frozen_embedder(model_cfg):
+    """The start model a kind that `runs_model` reads, onto the GPU Ray gave this worker, if any."""
+    import sys
+
+    import torch
+
+    from t2t.model import from_config
+
+    embedder = from_config(model_cfg)
+    ray = sys.modules.get("ray")
+    if torch.cuda.is_available() and ray is not None and ray.is_initialized() and ray.get_gpu_ids():
+        embedder = embedder.to("cuda")
+    return embedder
 
 
 def _clocks() -> tuple[float, float]:

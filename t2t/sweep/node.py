@@ -1,8 +1,9 @@
 """One job of a sweep: `python -m t2t.sweep.node SWEEP_DIR STEP_KEY [--ray-address A]`, or `SWEEP_DIR --finish`.
 
 What Ray tasks and Slurm jobs run. A step job readies the step's representative point (the steps before it
-done, moved into steps/ and linked; its pipeline.json saying so), runs `t2t pipeline --until STEP` there,
-then moves the output into steps/ and records the step done or failed in nodes/. `--finish` evaluates the
+done, moved into steps/ and linked; its pipeline.json saying so), runs the pipeline there up to the step, in
+this process, as `t2t pipeline --until STEP` would, then moves the output into steps/ and records the step done
+or failed in nodes/. `--finish` evaluates the
 finished points and writes the sweep's table (Slurm's last job; on Ray the driver does it).
 """
 
@@ -12,7 +13,8 @@ import argparse
 import sys
 import time
 
-from t2t.cli import main as t2t_main
+from t2t.pipeline import run_and_tell
+from t2t.process import run_verb
 
 
 def run_node(sweep, key: str, ray_address: str | None) -> int:
@@ -29,9 +31,7 @@ def run_node(sweep, key: str, ray_address: str | None) -> int:
     store.prepare(node)
     point = store.rep(node)
     store.mark(node, status="running", point=point.name, log=str(log), started=time.time(), error="")
-    sets = [arg for o in point.overrides for arg in ("--set", o)]
-    args = ["pipeline", "--config", sweep.recipe, *sets, "--until", node.step]
-    rc = t2t_main(args + (["--ray-address", ray_address] if ray_address else []))
+    rc = run_verb("pipeline", lambda: run_and_tell(sweep.recipe, list(point.overrides), ray_address, node.step))
     sys.stdout.flush()
     sys.stderr.flush()
     seconds = round(time.time() - store.entry(node)["started"], 1)

@@ -109,10 +109,11 @@ class TargetKind(ABC):
     `targets(texts, arrays: {pass name: vector}) -> (TargetBatch, counts)`; `counts` go into the ledger. Named, not
     imported: the recipe loader reads this module, and the worker may need the model."""
 
-    def builder(self, model_cfg, model_dir: str, spec: TargetsSpec, vocab_size: int, batch_size: int):
-        """The kind's worker, built inside a Ray worker."""
+    def builder(self, model_dir: str, spec: TargetsSpec, vocab_size: int, batch_size: int, embedder=None):
+        """The kind's worker, built inside a target worker. A kind that `runs_model` is handed the frozen start
+        model as an `Embedder` (loaded by the job's worker, `t2t.ray_jobs.target_workers`); it never loads one."""
         module, name = self.worker.split(":")
-        return getattr(importlib.import_module(module), name)(model_cfg, model_dir, spec, vocab_size, batch_size)
+        return getattr(importlib.import_module(module), name)(model_dir, spec, vocab_size, batch_size, embedder)
 
     def summary(self, entries: list[dict], params: dict) -> dict | None:
         """What the manifest says about the whole job beyond counts (from the ledger entries), or None."""

@@ -117,7 +117,7 @@ class Stage1Builder:
 class DataDrivenWorker:
     """The `data-driven` kind inside a target worker: the tokenizer loaded once, then chunk after chunk."""
 
-    def __init__(self, model_cfg, model_dir: str, spec, vocab_size: int, batch_size: int):
+    def __init__(self, model_dir: str, spec, vocab_size: int, batch_size: int, embedder=None):
         from t2t.data.tokens import load_tokenizer
 
         self.builder = Stage1Builder(load_tokenizer(model_dir), spec, vocab_size)

@@ -169,15 +169,10 @@ class Stage2Builder:
 
 
 class ModelDerivedWorker:
-    """The `model-derived` kind inside a target worker: the frozen start model loaded once (onto the GPU Ray gave
-    the worker, if any), then chunk after chunk."""
+    """The `model-derived` kind inside a target worker: the frozen start model it is handed (an `Embedder`, loaded
+    once per worker), then chunk after chunk."""
 
-    def __init__(self, model_cfg, model_dir: str, spec, vocab_size: int, batch_size: int):
-        from t2t.model import from_config
-
-        embedder = from_config(model_cfg)
-        if torch.cuda.is_available() and _has_ray_gpu():
-            embedder = embedder.to("cuda")
+    def __init__(self, model_dir: str, spec, vocab_size: int, batch_size: int, embedder):
         self.builder = Stage2Builder(embedder, spec, batch_size)
 
     def reduce(self, pass_name: str, texts: list[str]) -> tuple[np.ndarray, int]:
@@ -199,10 +194,3 @@ def texts_digest(texts: list[str]) -> str:
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     return digest.hexdigest()
-
-
-def _has_ray_gpu() -> bool:
-    import sys
-
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized() and bool(ray.get_gpu_ids())
