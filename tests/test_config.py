@@ -13,6 +13,7 @@ from conftest import REPO
 from t2t import config as C
 from t2t.config import ConfigError, load_config, to_dict
 from t2t.targets.kinds import TARGET_KINDS, DataDrivenTargets, ModelDerivedTargets
+from t2t.errors import UserError
 
 
 def write(tmp_path, text: str, name: str = "r.yaml"):
@@ -130,7 +131,7 @@ def test_inconsistent_combination(tmp_path):
 
 
 def test_config_error_is_value_error_and_names_file(tmp_path):
-    with pytest.raises(ValueError, match=r"r\.yaml"):
+    with pytest.raises(UserError, match=r"r\.yaml"):
         load_config(write(tmp_path, "model: {path: m}\n" + TWO_STAGES), ["stages.stage2.targets.tau=2"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")

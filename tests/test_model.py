@@ -12,6 +12,7 @@ from transformers import LlamaConfig, MistralConfig, Qwen2Config, AutoModelForCa
 
 from t2t.data.tokens import tokenize_texts
 from t2t.model import Embedder, EmbeddingIdentity, export, load, load_lm, load_tokenizer, pool, set_attention
+from t2t.errors import UserError
 
 FAMILIES = {
     "llama": LlamaConfig,
@@ -142,11 +143,11 @@ def test_export_matches_sentence_transformers(tiny_model_dir, tmp_path, settings
 
 
 def test_missing_or_incomplete_model_dir(tmp_path):
-    with pytest.raises(ValueError, match=r"nowhere.*does not exist"):
+    with pytest.raises(UserError, match=r"nowhere.*does not exist"):
         load(tmp_path / "nowhere")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"half is incomplete: missing weights .*tokenizer"):
+    with pytest.raises(UserError, match=r"half is incomplete: missing weights .*tokenizer"):
         load(tmp_path / "half")
 
 

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from conftest import CORPUS, REPO
+from t2t.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -237,7 +238,7 @@ def test_a_bad_deepspeed_json_stops_before_anything_is_touched(tmp_path, monkeyp
 
     monkeypatch.chdir(tmp_path)
     recipe = short_demo(tmp_path)
-    with pytest.raises(ValueError, match="train.ds_config: ds_configs/zero3_cpu.jsn does not exist"):
+    with pytest.raises(UserError, match="train.ds_config: ds_configs/zero3_cpu.jsn does not exist"):
         Pipeline(str(recipe), ["train.ds_config=ds_configs/zero3_cpu.jsn"])
 
 

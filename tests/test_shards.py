@@ -15,6 +15,7 @@ from t2t.config import Config, ModelConfig, ModelDerivedTargets, StageConfig
 from t2t.data.shards import decode_sample, shard_name, shard_problem, write_shard, write_shard_entry
 from t2t.data.manifest import MANIFEST_FORMAT, check_manifest, read_manifest, write_manifest
 from t2t.model import load_tokenizer
+from t2t.errors import UserError
 
 
 def sample(key: str, ids, w, text: str = "a text") -> dict:
@@ -58,7 +59,7 @@ def test_failed_write_leaves_no_partial_shard(tmp_path):
     with pytest.raises(RuntimeError):
         write_shard(path, broken())
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
-    with pytest.raises(ValueError, match="without dots"):
+    with pytest.raises(UserError, match="without dots"):
         write_shard(tmp_path / shard_name(1), [sample("a.b", [1], [1.0])])
     assert not (tmp_path / shard_name(1)).exists() and len(list(tmp_path.iterdir())) == 1
 
@@ -71,7 +72,7 @@ def test_failed_write_leaves_no_partial_shard(tmp_path):
     ({**sample("k", [1], [1.0]), "txt": b"bytes"}, "txt must be a str"),
 ])
 def test_invalid_samples_are_refused(tmp_path, bad, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         write_shard(tmp_path / "t.tar", [bad])
 
 
@@ -79,26 +80,26 @@ def test_decode_sample_names_the_malformed_sample(tmp_path):
     path = tmp_path / shard_name(0)
     write_shard(path, SAMPLES)
     raw = next(iter(wds.WebDataset(str(path), shardshuffle=False)))
-    with pytest.raises(ValueError, match=r"k0 in .*t2t-000000.tar lacks w.npy"):
+    with pytest.raises(UserError, match=r"k0 in .*t2t-000000.tar lacks w.npy"):
         decode_sample({k: v for k, v in raw.items() if k != "w.npy"})
-    with pytest.raises(ValueError, match="k0.*not a valid .npy"):
+    with pytest.raises(UserError, match="k0.*not a valid .npy"):
         decode_sample({**raw, "ids.npy": b"garbage"})
-    with pytest.raises(ValueError, match="equal lengths"):
+    with pytest.raises(UserError, match="equal lengths"):
         decode_sample({**raw, "ids.npy": np.array([1, 2], np.int32)})
-    with pytest.raises(ValueError, match="not UTF-8"):
+    with pytest.raises(UserError, match="not UTF-8"):
         decode_sample({**raw, "txt": b"\xff\xfe"})
     _, _, _, w = decode_sample({**raw, "w.npy": np.array([0.2505, 0.25, 0.5], np.float16)})
     assert w.sum() == pytest.approx(1, abs=1e-6)  # renormalised for the reader
 
 
 def test_manifest_read_errors_name_the_file(tmp_path):
-    with pytest.raises(ValueError, match=r"manifest.json does not exist"):
+    with pytest.raises(UserError, match=r"manifest.json does not exist"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"manifest.json is not valid JSON"):
+    with pytest.raises(UserError, match=r"manifest.json is not valid JSON"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT}))
-    with pytest.raises(ValueError, match=r"manifest.json is missing code_version"):
+    with pytest.raises(UserError, match=r"manifest.json is missing code_version"):
         read_manifest(tmp_path)
 
 
@@ -124,6 +125,29 @@ def test_manifest_round_trip_and_check_passes(tmp_path, tiny_model_dir, stage2_m
     check_manifest(read_manifest(tmp_path), cfg.model, load_tokenizer(tiny_model_dir), where=str(tmp_path))
 
 
+def test_a_bug_inside_the_up_to_date_probe_surfaces_and_bad_input_means_not_up_to_date(tmp_path, stage2_manifest,
+                                                                                      monkeypatch):
+    """`is_complete` answers "recompute" for bad input (a UserError) only: UserError is not a ValueError, so a bug's
+    ValueError inside the check keeps its traceback instead of silently meaning "not done"."""
+    from t2t.data import manifest as M
+
+    cfg, manifest = stage2_manifest
+    write_manifest(tmp_path, manifest)
+    assert not issubclass(UserError, ValueError)
+
+    def bad_input(*args, **kwargs):
+        raise UserError("the corpus does not exist")
+
+    def bug(*args, **kwargs):
+        raise ValueError("a bug in the planner")
+
+    monkeypatch.setattr(M, "plan", bad_input)
+    assert M.is_complete(cfg, "derived", out=str(tmp_path)) is False
+    monkeypatch.setattr(M, "plan", bug)
+    with pytest.raises(ValueError, match="a bug in the planner"):
+        M.is_complete(cfg, "derived", out=str(tmp_path))
+
+
 def test_model_derived_targets_record_how_texts_were_cut(tiny_model_dir, stage2_manifest, tmp_path):
     """Model-derived params record the cut rule: targets made under an older one (PromptEOL's tail lost, no
     `text_cut`) differ from the plan, so they are not complete and are redone."""
@@ -144,7 +168,7 @@ def test_check_manifest_lists_every_mismatch(tiny_model_dir, stage2_manifest):
                                 max_length=32)
     tok = load_tokenizer(tiny_model_dir)
     tok.add_tokens(["newtoken"])
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(UserError) as err:
         check_manifest({**manifest, "complete": False}, other, tok, where="shards/x/stage2")
     message = str(err.value)
     for part in ("shards/x/stage2", "did not finish", "tokenizer size 1000 != model tokenizer's 1001",
@@ -152,14 +176,14 @@ def test_check_manifest_lists_every_mismatch(tiny_model_dir, stage2_manifest):
         assert part in message, part
     assert "vocab size" not in message  # the LM head itself is unchanged
     stage1 = {**manifest, "params": {**manifest["params"], "embedding": None, "vocab_size": 999}}
-    with pytest.raises(ValueError, match=r"vocab size 999 != model's 1000") as err:
+    with pytest.raises(UserError, match=r"vocab size 999 != model's 1000") as err:
         check_manifest(stage1, other, load_tokenizer(tiny_model_dir), where="s1")
     assert "pooling" not in str(err.value)  # data-driven targets do not depend on how the student pools
 
 
 def test_check_manifest_without_model_config_names_it(tmp_path, tiny_model_dir, stage2_manifest):
     cfg, manifest = stage2_manifest
-    with pytest.raises(ValueError, match=r"config.json"):
+    with pytest.raises(UserError, match=r"config.json"):
         check_manifest(manifest, ModelConfig(path=str(tmp_path)), load_tokenizer(tiny_model_dir), where="x")
     assert Path(tiny_model_dir, "config.json").is_file()
 

@@ -128,7 +128,7 @@ def test_length_groups_hold_the_same_texts_with_less_padding(shard_dir, tokenize
 
 
 def test_too_few_shards_for_the_ranks_is_a_clear_error(shard_dir, tokenizer):
-    with pytest.raises(ValueError, match="cannot feed 3 rank"):
+    with pytest.raises(UserError, match="cannot feed 3 rank"):
         reader(shard_dir, tokenizer, world_size=3, workers=2)
 
 
@@ -197,7 +197,7 @@ def test_manifest_is_checked_against_the_model(shard_dir, tiny_model_dir, tokeni
     manifest = json.loads((shard_dir / "manifest.json").read_text())
     manifest["params"]["tokenizer"]["fingerprint"] = "0" * 16
     (bad / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match=f"{bad}.*tokenizer hash"):
+    with pytest.raises(UserError, match=f"{bad}.*tokenizer hash"):
         open_stage_shards(bad, model_cfg, tokenizer)
 
 
@@ -207,14 +207,14 @@ def test_missing_shard_files_follow_the_bad_shard_policy(shard_dir, tiny_model_d
     partial.mkdir()
     (partial / "manifest.json").write_text((shard_dir / "manifest.json").read_text())
     (partial / "t2t-000000.tar").write_bytes((shard_dir / "t2t-000000.tar").read_bytes())
-    with pytest.raises(ValueError, match="3 shard.*missing"):
+    with pytest.raises(UserError, match="3 shard.*missing"):
         open_stage_shards(partial, model_cfg, tokenizer)
     assert len(open_stage_shards(partial, model_cfg, tokenizer, on_bad_shard="skip")) == 4
 
 
 def test_shard_patterns_expand():
     assert expand_shards("d/t2t-{000000..000002}.tar") == [f"d/t2t-{i:06d}.tar" for i in range(3)]
-    with pytest.raises(ValueError, match="no shards"):
+    with pytest.raises(UserError, match="no shards"):
         expand_shards([])
 
 
@@ -232,7 +232,7 @@ def test_shard_of_another_size_follows_the_bad_shard_policy(shard_dir, tiny_mode
              "w.npy": np.load(io.BytesIO(r["w.npy"]))} for r in wds.WebDataset(str(copy / "t2t-000002.tar"),
                                                                               shardshuffle=False)]
     write_shard(copy / "t2t-000002.tar", rows[:12])
-    with pytest.raises(ValueError, match=r"t2t-000002\.tar: \d+ bytes, the manifest records \d+.*rerun `t2t targets`"):
+    with pytest.raises(UserError, match=r"t2t-000002\.tar: \d+ bytes, the manifest records \d+.*rerun `t2t targets`"):
         open_stage_shards(copy, model_cfg, tokenizer)
     with caplog.at_level(logging.WARNING):
         kept = open_stage_shards(copy, model_cfg, tokenizer, on_bad_shard="skip")
@@ -259,7 +259,7 @@ def test_shard_altered_at_the_same_size_is_caught_as_it_is_read(shard_dir, tiny_
     urls = open_stage_shards(copy, model_cfg, tokenizer)  # same size: passes the open check
     assert len(urls) == 4
     r = TargetReader(urls, tokenizer, SETTINGS, batch_size=8, seed=0, rank=0, world_size=1, shuffle_buffer=4)
-    with pytest.raises(ValueError, match=r"corrupt shard .*t2t-000001\.tar: sha256 \w+… differs from the recorded"):
+    with pytest.raises(UserError, match=r"corrupt shard .*t2t-000001\.tar: sha256 \w+… differs from the recorded"):
         take(r, 12)
     r = TargetReader(urls, tokenizer, SETTINGS, batch_size=8, seed=0, rank=0, world_size=1, shuffle_buffer=4,
                      on_bad_shard="skip")
@@ -278,5 +278,5 @@ def test_sample_count_is_checked_as_a_shard_is_read(shard_dir, tiny_model_dir, t
     (copy / "manifest.json").write_text(json.dumps(manifest))
     urls = open_stage_shards(copy, ModelConfig(path=str(tiny_model_dir), pooling="mean"), tokenizer)
     r = TargetReader(urls, tokenizer, SETTINGS, batch_size=8, seed=0, rank=0, world_size=1, shuffle_buffer=4)
-    with pytest.raises(ValueError, match=r"corrupt shard .*t2t-000003\.tar: 24 samples, the manifest records 25"):
+    with pytest.raises(UserError, match=r"corrupt shard .*t2t-000003\.tar: 24 samples, the manifest records 25"):
         take(r, 12)

@@ -80,7 +80,7 @@ def test_lock_refuses_a_second_holder_and_a_killed_holder_blocks_nobody(tmp_path
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(ValueError) as err:
+        with pytest.raises(UserError) as err:
             with exclusive_lock(lock, "the test directory"):
                 pass
         message = str(err.value)
@@ -182,7 +182,7 @@ def test_shard_truncated_at_a_sample_boundary(tiny_model_dir, clean, tmp_path, c
     truncate(bad)
     assert len(raw_samples(bad)) == 8  # a valid tar: the reader alone cannot tell
     tok = load_tokenizer(tiny_model_dir)
-    with pytest.raises(ValueError, match=r"t2t-000001\.tar: \d+ bytes, the manifest records \d+"):
+    with pytest.raises(UserError, match=r"t2t-000001\.tar: \d+ bytes, the manifest records \d+"):
         open_stage_shards(out, cfg.model, tok, on_bad_shard="error")
     with caplog.at_level(logging.WARNING):
         kept = open_stage_shards(out, cfg.model, tok, on_bad_shard="skip")
@@ -223,13 +223,13 @@ def test_shards_from_a_job_with_another_tokenizer(tiny_model_dir, tiny_sp_model_
     assert (out / "t2t-000002.tar").read_bytes() != (clean_out / "t2t-000002.tar").read_bytes()
 
     tok = load_tokenizer(tiny_model_dir)
-    with pytest.raises(ValueError, match=r"1 shard\(s\) differ from the manifest \(t2t-000003\.tar: \d+ bytes"):
+    with pytest.raises(UserError, match=r"1 shard\(s\) differ from the manifest \(t2t-000003\.tar: \d+ bytes"):
         open_stage_shards(out, cfg.model, tok)
     with caplog.at_level(logging.WARNING):
         kept = open_stage_shards(out, cfg.model, tok, on_bad_shard="skip")
     assert [Path(p).name for p in kept] == ["t2t-000000.tar", "t2t-000001.tar", "t2t-000002.tar"]
     reader = TargetReader(kept, tok, SETTINGS, batch_size=8, seed=0, rank=0, world_size=1, shuffle_buffer=4)
-    with pytest.raises(ValueError, match=r"corrupt shard .*t2t-000002\.tar: sha256 \w+… differs from the recorded"):
+    with pytest.raises(UserError, match=r"corrupt shard .*t2t-000002\.tar: sha256 \w+… differs from the recorded"):
         for _ in range(8):  # 48 samples: one pass over the three shards
             next(reader)
 

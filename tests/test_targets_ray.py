@@ -27,6 +27,7 @@ from t2t.data.manifest import LOCK_FILE, is_complete
 from t2t.ray_jobs.target_workers import FAULT_ENV
 from t2t.ray_jobs.targets import run_targets
 from t2t.targets.stage1 import Stage1Builder, idf_weights
+from t2t.errors import UserError
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def test_stage1_end_to_end_rerun_and_changed_config(tiny_model_dir, corpus, clea
     shutil.copytree(out, copy)
     changed = with_stage_targets(cfg, "stage1", max_target_tokens=8)
     assert not is_complete(changed, "stage1", out=str(copy))
-    with pytest.raises(ValueError, match=r"max_target_tokens: 128 -> 8.*--overwrite"):
+    with pytest.raises(UserError, match=r"max_target_tokens: 128 -> 8.*--overwrite"):
         run_targets(changed, "stage1", out=str(copy))
     assert [p.name for p in copy.iterdir()] == [p.name for p in out.iterdir()]
     redone = run_targets(changed, "stage1", out=str(copy), overwrite=True)
@@ -227,18 +228,18 @@ def test_idf_weighting_end_to_end(tiny_model_dir, corpus, tmp_path):
 
 def test_bad_corpora_are_named(tiny_model_dir, tmp_path):
     cfg = make_cfg(tiny_model_dir, tmp_path / "nowhere.txt", tmp_path)
-    with pytest.raises(ValueError, match=r"corpus .*nowhere.txt does not exist"):
+    with pytest.raises(UserError, match=r"corpus .*nowhere.txt does not exist"):
         run_targets(cfg, "stage1")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n\n")
-    with pytest.raises(ValueError, match=r"corpus .*empty.txt holds no texts"):
+    with pytest.raises(UserError, match=r"corpus .*empty.txt holds no texts"):
         run_targets(cfg, "stage1", corpus=str(empty))
     broken = tmp_path / "broken.txt.gz"
     payload = gzip.compress("".join(f"sentence number {i} about rivers\n" for i in range(400)).encode())
     broken.write_bytes(payload[: len(payload) // 2])
-    with pytest.raises(ValueError, match=r"broken.txt.gz: corrupt or truncated input after line \d+"):
+    with pytest.raises(UserError, match=r"broken.txt.gz: corrupt or truncated input after line \d+"):
         run_targets(cfg, "stage1", corpus=str(broken), out=str(tmp_path / "broken"))
-    with pytest.raises(ValueError, match="no corpus"):
+    with pytest.raises(UserError, match="no corpus"):
         run_targets(dataclasses.replace(cfg, data=DataConfig()), "stage1")
 
 
@@ -315,7 +316,7 @@ def test_stage2_background_one_vs_two_workers_with_an_actor_death(tiny_model_dir
     assert top[:61] == top[61:]  # each text's heaviest target token
     check_manifest(two, cfg.model, embedder.tokenizer, where="w2")
     other = dataclasses.replace(cfg.model, pooling="last")
-    with pytest.raises(ValueError, match="pooling: 'mean' -> 'last'"):
+    with pytest.raises(UserError, match="pooling: 'mean' -> 'last'"):
         check_manifest(two, other, embedder.tokenizer, where="w2")
 
 

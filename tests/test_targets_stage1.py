@@ -9,6 +9,7 @@ from tokenizers import processors
 from t2t.config import DataDrivenTargets
 from t2t.model import load_tokenizer
 from t2t.targets.stage1 import Stage1Builder, clean_text, droppable_ids, idf_weights, stopword_list
+from t2t.errors import UserError
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -46,7 +47,7 @@ def test_clean_text_drops_punctuation_underscores_and_stopwords():
     assert clean_text("And then, there were none!", words) == ""
     assert clean_text("Café naïve", words) == "Café naïve"  # Unicode word characters survive
     assert clean_text("The cat", stopword_list("none")) == "The cat"
-    with pytest.raises(ValueError, match="unknown stopword list"):
+    with pytest.raises(UserError, match="unknown stopword list"):
         stopword_list("french")
 
 
@@ -120,5 +121,5 @@ def test_idf_weighting_follows_document_frequency(tiny_model_dir):
 
 def test_tokenizer_larger_than_lm_head_is_refused(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
-    with pytest.raises(ValueError, match="LM head"):
+    with pytest.raises(UserError, match="LM head"):
         Stage1Builder(tok, DataDrivenTargets(), len(tok) - 1)

@@ -20,6 +20,7 @@ from t2t.config import ConfigError, load_config
 from t2t.train import checkpoint
 from conftest import CORPUS
 from train_support import REPO, metrics, rank_env, torchrun, write_recipe, write_stage_shards
+from t2t.errors import UserError
 
 TRAIN_ARGS = ["-m", "t2t.cli", "train", "--stage", "stage1", "--config"]
 TEXTS = ["The river flows through the old town.", "Quantum physics is hard.", "A short one."]
@@ -202,10 +203,10 @@ def test_resume_auto_names_every_file_when_no_checkpoint_loads(tmp_path):
         tag_dir = saved_checkpoint(tmp_path / checkpoint.tag_for(step), ranks=1)
         truncate(tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt")
     (tmp_path / "latest").write_text("step00000004")
-    with pytest.raises(ValueError, match=r"no checkpoint in .* loads: .*step00000004/zero_pp_rank_0_mp_rank_00_model_"
+    with pytest.raises(UserError, match=r"no checkpoint in .* loads: .*step00000004/zero_pp_rank_0_mp_rank_00_model_"
                                          r"states.pt is truncated.*step00000002/zero_pp_rank_0_mp_rank_00_model_"):
         checkpoint.resume(engine=None, ckpt_dir=tmp_path, mode="auto")  # no rank gets to load a file
-    with pytest.raises(ValueError, match=r"step00000002/zero_pp_rank_0_mp_rank_00_model_states.pt is truncated"):
+    with pytest.raises(UserError, match=r"step00000002/zero_pp_rank_0_mp_rank_00_model_states.pt is truncated"):
         checkpoint.resume(engine=None, ckpt_dir=tmp_path, mode=str(tmp_path / "step00000002"))
 
 

@@ -124,13 +124,13 @@ def test_resolve_checkpoint(tmp_path):
     (tmp_path / "latest").write_text("step00000010\n")
     assert checkpoint.resolve_checkpoint(tmp_path) == (tmp_path, "step00000010")
     assert checkpoint.resolve_checkpoint(tmp_path / "step00000010") == (tmp_path, "step00000010")
-    with pytest.raises(ValueError, match="neither a checkpoints directory"):
+    with pytest.raises(UserError, match="neither a checkpoints directory"):
         checkpoint.resolve_checkpoint(tmp_path / "nothing")
 
 
 def test_resume_never_refuses_existing_checkpoints(tmp_path):
     (tmp_path / "latest").write_text("step00000002")
-    with pytest.raises(ValueError, match="--resume never"):
+    with pytest.raises(UserError, match="--resume never"):
         checkpoint.resume(engine=None, ckpt_dir=tmp_path, mode="never")
     assert checkpoint.resume(engine=None, ckpt_dir=tmp_path / "empty", mode="auto") is None
 

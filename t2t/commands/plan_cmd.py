@@ -81,7 +81,7 @@ def measured_mfu(path: str) -> float:
         raise UserError(f"--mfu-from: {path} does not exist (give a stage's metrics.jsonl)")
     try:
         m = measured(read_metrics(Path(path)))
-    except (ValueError, KeyError, TypeError) as e:
+    except (UserError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"--mfu-from: {path} is not a t2t metrics file ({type(e).__name__}: {e})") from None
     if m is None or m["mfu"] is None:
         raise UserError(f"--mfu-from: {path} records no MFU (written by an older t2t, or its matmul peak was "

@@ -231,12 +231,12 @@ def is_complete(cfg: Config, stage: str, out: str | None = None) -> bool:
     out_dir = Path(out) if out else shards_dir(cfg, stage)
     try:
         manifest = read_manifest(out_dir)
-    except ValueError:
+    except UserError:
         return False
     if not manifest.get("complete") or not (Path(for_stage(cfg, stage).model.path) / "config.json").is_file():
         return False
     try:
         params = plan(cfg, stage, out=str(out_dir)).params
-    except ValueError:
+    except UserError:
         return False
     return manifest["params"] == params and not verified_problems(out_dir, manifest["shards"])

@@ -58,7 +58,8 @@ from t2t.errors import UserError
 
 log = logging.getLogger(__name__)
 
-BAD_SHARD_ERRORS = (OSError, EOFError, ValueError, tarfile.TarError)
+BAD_SHARD_ERRORS = (UserError, OSError, EOFError, ValueError, tarfile.TarError)
+"""What reading a damaged shard raises: our own checks (UserError), and the tar, npy and I/O layers beneath."""
 
 
 class _HashingReader:
@@ -88,7 +89,7 @@ def recorded_shards(urls: list[str]) -> dict[str, dict]:
         if parent not in manifests:
             try:
                 manifests[parent] = {s["name"]: s for s in read_manifest(parent)["shards"]}
-            except (ValueError, OSError, KeyError, TypeError):
+            except (UserError, OSError, KeyError, TypeError):
                 manifests[parent] = {}
         entry = manifests[parent].get(Path(url).name)
         if entry is not None:

@@ -62,7 +62,7 @@ def prepare_out(p: Plan, overwrite: bool) -> dict | None:
     existing = _outputs(p)
     try:
         manifest = read_manifest(p.out)
-    except ValueError as e:
+    except UserError as e:
         manifest, problem = None, str(e)
     if manifest is not None and manifest["params"] == p.params:
         ledger = Ledger(p.out / LEDGER)
@@ -139,7 +139,7 @@ def start_manifest(p: Plan) -> dict:
     old = None
     try:
         old = read_manifest(p.out)
-    except ValueError:
+    except UserError:
         pass
     resumed = old if old is not None and old["params"] == p.params else {}
     manifest = dict(format=MANIFEST_FORMAT, code_version=t2t.__version__, complete=False, stage=p.stage,

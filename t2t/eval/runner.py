@@ -374,7 +374,7 @@ def run_eval(model_dirs: list[str], tasks: list[str] | None = None, benchmark: s
                 try:
                     meta = o["meta"] or model_meta(by_name[name])
                     scores[name][task] = _save(cache, o["result"], meta, task_objs[task], batch_size)
-                except (OSError, RuntimeError, ValueError) as e:
+                except (OSError, RuntimeError, ValueError, UserError) as e:
                     error = f"{type(e).__name__}: {e}"
             status[name][task] = "ran" if error is None else "failed"
             if error is not None:

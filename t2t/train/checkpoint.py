@@ -382,7 +382,7 @@ def stage_complete(cfg: Config, stage: str) -> bool:
     try:
         check_model_dir(out)
         info = json.loads((out / TRAIN_INFO).read_text())
-    except (ValueError, OSError):
+    except (UserError, ValueError, OSError):  # ValueError: TRAIN_INFO is not JSON
         return False
     recorded = (stage, cfg.stage_names.index(stage) + 1)
     return (out / "t2t_config.json").is_file() and info.get("stage") in recorded and info.get("steps") == steps
