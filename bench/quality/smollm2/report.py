@@ -8,26 +8,14 @@ are read off the same numbers; an arm not measured yet leaves its goal open, nev
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from summary import _cell, arms_in, plot, relative_paths, summarise  # bench/quality/smollm2/summary.py
 
 from t2t.eval.report import to_markdown
 
 HERE = Path(__file__).resolve().parent
-
-
-def _v1_report():
-    """bench/quality/report.py (the first study's summary, cells and plot), loaded under its own name: both files
-    are called report.py."""
-    spec = importlib.util.spec_from_file_location("quality_report_v1", HERE.parent / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_v1 = _v1_report()
-_cell, arms_in, plot, relative_paths, summarise = _v1._cell, _v1.arms_in, _v1.plot, _v1.relative_paths, _v1.summarise
 
 ARMS = [("mean-untrained", "(1) training-free, mean pooling"),
         ("prompteol-untrained", "(2) training-free, PromptEOL (last token)"),
