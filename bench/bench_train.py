@@ -18,7 +18,7 @@
           Target ≥ 10×.
 
 Data: the demo recipe's tiny model (built under runs/bench/ on first use) and stage-1 targets
-of the first 8,000 corpus sentences made with t2t.targets.stage1, written as 4 shards.
+of the first 8,000 corpus sentences made with t2t.targets.data_driven, written as 4 shards.
 """
 
 from __future__ import annotations
@@ -55,12 +55,12 @@ def write_stage1_shards(model_dir: Path, targets_cfg, texts: list[str], out: Pat
     from t2t.data.manifest import MANIFEST_FORMAT, model_vocab_size, write_manifest
     from t2t.data.shards import shard_name, write_shard_entry
     from t2t.model import load_tokenizer, tokenizer_fingerprint
-    from t2t.targets.stage1 import Stage1Builder
+    from t2t.targets.data_driven import DataDrivenBuilder
 
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(model_dir)
     vocab = model_vocab_size(model_dir)
-    builder = Stage1Builder(tok, targets_cfg, vocab)
+    builder = DataDrivenBuilder(tok, targets_cfg, vocab)
     per_shard = len(texts) // n_shards
     shards = []
     for s in range(n_shards):
@@ -100,6 +100,7 @@ def step_worker(out: str, steps: int, warmup: int) -> None:
     from t2t.model import load_tokenizer
     from t2t.run_paths import shards_dir
     from t2t.train.engine import build_ds_config, build_engine, init_distributed
+    from t2t.objectives import Text2TokenObjective
     from t2t.train.loss import objective_for, sparse_kl
     from t2t.train.trainer import train_step
 
@@ -112,7 +113,7 @@ def step_worker(out: str, steps: int, warmup: int) -> None:
     bare_batches = [b for b, _ in zip(TargetReader(shards, tok, settings, seed=1, workers=0, **kw), range(steps + warmup))]
     reader = TargetReader(shards, tok, settings, seed=0, workers=cfg.data.loader_workers, **kw)
     engine, _ = build_engine(cfg, cfg.stage("stage1"), model_dir, build_ds_config(cfg))
-    objective = objective_for("t2t")
+    objective = objective_for(Text2TokenObjective())
 
     def bare(batch) -> None:
         _, z = engine(batch["input_ids"], batch["attention_mask"])

@@ -42,9 +42,16 @@ DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
 
 
 def step_names(cfg: Config) -> list[str]:
-    """The pipeline's steps for this recipe, in order."""
+    """The pipeline's steps for this recipe, in order: base, `STAGE:targets` and `STAGE:train` per stage, eval,
+    report."""
     per_stage = [f"{s.name}:{what}" for s in cfg.stages for what in ("targets", "train")]
     return ["base", *per_stage, "eval", "report"]
+
+
+def step_parts(name: str) -> tuple[str, str]:
+    """(stage, what) of a step name: ("stage1", "targets") for `stage1:targets`, ("", "eval") for `eval`."""
+    stage, sep, what = name.partition(":")
+    return (stage, what) if sep else ("", name)
 
 
 class StepFailed(RuntimeError):
@@ -69,11 +76,9 @@ class Pipeline:
         self.cfg: Config = load_config(self.config_path, self.overrides)
         if check_runnable:  # `t2t plan --grid` plans for another machine: this one's DeepSpeed need not run it
             from t2t.train.engine import build_ds_config
-            from t2t.train.loss import check_objectives
 
-            # A bad DeepSpeed JSON or objective stops the run here, before any step touches old outputs.
+            # A bad DeepSpeed JSON stops the run here, before any step touches old outputs.
             build_ds_config(self.cfg)
-            check_objectives(self.cfg)
             for stage in self.cfg.stages:
                 if stage.start == "base":
                     run_paths.check_start_attention(self.cfg, stage.name)
@@ -178,7 +183,7 @@ class Pipeline:
         from t2t.data.manifest import is_complete
         from t2t.train.checkpoint import stage_complete
 
-        stage, _, what = name.partition(":")
+        stage, what = step_parts(name)
         if what == "targets":
             return is_complete(self.cfg, stage)
         if what == "train":
@@ -199,7 +204,7 @@ class Pipeline:
 
         finished_from = self.state.pop(name, None)
         self.save_state()
-        stage, _, what = name.partition(":")
+        stage, what = step_parts(name)
         if what != "train":
             return
         stage_dir = run_paths.stage_dir(self.cfg, stage)
@@ -220,7 +225,7 @@ class Pipeline:
         Returns where it came from, or None. What stands in its place, made from other inputs, goes."""
         from t2t.train.checkpoint import TRAIN_INFO
 
-        stage, _, what = name.partition(":")
+        stage, what = step_parts(name)
         aside = run_paths.replaced_dir(self.cfg, stage)
         if what != "train" or self.state.get("replaced", {}).get(name) != fp or \
                 not (aside / run_paths.export_dir(self.cfg, stage).name / TRAIN_INFO).is_file():
@@ -235,7 +240,7 @@ class Pipeline:
 
     def drop_replaced(self, name: str) -> None:
         """The step finished again: the finished outputs it replaced can go."""
-        stage, _, what = name.partition(":")
+        stage, what = step_parts(name)
         if what == "train":
             shutil.rmtree(run_paths.replaced_dir(self.cfg, stage), ignore_errors=True)
             if self.state.get("replaced", {}).pop(name, None) is not None:
@@ -342,4 +347,4 @@ def run_and_tell(config_path: str | None, overrides: list[str], ray_address: str
     return 0
 
 
-__all__ = ["run_pipeline", "run_and_tell", "Pipeline", "StepFailed", "step_names", "DEMO_RECIPE"]
+__all__ = ["run_pipeline", "run_and_tell", "Pipeline", "StepFailed", "step_names", "step_parts", "DEMO_RECIPE"]

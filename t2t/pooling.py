@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from t2t.errors import UserError
+from t2t.errors import ConfigError
+from t2t.registry import Registry
 
 PROMPT_EOL = 'This sentence : "{text}" means in one word:"'
 """The PromptEOL template used with `last` pooling (Jiang et al., 2023)."""
@@ -45,19 +46,15 @@ def last_token(hidden, attention_mask):
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-POOLINGS: dict[str, Pooling] = {}
+POOLINGS = Registry[Pooling]("pooling mode", ConfigError)
 
 
 def register_pooling(mode: Pooling) -> Pooling:
-    assert mode.name not in POOLINGS, f"pooling {mode.name} registered twice"
-    POOLINGS[mode.name] = mode
-    return mode
+    return POOLINGS.register(mode.name, mode)
 
 
-def pooling_mode(name: str) -> Pooling:
-    if name not in POOLINGS:
-        raise UserError(f"unknown pooling {name!r}; registered: {', '.join(POOLINGS)}")
-    return POOLINGS[name]
+def pooling_mode(name: str, key: str = "model.pooling") -> Pooling:
+    return POOLINGS.get(name, key)
 
 
 register_pooling(Pooling("mean", mean_of_tokens, st_mode="mean"))

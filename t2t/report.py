@@ -9,9 +9,8 @@ from pathlib import Path
 from t2t import run_paths
 from t2t.config import Config
 from t2t.data.files import write_text_atomic
+from t2t.objectives import OBJECTIVES
 
-LOSS_LABELS = {"t2t": "KL(target ‖ student)", "simcse": "InfoNCE (SimCSE)", "mntp": "CE at masked tokens (MNTP)"}
-"""The y-axis label of an objective's loss curve; an objective not listed is labelled `<name> loss`."""
 START_MODEL = "{name}-M0-start"
 """The name the pipeline evaluates the untrained backbone under (`t2t.pipeline.Pipeline.step_eval`)."""
 
@@ -41,8 +40,6 @@ def plot_loss(rows: list[dict], title: str, out: Path, ylabel: str) -> None:
 
 
 def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
-    from t2t.train.loss import OBJECTIVES  # torch: imported only when a report is written
-
     run_dir = Path(cfg.run_dir)
     lines = [f"# t2t pipeline report: {cfg.name}", "",
              f"Recipe `{config_path}`" + (f" with overrides `{' '.join(overrides)}`" if overrides else "") + ".",
@@ -54,19 +51,18 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     plots = []
     for stage in cfg.stages:
-        reads_targets = OBJECTIVES[stage.objective](cfg.train, cfg.seed).reads_targets
+        objective = OBJECTIVES.get(stage.objective.name)
         rows = read_metrics(run_paths.metrics_file(cfg, stage.name))
         if not rows:
             continue
         head, tail = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10):]
         first = sum(r["loss"] for r in head) / len(head)
         last = sum(r["loss"] for r in tail) / len(tail)
-        targets = stage.targets.kind if reads_targets else "— (reads tokens only)"
-        lines.append(f"| {stage.name} | {stage.start} | {stage.objective} | {targets} | {rows[-1]['step']} "
+        targets = stage.targets.kind if objective.reads_targets else "— (reads tokens only)"
+        lines.append(f"| {stage.name} | {stage.start} | {stage.objective.name} | {targets} | {rows[-1]['step']} "
                      f"| {stage.lr:g} | {first:.4f} | {last:.4f} | " + " | ".join(throughput(rows)) + " |")
         png = run_dir / f"loss_{stage.name}.png"
-        ylabel = LOSS_LABELS.get(stage.objective, f"{stage.objective} loss")
-        plot_loss(rows, f"{stage.name} training loss", png, ylabel)
+        plot_loss(rows, f"{stage.name} training loss", png, objective.label)
         plots.append(f"![{stage.name} loss]({png.name})")
     lines += ["", "First/last loss are means over the first/last tenth of the logged steps. Throughput is over the "
               "logged steps after the first (which also warms up), tokens are real tokens (padding not counted), "

@@ -39,7 +39,8 @@ def one_step(recipe: str, objective_name: str, samples: list, rank: int, world: 
     per_micro = GLOBAL_BATCH // (world * micro_steps)
     attention = "bidirectional" if objective_name == "mntp" else "causal"
     cfg = load_config(recipe, [f"train.micro_batch_size={per_micro}", f"train.grad_accum_steps={micro_steps}",
-                               f"stages.stage1.objective={objective_name}", "train.simcse_dropout=0",
+                               f"stages.stage1.objective.name={objective_name}",
+                               *(["stages.stage1.objective.dropout=0"] if objective_name == "simcse" else []),
                                f"model.attention={attention}"])
     stage = cfg.stage("stage1")
     settings = EmbeddingIdentity.of(cfg.model)
@@ -49,7 +50,7 @@ def one_step(recipe: str, objective_name: str, samples: list, rank: int, world: 
 
     torch.manual_seed(0)
     engine, embedder = build_engine(cfg, stage, Path(cfg.model.path), build_ds_config(cfg))
-    objective = objective_for(stage.objective, cfg.train, stage.name, cfg.seed)
+    objective = objective_for(stage.objective, cfg.seed)
     objective.prepare(engine.module)
     micro = [objective.prepare_batch(b) for b in micro]
     engine.train()

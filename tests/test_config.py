@@ -41,8 +41,8 @@ def test_defaults_are_text2tokens_two_stages():
     cfg = C.Config()
     assert cfg.stage_names == ["stage1", "stage2"]
     s1, s2 = cfg.stages
-    assert (s1.start, s1.objective, type(s1.targets)) == ("base", "t2t", DataDrivenTargets)
-    assert (s2.start, s2.objective, type(s2.targets)) == ("stage1", "t2t", ModelDerivedTargets)
+    assert (s1.start, s1.objective.name, type(s1.targets)) == ("base", "t2t", DataDrivenTargets)
+    assert (s2.start, s2.objective.name, type(s2.targets)) == ("stage1", "t2t", ModelDerivedTargets)
     assert (s1.steps, s2.steps) == (100, 50)
     assert cfg.stage("stage2") is s2
     with pytest.raises(ConfigError, match=r"no stage 'stage3' in this recipe \(stages: stage1, stage2\)"):
@@ -192,37 +192,39 @@ def test_a_kind_parameter_out_of_range_names_its_stage(tmp_path):
 
 
 def test_unknown_objective_and_kind_name_the_registered_ones(tmp_path, capsys):
-    """A kind is checked at load; an objective where its registry is (torch): by the verbs that train or plan, and
-    by `t2t config`."""
+    """Both are checked at load, against their registries (no torch), with a did-you-mean."""
     from t2t.cli import main
-    from t2t.errors import UserError
-    from t2t.train.loss import OBJECTIVES, check_objectives
+    from t2t.objectives import OBJECTIVES
 
     p = write(tmp_path, "model: {path: m}\n" + TWO_STAGES)
     with pytest.raises(ConfigError, match=f"stages\\.stage2\\.targets\\.kind must be one of {', '.join(TARGET_KINDS)}"):
         load_config(p, ["stages.stage2.targets.kind=oracle"])
-    cfg = load_config(p, ["stages.stage1.objective=contrastive"])
-    message = f"stages\\.stage1\\.objective='contrastive' is not implemented .*\\(available: {', '.join(OBJECTIVES)}\\)"
-    with pytest.raises(UserError, match=message):
-        check_objectives(cfg)
-    assert main(["config", "--config", str(p), "--set", "stages.stage1.objective=contrastive"]) == 2
+    message = (f"stages\\.stage1\\.objective\\.name must be one of {', '.join(OBJECTIVES)}; got 'simcsee'; "
+               "did you mean 'simcse'\\?")
+    with pytest.raises(ConfigError, match=message):
+        load_config(p, ["stages.stage1.objective.name=simcsee"])
+    assert main(["config", "--config", str(p), "--set", "stages.stage1.objective.name=contrastive"]) == 2
     err = capsys.readouterr().err
-    assert "stages.stage1.objective='contrastive'" in err and err.count("\n") == 1
+    assert "stages.stage1.objective.name must be one of" in err and err.count("\n") == 1
+    with pytest.raises(ConfigError, match=r"stages\.stage1\.objective must be a mapping with a name, e\.g\. "
+                                          r"\{name: simcse\}; got 'simcse'"):
+        load_config(p, ["stages.stage1.objective=simcse"])
 
 
-def test_simcse_needs_mean_pooling(tmp_path, capsys):
+def test_an_objective_owns_its_settings_and_simcse_needs_mean_pooling(tmp_path, capsys):
     from t2t.cli import main
-    from t2t.errors import UserError
-    from t2t.train.loss import check_objectives
+    from t2t.objectives import SimCSEObjective, Text2TokenObjective
 
     p = write(tmp_path, "model: {path: m, pooling: last}\n" + TWO_STAGES)
-    with pytest.raises(UserError, match=r"stages\.stage1\.objective=simcse uses mean pooling; set model\.pooling=mean"):
-        check_objectives(load_config(p, ["stages.stage1.objective=simcse"]))
-    assert main(["config", "--config", str(p), "--set", "stages.stage1.objective=simcse"]) == 2
-    assert "set model.pooling=mean" in capsys.readouterr().err
-    cfg = load_config(p, ["stages.stage1.objective=simcse", "model.pooling=mean"])
-    check_objectives(cfg)
-    assert [s.objective for s in cfg.stages] == ["simcse", "t2t"]
+    simcse = "stages.stage1.objective.name=simcse"
+    with pytest.raises(ConfigError, match=r"stages\.stage1\.objective simcse needs model\.pooling=mean \(it is last\)"):
+        load_config(p, [simcse])
+    assert main(["config", "--config", str(p), "--set", simcse]) == 2
+    assert "needs model.pooling=mean" in capsys.readouterr().err
+    cfg = load_config(p, [simcse, "stages.stage1.objective.temperature=0.1", "model.pooling=mean"])
+    assert [s.objective for s in cfg.stages] == [SimCSEObjective(temperature=0.1), Text2TokenObjective()]
+    with pytest.raises(ConfigError, match=r"unknown key stages\.stage2\.objective\.temperature"):
+        load_config(p, ["model.pooling=mean", "stages.stage2.objective.temperature=0.1"])  # t2t has no temperature
 
 
 @pytest.mark.parametrize("override, message", [
@@ -234,7 +236,7 @@ def test_simcse_needs_mean_pooling(tmp_path, capsys):
     ("train.grad_clip=.nan", r"train\.grad_clip must be a finite number >= 0"),
     ("train.grad_clip=-1", r"train\.grad_clip must be a finite number >= 0"),
     ("train.weight_decay=.inf", r"train\.weight_decay must be a finite number >= 0"),
-    ("train.simcse_temperature=.inf", r"train\.simcse_temperature must be > 0"),
+    ("stages.stage1.objective={name: simcse, temperature: .inf}", r"stages\.stage1\.objective\.temperature must be > 0"),
     ("targets.workers=-1", r"targets\.workers must be >= 0 \(0 = automatic\), got -1"),
     ("seed=-1", r"r\.yaml: seed must be an integer in \[0, 2\*\*32\), got -1$"),  # it hung the loader workers
     ("seed=4294967296", r"r\.yaml: seed must be an integer in \[0, 2\*\*32\)"),
@@ -298,6 +300,9 @@ REFUSED = "is the layout before stages were a list; use"
      f"data.stage1_corpus {REFUSED} data.corpus (see t2t config --explain data.corpus)"),
     ("data: {stage2_corpus: s.txt}",
      f"data.stage2_corpus {REFUSED} stages.stage2.targets.corpus (see t2t config --explain stages.targets)"),
+    ("train: {simcse_dropout: 0.3}",
+     "train.simcse_dropout is the layout before objectives had their own sections; use "
+     "stages.<stage>.objective.dropout (see t2t config --explain stages.objective)"),
     ("targets: {tau: 1.0e-4, shard_size: 8}",
      f"targets.tau {REFUSED} stages.<stage>.targets.tau (see t2t config --explain stages.targets)"),
 ])
@@ -312,7 +317,7 @@ def test_an_old_layout_recipe_is_refused_naming_the_new_key(tmp_path, section, m
 @pytest.mark.parametrize("override, named, equivalent", [
     ("train.stage2.steps=7", "train.stage2 → stages.stage2.steps", "stages.stage2.steps=7"),
     ("train.stage1.lr=1e-3", "train.stage1 → stages.stage1.lr", "stages.stage1.lr=1e-3"),
-    ("train.objective=simcse", "train.objective → stages.<stage>.objective", "stages.stage1.objective=simcse"),
+    ("train.objective=simcse", "train.objective → stages.<stage>.objective", "stages.stage1.objective.name=simcse"),
     ("targets.tau=1e-6", "targets.tau → stages.<stage>.targets.tau", "stages.stage2.targets.tau=1e-6"),
     ("targets.weighting=idf", "targets.weighting → stages.<stage>.targets.weighting",
      "stages.stage1.targets.weighting=idf"),

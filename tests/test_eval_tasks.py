@@ -73,5 +73,6 @@ def test_bad_tsv_line_names_file_and_line(tmp_path):
 
 
 def test_unknown_local_task_lists_the_available_ones():
-    with pytest.raises(UserError, match="available: STSBenchmark, BIOSSES, SciFact"):
+    with pytest.raises(UserError, match="a local task must be one of STSBenchmark, BIOSSES, SciFact, .*; "
+                                        "got 'STSBenchmrk'; did you mean 'STSBenchmark'"):
         local_task("STSBenchmrk")

@@ -17,9 +17,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "t2t"
 LAYERS = [
-    ("core", ["t2t.errors", "t2t.dtypes", "t2t.data.files", "t2t.process"]),
+    ("core", ["t2t.errors", "t2t.dtypes", "t2t.data.files", "t2t.process", "t2t.registry"]),
     ("embedding", ["t2t.pooling", "t2t.identity", "t2t.data.tokens"]),
-    ("targets", ["t2t.data.corpus", "t2t.targets"]),
+    ("kinds", ["t2t.data.corpus", "t2t.targets", "t2t.objectives"]),
     ("recipe", ["t2t.config", "t2t.run_paths"]),
     ("model", ["t2t.model"]),
     ("shards", ["t2t.data"]),

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from t2t.config import TrainConfig
-from t2t.errors import UserError
+from t2t.objectives import SimCSEObjective, Text2TokenObjective
 from t2t.train.loss import LossParts, _SparseKL, objective_for, simcse_loss, sparse_kl, text2token_loss
 
 
@@ -102,7 +101,7 @@ def test_text2token_objective_sums_over_counted_texts():
     parts = text2token_loss(model, batch)
     assert isinstance(parts, LossParts) and parts.count == 4
     assert (parts.total / parts.count).item() == pytest.approx(dense_mean_kl(z, dense).item(), abs=1e-6)
-    assert objective_for("t2t").count(batch) == 4
+    assert objective_for(Text2TokenObjective()).count(batch) == 4
 
 
 class DropoutBag(torch.nn.Module):
@@ -127,7 +126,7 @@ def test_simcse_loss_is_infonce_between_two_dropout_views():
     ids = torch.randint(0, 30, (5, 6))
     mask = torch.ones(5, 6, dtype=torch.long)
     mask[1, :2] = 0
-    objective = objective_for("simcse", TrainConfig(simcse_temperature=0.1))
+    objective = objective_for(SimCSEObjective(temperature=0.1))
     parts = objective.loss(model, dict(input_ids=ids, attention_mask=mask))
     assert torch.equal(model.seen, torch.cat([ids, ids]))  # both views in one pass over the batch stacked twice
     a, b = model.h[:5].detach(), model.h[5:].detach()
@@ -146,28 +145,10 @@ def test_simcse_counts_every_text_and_identical_views_still_have_negatives():
     model = DropoutBag(p=0.0)
     ids = torch.arange(12).reshape(4, 3)
     batch = dict(input_ids=ids, attention_mask=torch.ones(4, 3), target_mask=torch.zeros(4, 1, dtype=torch.bool))
-    objective = objective_for("simcse")
+    objective = objective_for(SimCSEObjective())
     assert objective.count(batch) == 4  # empty targets do not matter to SimCSE
     parts = simcse_loss(model, batch, temperature=0.05)
     a = F.normalize(model.h[:4].detach(), dim=-1)
     logits = a @ a.T / 0.05
     assert parts.total.item() == pytest.approx(F.cross_entropy(logits, torch.arange(4), reduction="sum").item(),
                                                rel=1e-5)
-
-
-def test_unknown_objective_is_a_clear_error():
-    with pytest.raises(UserError, match=r"stages\.s1\.objective='mlm'.*available: t2t, simcse, mntp"):
-        objective_for("mlm", stage="s1")
-
-
-def test_check_objectives_names_the_stage(tmp_path):
-    from t2t.config import load_config
-    from t2t.train.loss import check_objectives
-
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: {path: m, pooling: last}\n")
-    check_objectives(load_config(recipe))  # Text2Token's two stages
-    with pytest.raises(UserError, match=r"stages\.stage2\.objective=simcse uses mean pooling; set model.pooling=mean"):
-        check_objectives(load_config(recipe, ["stages.stage2.objective=simcse"]))
-    with pytest.raises(UserError, match=r"stages\.stage1\.objective='mlm' is not implemented"):
-        check_objectives(load_config(recipe, ["stages.stage1.objective=mlm"]))

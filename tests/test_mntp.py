@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from t2t.config import load_config
+from t2t.config import ConfigError, load_config
 from t2t.errors import UserError
-from t2t.train.loss import check_objectives, objective_for
+from t2t.objectives import MNTPObjective
+from t2t.train.loss import objective_for
 from t2t.train.mntp import IGNORE, mask_tokens, selected_tokens
 
 TEXTS = ["The river flows through the old town and into the sea.", "A short one.",
@@ -33,7 +34,7 @@ def prepared(objective, embedder, texts, keys=None, epochs=None):
 
 def test_the_loss_is_the_cross_entropy_at_the_masked_positions_from_the_position_before(tiny_model_dir):
     cfg, embedder = bidirectional(tiny_model_dir)
-    objective = objective_for("mntp", cfg.train, seed=3)
+    objective = objective_for(MNTPObjective(), seed=3)
     objective.prepare(embedder)
     batch = prepared(objective, embedder, TEXTS)
     with torch.no_grad():
@@ -48,7 +49,7 @@ def test_the_loss_is_the_cross_entropy_at_the_masked_positions_from_the_position
 
 def test_masks_follow_llm2vec_and_depend_on_seed_key_and_epoch_only(tiny_model_dir):
     cfg, embedder = bidirectional(tiny_model_dir)
-    objective = objective_for("mntp", cfg.train, seed=0)
+    objective = objective_for(MNTPObjective(), seed=0)
     objective.prepare(embedder)
     mask_id = embedder.tokenizer.convert_tokens_to_ids("_")
     texts = TEXTS * 50
@@ -73,7 +74,7 @@ def test_masks_follow_llm2vec_and_depend_on_seed_key_and_epoch_only(tiny_model_d
     assert torch.equal(alone["mntp_labels"][0, -n:], labels[5, -n:])
     assert torch.equal(alone["mntp_input_ids"][0, -n:], inputs[5, -n:])
     # ... and changes with the seed and the epoch.
-    reseeded = objective_for("mntp", cfg.train, seed=1)
+    reseeded = objective_for(MNTPObjective(), seed=1)
     reseeded.prepare(embedder)
     assert not torch.equal(prepared(reseeded, embedder, texts, keys)["mntp_labels"], labels)
     assert not torch.equal(prepared(objective, embedder, texts, keys, [1] * len(texts))["mntp_labels"], labels)
@@ -82,7 +83,7 @@ def test_masks_follow_llm2vec_and_depend_on_seed_key_and_epoch_only(tiny_model_d
 
 def test_masks_are_drawn_without_touching_the_global_rng(tiny_model_dir):
     cfg, embedder = bidirectional(tiny_model_dir)
-    objective = objective_for("mntp", cfg.train)
+    objective = objective_for(MNTPObjective())
     objective.prepare(embedder)
     torch.manual_seed(7)
     before = torch.random.get_rng_state()
@@ -91,20 +92,22 @@ def test_masks_are_drawn_without_touching_the_global_rng(tiny_model_dir):
 
 
 def test_a_tokenizer_without_the_mask_token_is_refused_naming_it(tiny_model_dir):
-    cfg, embedder = bidirectional(tiny_model_dir, "train.mntp_mask_token=<no-such-token>")
-    objective = objective_for("mntp", cfg.train)
-    with pytest.raises(UserError, match=r"no token '<no-such-token>' to mask with \(train\.mntp_mask_token\)"):
+    cfg, embedder = bidirectional(tiny_model_dir, "stages.stage1.objective.name=mntp",
+                                  "stages.stage1.objective.mask_token=<no-such-token>")
+    objective = objective_for(cfg.stage("stage1").objective)
+    with pytest.raises(UserError, match=r"no token '<no-such-token>' to mask with \(the objective's mask_token\)"):
         objective.prepare(embedder)
 
 
 def test_mntp_needs_bidirectional_attention_and_a_probability():
-    cfg = load_config(None, ["model.path=m", "stages.stage1.objective=mntp"])
-    with pytest.raises(UserError, match=r"stages\.stage1\.objective=mntp needs bidirectional attention"):
-        check_objectives(cfg)
-    check_objectives(load_config(None, ["model.path=m", "stages.stage1.objective=mntp",
-                                        "model.attention=bidirectional"]))
-    with pytest.raises(UserError, match=r"train\.mntp_probability must be in \(0, 1\), got 1\.5"):
-        load_config(None, ["model.path=m", "train.mntp_probability=1.5"])
+    with pytest.raises(ConfigError, match=r"stages\.stage1\.objective mntp needs model\.attention=bidirectional "
+                                          r"\(it is causal\)"):
+        load_config(None, ["model.path=m", "stages.stage1.objective.name=mntp"])
+    cfg = load_config(None, ["model.path=m", "stages.stage1.objective.name=mntp", "model.attention=bidirectional"])
+    assert cfg.stage("stage1").objective == MNTPObjective()
+    with pytest.raises(ConfigError, match=r"stages\.stage1\.objective\.probability must be in \(0, 1\), got 1\.5"):
+        load_config(None, ["model.path=m", "model.attention=bidirectional", "stages.stage1.objective.name=mntp",
+                           "stages.stage1.objective.probability=1.5"])
 
 
 def test_masking_the_demo_batch_of_a_real_tokenizer(smollm2_dir):
@@ -127,7 +130,7 @@ def test_a_stage_starting_from_an_export_of_another_attention_mode_is_refused(tm
     export = tmp_path / "llm2vec-mntp"
     export.mkdir()
     (export / "t2t_config.json").write_text('{"attention": "bidirectional", "pooling": "mean"}')
-    cfg = load_config(None, [f"model.path={export}", "stages.stage2.objective=simcse", "model.pooling=mean"])
+    cfg = load_config(None, [f"model.path={export}", "stages.stage2.objective.name=simcse", "model.pooling=mean"])
     with pytest.raises(UserError, match=r"stages\.stage1 starts from .*llm2vec-mntp, trained with bidirectional "
                                         r"attention .* model\.attention is causal; set model\.attention=bidirectional"):
         check_start_attention(cfg, "stage1")

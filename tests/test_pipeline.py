@@ -92,8 +92,8 @@ def test_pipeline_interrupt_resume_and_up_to_date(tmp_path):
                for stage in ("stage1", "stage2")}
     assert samples == {"stage1": 1200, "stage2": 800}  # stages.stage2.targets.max_texts caps stage 2 alone
 
-    # 3. Nothing left to do.
-    third = pipeline(tmp_path, recipe)
+    # 3. Nothing left to do, even with other checkpoint cadences: how often a run saves never retrains it (#26).
+    third = pipeline(tmp_path, recipe, "train.keep_checkpoints=3", "train.save_every=7")
     out3, _ = third.communicate(timeout=300)
     assert third.returncode == 0, out3
     assert out3.count("up to date, skipped") == 7, out3
@@ -128,7 +128,7 @@ def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):
         "stages.stage2.targets.max_texts=400": {"stage2:targets", "stage2:train", "eval", "report"},
         "stages.stage1.targets.weighting=idf": {"stage1:targets", "stage1:train", "stage2:targets", "stage2:train",
                                                 "eval", "report"},
-        "stages.stage2.objective=simcse": {"stage2:train", "eval", "report"},
+        "stages.stage2.objective.name=simcse": {"stage2:train", "eval", "report"},
         "targets.workers=1": set(),
         # How often a run saves, logs and watches itself never retrains a finished stage (issue #26).
         "train.keep_checkpoints=3": set(),
@@ -142,6 +142,11 @@ def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):
     for override, expected in changed.items():
         fp = Pipeline(str(recipe), [override]).fingerprints()
         assert {k for k in base if fp[k] != base[k]} == expected, override
+    # An objective's own setting decides its stage alone (it lives in the stage's `objective:` section).
+    simcse = Pipeline(str(recipe), ["stages.stage2.objective.name=simcse"]).fingerprints()
+    warmer = Pipeline(str(recipe), ["stages.stage2.objective.name=simcse",
+                                    "stages.stage2.objective.temperature=0.1"]).fingerprints()
+    assert {k for k in simcse if warmer[k] != simcse[k]} == {"stage2:train", "eval", "report"}
 
 
 def test_reruns_never_resume_other_inputs_nor_lose_finished_stages(tmp_path, monkeypatch):

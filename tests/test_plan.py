@@ -284,11 +284,11 @@ def test_simcse_and_lora_are_refused_naming_the_stage(capsys):
     is refused as bad input naming what to change."""
     recipe = str(REPO / "recipes" / "mistral-7b.yaml")
     assert main(["plan", "--config", recipe, "--nodes", "1", "--gpus-per-node", "8", "--no-eval",
-                 "--set", "stages.stage2.objective=simcse"]) == 2
+                 "--set", "stages.stage2.objective.name=simcse", "--set", "model.pooling=mean"]) == 2
     err = capsys.readouterr().err
-    assert "stages.stage2.objective=simcse" in err and "stage1" not in err
-    cfg = load_config(recipe, ["stages.stage1.objective=simcse"])
-    with pytest.raises(UserError, match=r"stages\.stage1\.objective=simcse"):
+    assert "stages.stage2.objective.name=simcse" in err and "stage1" not in err
+    cfg = load_config(recipe, ["stages.stage1.objective.name=simcse", "model.pooling=mean"])
+    with pytest.raises(UserError, match=r"stages\.stage1\.objective\.name=simcse"):
         make_plan(cfg, Cluster(1, 8), with_eval=False)
     cfg = load_config(recipe)
     cfg.train.lora = LoraConfig()

@@ -44,7 +44,7 @@ def test_recipe_validates_and_names_existing_files(recipe, monkeypatch):
         locate(cfg.model.gguf)
     if cfg.model.tiny is not None:
         corpus = Path(cfg.model.tiny.tokenizer_corpus)
-        if not corpus.is_relative_to(".."):  # the study's corpus lies outside (bench/quality/run_study.py --corpus)
+        if not corpus.is_relative_to(".."):  # study v1's corpus lay outside the repository
             assert corpus.exists(), corpus
     else:  # a real backbone: `t2t plan` must size it before the weights are downloaded
         assert cfg.model.arch_config and Path(cfg.model.arch_config).is_file()
@@ -75,7 +75,7 @@ def test_cluster_recipe_is_the_reference_setup(name, monkeypatch):
     assert cfg.stage_names == ["stage1", "stage2"]
     s1, s2 = cfg.stages
     assert (s1.start, s2.start) == ("base", "stage1")
-    assert (s1.objective, s2.objective) == ("t2t", "t2t")
+    assert (s1.objective.name, s2.objective.name) == ("t2t", "t2t")
     assert (s1.lr, s2.lr) == (5e-5, 5e-5)
     assert (s1.steps, s2.steps) == (10_000, 1_000)
     assert (s1.schedule, s2.schedule) == ("constant", "constant")

@@ -72,7 +72,7 @@ class FirstTokens(TargetKind):
 def first_tokens_kind():
     register_target_kind(FirstTokens())
     yield
-    TARGET_KINDS.pop("first-tokens")
+    TARGET_KINDS.unregister("first-tokens")
 
 
 def test_a_target_kind_registered_outside_t2t_is_a_recipe_entry(first_tokens_kind, tiny_model_dir, tmp_path):
@@ -109,11 +109,11 @@ def three_stages(tmp: Path, tiny_recipe: Path) -> Path:
     recipe["train"].update(micro_batch_size=8, save_every=50, nproc=1)
     recipe["eval"].update(tasks=["STSBenchmark"], workers=1, out_dir="runs/three/eval")
     recipe["stages"] = [
-        {"name": "words", "start": "base", "objective": "t2t", "targets": {"kind": "data-driven"}, "steps": 3,
+        {"name": "words", "start": "base", "objective": {"name": "t2t"}, "targets": {"kind": "data-driven"}, "steps": 3,
          "lr": 1.0e-3},
-        {"name": "beyond", "start": "words", "objective": "t2t",
+        {"name": "beyond", "start": "words", "objective": {"name": "t2t"},
          "targets": {"kind": "model-derived", "tau": 1.0e-4, "max_texts": 200}, "steps": 2, "lr": 1.0e-4},
-        {"name": "contrast", "start": "beyond", "objective": "simcse", "targets": {"kind": "data-driven"},
+        {"name": "contrast", "start": "beyond", "objective": {"name": "simcse"}, "targets": {"kind": "data-driven"},
          "steps": 2, "lr": 1.0e-5},
     ]
     path = tmp / "three.yaml"
@@ -193,6 +193,6 @@ def test_a_pooling_mode_registered_outside_t2t_is_a_recipe_entry(tiny_model_dir)
         assert h.shape == h_mean.shape and torch.isfinite(h).all() and not torch.allclose(h, h_mean)
         assert (h >= h_mean - 1e-6).all()  # the max over tokens is at least their mean
     finally:
-        POOLINGS.pop("max")
+        POOLINGS.unregister("max")
     with pytest.raises(ConfigError, match=r"model\.pooling must be one of mean, last, eos; got 'max'"):
         load_config(None, [f"model.path={tiny_model_dir}", "model.pooling=max"])

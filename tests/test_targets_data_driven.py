@@ -8,7 +8,7 @@ from tokenizers import processors
 
 from t2t.config import DataDrivenTargets
 from t2t.model import load_tokenizer
-from t2t.targets.stage1 import Stage1Builder, clean_text, droppable_ids, idf_weights, stopword_list
+from t2t.targets.data_driven import DataDrivenBuilder, clean_text, droppable_ids, idf_weights, stopword_list
 from t2t.errors import UserError
 
 SENTENCES = [
@@ -55,7 +55,7 @@ def test_clean_text_drops_punctuation_underscores_and_stopwords():
 def test_golden_stage1_targets(style, request):
     model_dir = request.getfixturevalue("tiny_model_dir" if style == "bytelevel" else "tiny_sp_model_dir")
     tok = load_tokenizer(model_dir)
-    builder = Stage1Builder(tok, DataDrivenTargets(), len(tok))
+    builder = DataDrivenBuilder(tok, DataDrivenTargets(), len(tok))
     batch, truncated = builder.targets(SENTENCES)
     assert truncated == 0 and len(batch) == len(SENTENCES)
     whitespace = "Ġ" if style == "bytelevel" else "▁"
@@ -74,7 +74,7 @@ def test_special_and_whitespace_tokens_are_dropped_llama3_style(tiny_model_dir):
     """A Llama-3-like BOS (a special token added past the base vocabulary) and every
     whitespace-only token are in the drop mask, whatever their spelling."""
     tok = load_tokenizer(tiny_model_dir)
-    plain = Stage1Builder(tok, DataDrivenTargets(), len(tok)).targets(SENTENCES)[0]
+    plain = DataDrivenBuilder(tok, DataDrivenTargets(), len(tok)).targets(SENTENCES)[0]
     tok.add_special_tokens({"bos_token": "<|begin_of_text|>"})
     bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
@@ -85,14 +85,14 @@ def test_special_and_whitespace_tokens_are_dropped_llama3_style(tiny_model_dir):
     for token in ("Ġ", "Ċ", "ĉ"):  # space, newline, tab in byte-level spelling
         assert drop[tok.convert_tokens_to_ids(token)], token
     assert not drop[tok.convert_tokens_to_ids("at")]
-    llama3 = Stage1Builder(tok, DataDrivenTargets(), len(tok)).targets(SENTENCES)[0]
+    llama3 = DataDrivenBuilder(tok, DataDrivenTargets(), len(tok)).targets(SENTENCES)[0]
     np.testing.assert_array_equal(llama3.ids, plain.ids)
     assert bos not in llama3.ids
 
 
 def test_truncation_at_max_target_tokens_is_counted(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
-    builder = Stage1Builder(tok, DataDrivenTargets(max_target_tokens=4), len(tok))
+    builder = DataDrivenBuilder(tok, DataDrivenTargets(max_target_tokens=4), len(tok))
     ids, truncated = builder.token_ids(["Photosynthesis converts light energy", "cat"])
     assert truncated == 1
     first_four = tok("Photosynthesis converts light energy", add_special_tokens=False).input_ids[:4]
@@ -101,7 +101,7 @@ def test_truncation_at_max_target_tokens_is_counted(tiny_model_dir):
 
 def test_idf_weighting_follows_document_frequency(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
-    builder = Stage1Builder(tok, DataDrivenTargets(weighting="idf"), len(tok))
+    builder = DataDrivenBuilder(tok, DataDrivenTargets(weighting="idf"), len(tok))
     texts = ["cat sat", "cat mat", "cat", "dog"]
     df, n = builder.document_frequency(texts)
     rows, _ = builder.token_ids(texts)
@@ -122,4 +122,4 @@ def test_idf_weighting_follows_document_frequency(tiny_model_dir):
 def test_tokenizer_larger_than_lm_head_is_refused(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     with pytest.raises(UserError, match="LM head"):
-        Stage1Builder(tok, DataDrivenTargets(), len(tok) - 1)
+        DataDrivenBuilder(tok, DataDrivenTargets(), len(tok) - 1)

@@ -31,7 +31,7 @@ from t2t.errors import UserError
 from t2t.model import EmbeddingIdentity, load_tokenizer
 from t2t.data.manifest import LOCK_FILE
 from t2t.ray_jobs.targets import run_targets
-from t2t.targets.stage1 import Stage1Builder
+from t2t.targets.data_driven import DataDrivenBuilder
 from test_targets_ray import clean, corpus, make_cfg, shard_bytes  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +202,7 @@ def foreign_shard(path: Path, samples: list[dict], model_dir: Path, targets) -> 
     """Write at `path` the shard a job with the tokenizer of `model_dir` makes of these samples' texts."""
     tok = load_tokenizer(model_dir)
     texts = [s["txt"] for s in samples]
-    batch, _ = Stage1Builder(tok, targets, len(tok)).targets(texts)
+    batch, _ = DataDrivenBuilder(tok, targets, len(tok)).targets(texts)
     write_shard(path, batch.samples([s["__key__"] for s in samples], texts))
 
 

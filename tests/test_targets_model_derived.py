@@ -11,7 +11,7 @@ import torch
 from t2t.config import ModelConfig, ModelDerivedTargets
 from t2t.model import from_config
 from t2t.targets.sparse import TargetBatch
-from t2t.targets.stage2 import EPSILON, Stage2Builder, sparse_targets
+from t2t.targets.model_derived import EPSILON, ModelDerivedBuilder, sparse_targets
 
 TEXTS = [
     "The committee approved the new railway line to the northern suburbs.",
@@ -59,7 +59,7 @@ def student_logits(embedder):
 def test_sparse_target_equals_dense_reference(embedder, student_logits, tau, delta, top_k, cut_expected):
     z = student_logits
     theta = z.astype(np.float64).mean(axis=0)
-    builder = Stage2Builder(embedder, ModelDerivedTargets(tau=tau, delta=delta, top_k=top_k), batch_size=4)
+    builder = ModelDerivedBuilder(embedder, ModelDerivedTargets(tau=tau, delta=delta, top_k=top_k), batch_size=4)
     batch, stats = builder.targets(TEXTS, theta)
     reference = dense_reference(z, theta, tau, delta, top_k)
     vocab = z.shape[1]
@@ -82,7 +82,7 @@ def test_sparse_target_equals_dense_reference(embedder, student_logits, tau, del
 
 
 def test_builder_logits_match_the_student_and_keep_text_order(embedder, student_logits):
-    builder = Stage2Builder(embedder, ModelDerivedTargets(), batch_size=4)
+    builder = ModelDerivedBuilder(embedder, ModelDerivedTargets(), batch_size=4)
     seen = np.zeros(len(TEXTS), dtype=int)
     for idx, z in builder.logits(TEXTS):  # length-sorted, left-padded batches
         np.testing.assert_allclose(z.numpy(), student_logits[idx], rtol=1e-4, atol=1e-4)
@@ -94,7 +94,7 @@ def test_builder_logits_match_the_student_and_keep_text_order(embedder, student_
 
 
 def test_truncated_texts_are_counted(embedder):
-    builder = Stage2Builder(embedder, ModelDerivedTargets(), batch_size=4)
+    builder = ModelDerivedBuilder(embedder, ModelDerivedTargets(), batch_size=4)
     _, _, truncated = builder.background_sum([" ".join(["word"] * 100), "short"])
     assert truncated == 1
 
@@ -107,13 +107,13 @@ def test_pass_two_reuses_pass_one_states_with_the_same_bytes(embedder):
     decoder_calls = []
     hook = embedder.lm.get_decoder().register_forward_hook(lambda *_: decoder_calls.append(1))
     try:
-        fresh = Stage2Builder(embedder, spec, batch_size=4)
+        fresh = ModelDerivedBuilder(embedder, spec, batch_size=4)
         total, count, _ = fresh.background_sum(texts)
         theta = total / count
         fresh.kept.clear()
         expected, expected_stats = fresh.targets(texts, theta)
 
-        builder = Stage2Builder(embedder, spec, batch_size=4)
+        builder = ModelDerivedBuilder(embedder, spec, batch_size=4)
         builder.background_sum(texts)
         assert builder.kept_bytes > 0
         decoder_calls.clear()

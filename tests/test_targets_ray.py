@@ -26,7 +26,7 @@ from t2t.model import from_config, load_tokenizer
 from t2t.data.manifest import LOCK_FILE, is_complete
 from t2t.ray_jobs.target_workers import FAULT_ENV
 from t2t.ray_jobs.targets import run_targets
-from t2t.targets.stage1 import Stage1Builder, idf_weights
+from t2t.targets.data_driven import DataDrivenBuilder, idf_weights
 from t2t.errors import UserError
 
 pytestmark = pytest.mark.slow
@@ -116,7 +116,7 @@ def test_stage1_end_to_end_rerun_and_changed_config(tiny_model_dir, corpus, clea
     assert [s["samples"] for s in manifest["shards"]] == [16, 16, 16, 13]
     texts = [t.text for t in iter_texts(corpus)]
     tok = load_tokenizer(tiny_model_dir)
-    expected, truncated = Stage1Builder(tok, cfg.stage("stage1").targets, len(tok)).targets(texts)
+    expected, truncated = DataDrivenBuilder(tok, cfg.stage("stage1").targets, len(tok)).targets(texts)
     assert manifest["corpus"]["counters"] == dict(read=61, skipped_empty=1, invalid_utf8=1, truncated=truncated)
     assert manifest["params"]["target"]["stopwords"] == "sklearn-english" and manifest["code_version"]
 
@@ -217,7 +217,7 @@ def test_idf_weighting_end_to_end(tiny_model_dir, corpus, tmp_path):
     assert manifest["idf"]["texts"] == 61 and manifest["params"]["target"]["weighting"] == "idf"
     texts = [t.text for t in iter_texts(corpus)]
     tok = load_tokenizer(tiny_model_dir)
-    builder = Stage1Builder(tok, cfg.stage("stage1").targets, len(tok))
+    builder = DataDrivenBuilder(tok, cfg.stage("stage1").targets, len(tok))
     idf = idf_weights(*builder.document_frequency(texts))
     np.testing.assert_allclose(np.load(tmp_path / "stage1/idf.npy"), idf)
     expected, _ = builder.targets(texts, idf)

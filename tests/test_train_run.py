@@ -3,7 +3,7 @@
 One uninterrupted run (module fixture) serves several assertions; a second run resumes from
 the first one's step-6 checkpoint (the data stream crosses an epoch boundary there, through a
 loader process) and must log exactly the first run's losses for the steps after it. The SimCSE
-objective gets the same treatment in one test: `t2t train --set stages.stage1.objective=simcse`, then a
+objective gets the same treatment in one test: `t2t train --set stages.stage1.objective.name=simcse`, then a
 resumed run that must reproduce its losses, dropout masks included; so does MNTP, its token masks included. Stage 2 then trains stage 1's export by
 name alone (`--stage stage2`, no model.path override). The stop on SIGUSR1 and the
 requeued resume are tested through Slurm in test_train_slurm.py.
@@ -212,13 +212,13 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(run_a, setup, monkeypat
 
 @pytest.mark.slow
 def test_simcse_trains_resumes_exactly_and_exports(setup):
-    """`t2t train --set stages.stage1.objective=simcse` (bidirectional, 2 ranks × 2 micro-steps), then a resume at
+    """`t2t train --set stages.stage1.objective.name=simcse` (bidirectional, 2 ranks × 2 micro-steps), then a resume at
     step 4."""
     from t2t.model import from_config, load
 
     root, recipe = setup
     steps = 6
-    overrides = ["stages.stage1.objective=simcse", "model.attention=bidirectional", f"stages.stage1.steps={steps}",
+    overrides = ["stages.stage1.objective.name=simcse", "model.attention=bidirectional", f"stages.stage1.steps={steps}",
                  "stages.stage1.lr=2.0e-4", "stages.stage1.schedule=constant", "stages.stage1.warmup_steps=0"]
     args = TRAIN_ARGS + [str(recipe)] + [a for o in overrides for a in ("--set", o)]
     run_a, run_b = root / "simcse_a", root / "simcse_b"
@@ -246,14 +246,14 @@ def test_simcse_trains_resumes_exactly_and_exports(setup):
 
 @pytest.mark.slow
 def test_mntp_trains_resumes_exactly_and_exports(setup):
-    """`t2t train --set stages.stage1.objective=mntp` (bidirectional, one rank × 2 micro-steps of 8, a loader
+    """`t2t train --set stages.stage1.objective.name=mntp` (bidirectional, one rank × 2 micro-steps of 8, a loader
     process), then a resume at step 2 must log the same losses: the masks of the steps after it are drawn again
     exactly. (Each rank's own generator across a resume: SimCSE's dropout above, on 2 ranks.)"""
     from t2t.model import load
 
     root, recipe = setup
     steps = 4
-    overrides = ["stages.stage1.objective=mntp", "model.attention=bidirectional", f"stages.stage1.steps={steps}",
+    overrides = ["stages.stage1.objective.name=mntp", "model.attention=bidirectional", f"stages.stage1.steps={steps}",
                  "train.micro_batch_size=8"]  # the global batch of 2 ranks × 4
     args = TRAIN_ARGS + [str(recipe)] + [a for o in overrides for a in ("--set", o)]
     run_a, run_b = root / "mntp_a", root / "mntp_b"

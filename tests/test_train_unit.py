@@ -14,6 +14,7 @@ from t2t.config import ConfigError, load_config
 from t2t.errors import UserError
 from t2t.train import checkpoint
 from t2t.train.engine import free_port, lr_multiplier
+from t2t.objectives import Text2TokenObjective
 from t2t.train.loss import objective_for
 from t2t.train.monitor import MetricsLog
 from t2t.train.trainer import StopSignals, TrainingDiverged, train_step
@@ -71,7 +72,7 @@ def batch(n: int = 3) -> dict:
 
 def test_train_step_reports_the_global_mean(process_group):
     engine = FakeEngine(torch.zeros(8))
-    result = train_step(engine, objective_for("t2t"), [batch(3), batch(2)], world_size=1, flags=[5.0])
+    result = train_step(engine, objective_for(Text2TokenObjective()), [batch(3), batch(2)], world_size=1, flags=[5.0])
     # uniform student over 8 tokens vs a target uniform over 2: KL = log(8/2)
     assert result.loss == pytest.approx(float(torch.log(torch.tensor(4.0))), abs=1e-6)
     assert (result.counted, result.tokens, result.flags, result.stop) == (5, 20, [5.0], False)
@@ -81,7 +82,7 @@ def test_train_step_reports_the_global_mean(process_group):
 def test_nan_loss_stops_before_the_optimizer_step(process_group):
     engine = FakeEngine(torch.full((8,), float("nan")))
     with pytest.raises(TrainingDiverged, match="nan"):
-        train_step(engine, objective_for("t2t"), [batch()], world_size=1,
+        train_step(engine, objective_for(Text2TokenObjective()), [batch()], world_size=1,
                    before_update=lambda: pytest.fail("the update must not run"))
     assert engine.steps == 0
 
@@ -140,7 +141,8 @@ def test_simcse_dropout_gives_two_views_in_train_mode_only(tiny_model_dir):
     from t2t.model import from_config
 
     embedder = from_config(ModelConfig(path=str(tiny_model_dir)))
-    objective = objective_for("simcse", load_config(None, ["model.path=m", "train.simcse_dropout=0.2"]).train)
+    cfg = load_config(None, ["model.path=m", "stages.stage1.objective.name=simcse", "stages.stage1.objective.dropout=0.2"])
+    objective = objective_for(cfg.stage("stage1").objective)
     objective.prepare(embedder)
     layers = [m for m in embedder.lm.modules() if hasattr(m, "attention_dropout")]
     assert embedder.lm.config.attention_dropout == 0.2 and [m.attention_dropout for m in layers] == [0.2, 0.2]
@@ -156,14 +158,12 @@ def test_simcse_dropout_gives_two_views_in_train_mode_only(tiny_model_dir):
 
 
 def test_simcse_settings_are_validated():
-    for key, value in (("train.simcse_temperature", 0), ("train.simcse_dropout", 1.0)):
-        with pytest.raises(ConfigError, match=key):
-            load_config(None, ["model.path=m", f"{key}={value}"])
-    from t2t.errors import UserError
-    from t2t.train.loss import check_objectives
-
-    with pytest.raises(UserError, match="stages.stage1.objective=simcse uses mean pooling"):
-        check_objectives(load_config(None, ["model.path=m", "stages.stage1.objective=simcse", "model.pooling=last"]))
+    simcse = "stages.stage1.objective.name=simcse"
+    for key, value in (("stages.stage1.objective.temperature", 0), ("stages.stage1.objective.dropout", 1.0)):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, ["model.path=m", simcse, f"{key}={value}"])
+    with pytest.raises(ConfigError, match=r"stages\.stage1\.objective simcse needs model\.pooling=mean \(it is last\)"):
+        load_config(None, ["model.path=m", simcse, "model.pooling=last"])
 
 
 def test_stage_complete_needs_the_export(tmp_path, tiny_model_dir):
@@ -254,7 +254,7 @@ def old_layout_identity(now: dict, stage: str) -> dict:
     own = {k.split(".")[2]: v for k, v in now.items() if k.startswith(f"stages.{stage}.")}
     old = {k: v for k, v in now.items() if not k.startswith("stages.") and k != "data.corpus"}
     old[f"train.{stage}"] = {k: own[k] for k in ("lr", "schedule", "warmup_steps")}
-    old["train.objective"] = own["objective"]
+    old["train.objective"] = own["objective"]["name"]
     old.update({"data.stage1_corpus": "", "data.stage2_corpus": "", "data.stage2_max_texts": 0})
     return old
 
@@ -289,7 +289,7 @@ def test_a_stage_is_trained_as_it_runs_from_its_start(monkeypatch):
     monkeypatch.setattr(engine, "init_distributed", lambda: (0, 1))
     monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: None)
     monkeypatch.setattr(trainer.TrainState, "build", staticmethod(build))
-    cfg = load_config(None, ["model.path=m", "run_dir=runs/x", "stages.stage2.objective=simcse"])
+    cfg = load_config(None, ["model.path=m", "run_dir=runs/x", "stages.stage2.objective.name=simcse"])
     with pytest.raises(Built):
         trainer.train(cfg, "stage2")
     assert built["stage"] == "stage2" and built["objective"] == "simcse"

@@ -24,7 +24,7 @@ MFU and for NCCL/ZeRO-3 correctness. Parts, all written to <out>/gpu_check.json:
           required of --smoke's 3 steps).
 3. mfu    6 × non-embedding parameters × real tokens/s of the device run (steps 2 on) over part 1's peak,
           and the trainer's own MFU figure (the same measure, timed inside the run) from metrics.jsonl.
-4. stage2 stage-2 targets (t2t.targets.stage2.Stage2Builder, both passes) of 512 texts from the device-trained
+4. stage2 stage-2 targets (t2t.targets.model_derived.ModelDerivedBuilder, both passes) of 512 texts from the device-trained
           model, on the device in bf16 and on the CPU in fp32: texts/s, and how often the two agree on each text's
           top target token (passes at ≥ 0.9).
 5. sts    STSBenchmark (1,379 pairs, data/eval/sts) embedded by the device-trained export on the device and on
@@ -153,10 +153,10 @@ def stage2(model_dir: Path, device: str, dtype: str, texts: list[str]) -> tuple[
     """Both passes of stage-2 targets on `device`: each text's top target token and the texts/s."""
     from t2t.model.io import load
     from t2t.targets.kinds import ModelDerivedTargets
-    from t2t.targets.stage2 import Stage2Builder
+    from t2t.targets.model_derived import ModelDerivedBuilder
 
     embedder = load(model_dir, dtype).to(device)
-    builder = Stage2Builder(embedder, ModelDerivedTargets(**{k: v for k, v in STAGE2_TARGETS.items() if k != "kind"}),
+    builder = ModelDerivedBuilder(embedder, ModelDerivedTargets(**{k: v for k, v in STAGE2_TARGETS.items() if k != "kind"}),
                             batch_size=64)
     start = time.perf_counter()
     total, count, _ = builder.background_sum(texts)

@@ -1,9 +1,10 @@
 """`t2t config`: print a recipe after overrides and validation (what a job will actually use), its
-stages' objectives and DeepSpeed JSON checked too; `t2t config --explain [SECTION]`: what every field means (type, default, docstring).
+DeepSpeed JSON checked too; `t2t config --explain [SECTION]`: what every field means (type, default, docstring).
 
 The explanation walks the dataclasses from `Config` (the docstrings are read by `t2t.config.field_docs`), so a
 field added to the schema shows up here without touching this module; `stages[].targets` shows the fields every
-target kind has, then each kind registered in `t2t.targets.kinds.TARGET_KINDS` with its own parameters.
+target kind has, then each kind registered in `t2t.targets.kinds.TARGET_KINDS` with its own parameters, and
+`stages[].objective` each objective registered in `t2t.objectives.OBJECTIVES` with its own settings.
 """
 
 from __future__ import annotations
@@ -44,10 +45,8 @@ def run(args) -> int:
 
     from t2t.config import to_dict
     from t2t.train.engine import build_ds_config
-    from t2t.train.loss import check_objectives
 
     cfg = load_recipe(args)
-    check_objectives(cfg)  # registered, and fitting the recipe (simcse: mean pooling): checked where torch is loaded
     build_ds_config(cfg)  # the DeepSpeed JSON exists, parses and has no "auto": a job would fail on it later
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
@@ -90,7 +89,6 @@ def _walk(cls: type, path: str, shown: str, out: list[Section], top: bool = Fals
     """Add the section of dataclass `cls` at `path` (written `shown`: `stages[]` for list items) and those below;
     `lead` is the entry of the field that holds them, when it belongs with them (`stages`)."""
     from t2t.config import StageConfig, field_docs
-    from t2t.targets.kinds import TargetsSpec
 
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
@@ -110,37 +108,47 @@ def _walk(cls: type, path: str, shown: str, out: list[Section], top: bool = Fals
             below.append((StageConfig, fpath, f"{fshown}[]", entry))
         else:  # a value, or a section that may be absent (model.tiny, train.lora): a field here, fields below
             section.entries.append(entry)
-            if nested is not None and nested is not TargetsSpec:
+            if nested is not None and nested not in _typed_by_name():
                 below.append((nested, fpath, fshown, None))
     for sub_cls, sub_path, sub_shown, sub_lead in below:
         _walk(sub_cls, sub_path, sub_shown, out, lead=sub_lead)
     if cls is StageConfig:
-        _walk_targets(path, shown, out)
+        for base, (field_name, key, registry) in _typed_by_name().items():
+            _walk_typed(base, field_name, key, registry, path, shown, out)
 
 
-def _walk_targets(stage_path: str, stage_shown: str, out: list[Section]) -> None:
-    """The fields every target kind has, then each registered kind with its own."""
-    from t2t.config import field_docs
+def _typed_by_name() -> dict[type, tuple[str, str, Any]]:
+    """A stage's sections whose fields depend on a name in them: base spec → (stage field, naming key, registry)."""
+    from t2t.objectives import OBJECTIVES, ObjectiveSpec
     from t2t.targets.kinds import TARGET_KINDS, TargetsSpec
 
-    path, shown = f"{stage_path}.targets", f"{stage_shown}.targets"
-    common = Section(key=path, path=path, title=f"{path} (every kind)", doc=_doc(TargetsSpec))
-    docs = field_docs(TargetsSpec)
-    hints = typing.get_type_hints(TargetsSpec)
-    for f in dataclasses.fields(TargetsSpec):
-        common.entries.append(Entry(f"{shown}.{f.name}", _type_text(hints[f.name], TargetsSpec, f.name),
+    return {TargetsSpec: ("targets", "kind", TARGET_KINDS), ObjectiveSpec: ("objective", "name", OBJECTIVES)}
+
+
+def _walk_typed(base: type, field_name: str, key: str, registry, stage_path: str, stage_shown: str,
+                out: list[Section]) -> None:
+    """A stage's section typed by a name (`targets` by its kind, `objective` by its name): the fields every entry
+    has, then each registered entry with its own."""
+    from t2t.config import field_docs
+
+    path, shown = f"{stage_path}.{field_name}", f"{stage_shown}.{field_name}"
+    common = Section(key=path, path=path, title=f"{path} (every {key})", doc=_doc(base))
+    docs = field_docs(base)
+    hints = typing.get_type_hints(base)
+    for f in dataclasses.fields(base):
+        common.entries.append(Entry(f"{shown}.{f.name}", _type_text(hints[f.name], base, f.name),
                                     _default_text(f), docs.get(f.name, "")))
     out.append(common)
-    base = {f.name for f in dataclasses.fields(TargetsSpec)}
-    for name, kind in TARGET_KINDS.items():
-        spec = kind.spec
-        section = Section(key=name, path=f"{path}.{name}", title=f"{path} with kind: {name}",
-                          doc=_doc(spec) + f"\nA stage's `targets:` with `kind: {name}` takes the fields of every "
-                                           f"kind and these.")
+    shared = {f.name for f in dataclasses.fields(base)}
+    for name, entry in registry.items():
+        spec = entry.spec
+        section = Section(key=name, path=f"{path}.{name}", title=f"{path} with {key}: {name}",
+                          doc=_doc(spec) + f"\nA stage's `{field_name}:` with `{key}: {name}` takes the fields of "
+                                           f"every {key} and these.")
         docs = field_docs(spec)
         hints = typing.get_type_hints(spec)
         for f in dataclasses.fields(spec):
-            if f.name not in base:
+            if f.name not in shared:
                 section.entries.append(Entry(f"{shown}.{f.name}", _type_text(hints[f.name], spec, f.name),
                                              _default_text(f), docs.get(f.name, "")))
         out.append(section)
@@ -157,13 +165,14 @@ def _dataclass_of(tp: Any) -> type | None:
 def _type_text(tp: Any, owner: type, name: str) -> str:
     from t2t.config import ModelConfig, StageConfig
     from t2t.pooling import POOLINGS
-    from t2t.targets.kinds import TARGET_KINDS, TargetsSpec
 
-    registries = {(TargetsSpec, "kind"): TARGET_KINDS, (ModelConfig, "pooling"): POOLINGS}
-    if (owner, name) in registries:  # a name of a registry: the names registered now
-        return " | ".join(registries[owner, name])
-    if tp is TargetsSpec:
-        return f"mapping typed by its kind ({' | '.join(TARGET_KINDS)})"
+    for base, (_, key, registry) in _typed_by_name().items():
+        if name == key and isinstance(owner, type) and issubclass(owner, base):
+            return " | ".join(registry)  # a name of a registry: the names registered now
+        if tp is base:
+            return f"mapping typed by its {key} ({' | '.join(registry)})"
+    if (owner, name) == (ModelConfig, "pooling"):
+        return " | ".join(POOLINGS)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -188,6 +197,7 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _default_text(f: dataclasses.Field) -> str | None:
     from t2t.config import StageConfig
+    from t2t.objectives import ObjectiveSpec
     from t2t.targets.kinds import TargetsSpec
 
     value = _default(f)
@@ -195,6 +205,8 @@ def _default_text(f: dataclasses.Field) -> str | None:
         return None
     if isinstance(value, TargetsSpec):
         return f"{{kind: {value.kind}}}"
+    if isinstance(value, ObjectiveSpec):
+        return f"{{name: {value.name}}}"
     if isinstance(value, list) and value and isinstance(value[0], StageConfig):
         return "[" + ", ".join(f"{s.name} ({s.targets.kind}, from {s.start})" for s in value) + "]"
     if dataclasses.is_dataclass(value):

@@ -23,6 +23,7 @@ import yaml
 from t2t.config.schema import Config, StageConfig
 from t2t.errors import ConfigError
 from t2t.pooling import POOLINGS
+from t2t.objectives import OBJECTIVES, ObjectiveSpec, objective_from
 from t2t.targets.kinds import TARGET_KINDS, TargetsSpec, spec_from
 
 STAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -36,6 +37,14 @@ OLD_LAYOUT = {"train.stage1": "stages.stage1", "train.stage2": "stages.stage2",
                  for k in ("stopwords", "max_target_tokens", "weighting", "tau", "delta", "top_k")}}
 """Keys of the layout before stages were a list → where each lives now. They are no longer read, and named
 so rather than by the generic unknown-key error, whose did-you-mean would point at the wrong key."""
+
+
+OLD_OBJECTIVE_KEYS = {"train.simcse_temperature": "stages.<stage>.objective.temperature",
+                      "train.simcse_dropout": "stages.<stage>.objective.dropout",
+                      "train.mntp_probability": "stages.<stage>.objective.probability",
+                      "train.mntp_mask_token": "stages.<stage>.objective.mask_token"}
+"""An objective's settings before each objective had its own section (`objective: {name: simcse, temperature: ...}`)
+→ where each lives now; refused the same way."""
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -75,7 +84,7 @@ def derive_paths(cfg: Config) -> None:
 
 def check_old_layout(raw: dict, override: str | None = None) -> None:
     """Refuse a key of `OLD_LAYOUT` in the recipe `raw`, or in `override` (`key=value`), naming its new key."""
-    for old, new in OLD_LAYOUT.items():
+    for old, new in {**OLD_LAYOUT, **OLD_OBJECTIVE_KEYS}.items():
         section, _, name = old.partition(".")
         if override is not None:
             key = override.split("=", 1)[0].strip()
@@ -87,9 +96,10 @@ def check_old_layout(raw: dict, override: str | None = None) -> None:
             where, tail = "", "." + "/".join(map(str, value)) if isinstance(value, dict) and value else ""
         else:
             continue
-        topic = "stages.targets" if ".targets." in new else "stages" if new.startswith("stages.") else new
-        raise ConfigError(f"{where}{old} is the layout before stages were a list; use {new}{tail} "
-                          f"(see t2t config --explain {topic})")
+        topic = ("stages.targets" if ".targets." in new else "stages.objective" if ".objective." in new
+                 else "stages" if new.startswith("stages.") else new)
+        era = "before objectives had their own sections" if old in OLD_OBJECTIVE_KEYS else "before stages were a list"
+        raise ConfigError(f"{where}{old} is the layout {era}; use {new}{tail} (see t2t config --explain {topic})")
 
 
 def _apply_override(raw: dict, item: str) -> None:
@@ -103,8 +113,9 @@ def _apply_override(raw: dict, item: str) -> None:
         if k == "stages" and i == 0:
             node = _stage_node(raw, keys[1] if len(keys) > 2 else "", item)
             keys_left = keys[2:]
-            for kk in keys_left[:-1]:  # a stage without `targets:` has the default kind's
-                node = node.setdefault(kk, {"kind": StageConfig().targets.kind} if kk == "targets" else {})
+            defaults = {"targets": {"kind": StageConfig().targets.kind}, "objective": {"name": StageConfig().objective.name}}
+            for kk in keys_left[:-1]:  # a stage without `targets:` or `objective:` has the default kind's
+                node = node.setdefault(kk, dict(defaults.get(kk, {})))
                 if not isinstance(node, dict):
                     raise ConfigError(f"override {item!r}: {kk} is not a section")
             node[keys_left[-1]] = _value(value)
@@ -164,6 +175,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return _coerce(inner[0], value, key)
     if tp is TargetsSpec:  # the kind decides the fields
         return spec_from(value, from_dict, key)
+    if tp is ObjectiveSpec:  # the name decides the fields
+        return objective_from(value, from_dict, key)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, prefix=f"{key}.")
     if origin is Literal:
@@ -203,8 +216,7 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     if not m.path:
         raise ConfigError("model.path is required (a local model directory, or where to build model.tiny)")
-    if m.pooling not in POOLINGS:
-        raise ConfigError(f"model.pooling must be one of {', '.join(POOLINGS)}; got {m.pooling!r}")
+    POOLINGS.get(m.pooling, "model.pooling")
     if "{text}" not in m.template:
         raise ConfigError(f"model.prompt must contain {{text}}; got {m.template!r}")
     if m.max_length < 8:
@@ -259,26 +271,17 @@ def validate(cfg: Config) -> None:
     for key, value in (("train.grad_clip", cfg.train.grad_clip), ("train.weight_decay", cfg.train.weight_decay)):
         if not math.isfinite(value) or value < 0:
             raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
-    if not math.isfinite(cfg.train.simcse_temperature) or cfg.train.simcse_temperature <= 0:
-        raise ConfigError(f"train.simcse_temperature must be > 0, got {cfg.train.simcse_temperature}")
-    if not 0 <= cfg.train.simcse_dropout < 1:
-        raise ConfigError(f"train.simcse_dropout must be in [0, 1), got {cfg.train.simcse_dropout}")
-    if not 0 < cfg.train.mntp_probability < 1:
-        raise ConfigError(f"train.mntp_probability must be in (0, 1), got {cfg.train.mntp_probability}")
     if cfg.layout is not None:
         for key in ("nodes", "gpus_per_node"):
             if getattr(cfg.layout, key) < 1:
                 raise ConfigError(f"layout.{key} must be at least 1 (the recipe's reference cluster), "
                                   f"got {getattr(cfg.layout, key)}")
-    if not cfg.train.mntp_mask_token:
-        raise ConfigError("train.mntp_mask_token must name a token of the vocabulary, got an empty string")
     validate_stages(cfg)
 
 
 def validate_stages(cfg: Config) -> None:
-    """Names unique and usable as paths, each stage starting from `base` or an earlier stage, settings in range.
-    (Objectives are checked against their registry by `t2t.train.loss.check_objectives`, which every verb that
-    trains or plans calls: the registry needs torch, which loading a recipe does not.)"""
+    """Names unique and usable as paths, each stage starting from `base` or an earlier stage, settings in range,
+    each objective fitting the model (simcse: mean pooling; mntp: bidirectional attention)."""
     if not cfg.stages:
         raise ConfigError("stages is empty; a recipe trains at least one stage")
     seen: list[str] = []
@@ -299,8 +302,13 @@ def validate_stages(cfg: Config) -> None:
             raise ConfigError(f"{key}.warmup_steps is set but {key}.schedule is constant")
         if s.targets.max_texts < 0:
             raise ConfigError(f"{key}.targets.max_texts must be >= 0 (0 = data.max_texts), got {s.targets.max_texts}")
-        if s.targets.kind not in TARGET_KINDS:  # spec_from checked it; a default-built spec could still be empty
-            raise ConfigError(f"{key}.targets.kind must be one of {', '.join(TARGET_KINDS)}")
+        TARGET_KINDS.get(s.targets.kind, f"{key}.targets.kind")  # spec_from checked it; a default-built spec is empty
+        objective = OBJECTIVES.get(s.objective.name, f"{key}.objective.name")
+        objective.validate(s.objective, f"{key}.objective")
+        for field_name, needed in (("pooling", objective.pooling), ("attention", objective.attention)):
+            if needed is not None and getattr(cfg.model, field_name) != needed:
+                raise ConfigError(f"{key}.objective {s.objective.name} needs model.{field_name}={needed} "
+                                  f"(it is {getattr(cfg.model, field_name)})")
         seen.append(s.name)
 
 

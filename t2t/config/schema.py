@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from t2t.errors import ConfigError
+from t2t.objectives import ObjectiveSpec, Text2TokenObjective
 from t2t.pooling import POOLINGS, PROMPT_EOL  # noqa: F401 - PROMPT_EOL is part of t2t.config
 from t2t.targets.kinds import DataDrivenTargets, ModelDerivedTargets, TargetsSpec
 
@@ -76,8 +77,7 @@ class ModelConfig:
         """The prompt template in effect."""
         if self.prompt is not None:
             return self.prompt
-        mode = POOLINGS.get(self.pooling)
-        return mode.default_prompt if mode is not None else "{text}"
+        return POOLINGS.get(self.pooling).default_prompt if self.pooling in POOLINGS else "{text}"
 
 
 @dataclass
@@ -133,10 +133,10 @@ class StageConfig:
     start: str = "base"
     """`base` (the recipe's backbone, M0) or the name of an earlier stage whose exported model this stage trains
     and, for model-derived targets, computes its targets with."""
-    objective: str = "t2t"
-    """Training objective (registered in `t2t.train.loss.OBJECTIVES`): `t2t` (KL to the target tokens), `simcse`
-    (unsupervised contrastive) or `mntp` (LLM2Vec's masked next-token prediction); the last two read only the texts
-    of the stage's shards."""
+    objective: ObjectiveSpec = field(default_factory=Text2TokenObjective)
+    """The stage's training objective: `name` (registered in `t2t.objectives`: `t2t`, KL to the target tokens;
+    `simcse`, unsupervised contrastive; `mntp`, LLM2Vec's masked next-token prediction) and its own settings, e.g.
+    `{name: simcse, temperature: 0.05, dropout: 0.1}`. simcse and mntp read only the texts of the stage's shards."""
     targets: TargetsSpec = field(default_factory=DataDrivenTargets)
     """The stage's targets: `kind` (registered in `t2t.targets.kinds`), the corpus, and the kind's parameters."""
     steps: int = 100
@@ -221,15 +221,6 @@ class TrainConfig:
     """Ranks `t2t pipeline` and launchers/train_local.sh start on one machine; 0 = automatic: one per GPU, or on a
     machine without one a single rank that uses every CPU core (ranks that share one machine's cores only add gloo
     traffic; bench/BENCHMARKS.md). Slurm's launcher takes its ranks from the allocation."""
-    simcse_temperature: float = 0.05
-    """Temperature of the SimCSE objective (cosine similarities are divided by it)."""
-    simcse_dropout: float = 0.1
-    """SimCSE only: attention dropout set on the backbone during training; it makes the two views of a text differ."""
-    mntp_probability: float = 0.2
-    """MNTP only: share of each text's tokens that are selected and predicted (LLM2Vec: 0.2 for Llama-family
-    models); 80% of them become `mntp_mask_token`, 10% a random token, 10% stay."""
-    mntp_mask_token: str = "_"
-    """MNTP only: the vocabulary token that masks a selected token (LLM2Vec's `mask_token_type: blank` is `_`)."""
 
 
 @dataclass

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from t2t.errors import UserError
 from t2t.targets.kinds import DataDrivenTargets
-from t2t.targets.stage1 import Stage1Builder
+from t2t.targets.data_driven import DataDrivenBuilder
 
 
 def token_alignment(embedder, texts: list[str], k: int = 10, targets: DataDrivenTargets | None = None) -> dict:
     """hit@k and precision@k of `embedder` on `texts` (texts without content tokens are not counted); the text's
     own tokens are cleaned as data-driven targets with `targets` (default: the stage-1 defaults)."""
-    builder = Stage1Builder(embedder.tokenizer, targets or DataDrivenTargets(), embedder.lm.config.vocab_size)
+    builder = DataDrivenBuilder(embedder.tokenizer, targets or DataDrivenTargets(), embedder.lm.config.vocab_size)
     own, _ = builder.token_ids(texts)
     kept = [i for i, ids in enumerate(own) if ids]
     if not kept:

@@ -1,6 +1,7 @@
 """Model directories as mteb encoders, each with a ModelMeta unique to its content.
 
-Four kinds of directory are accepted:
+Four kinds of directory are accepted (`MODEL_KINDS`, a registry: a new kind is a `ModelKind` registered at the end
+of this module):
 - a t2t export (`t2t_config.json` present): loaded with `t2t.model.load` and embedded with
   `Embedder.encode` (its prompt, pooling and attention mode, length-sorted batches);
 - a plain Hugging Face causal-LM directory (`config.json`, weights, tokenizer: from `t2t import` or a
@@ -28,6 +29,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from mteb.models import ModelMeta, SentenceTransformerEncoderWrapper
@@ -40,10 +42,31 @@ from t2t.errors import UserError
 from t2t.eval.tfidf import TFIDF_CONFIG, check_tfidf_dir, load_tfidf
 from t2t.identity import EmbeddingIdentity
 from t2t.model.io import T2T_CONFIG, check_model_dir, load, no_settings_error
+from t2t.registry import Registry
 
 ST_MODULES = "modules.json"
 MINILM_ALIAS = "all-MiniLM-L6-v2"
-EMBEDDER_KINDS = ("t2t", "hf")  # loaded with t2t.model.load, encoded by an Embedder in the eval dtype
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """A kind of model directory `t2t eval` takes (registered in `MODEL_KINDS`, at the end of this module)."""
+
+    marker: str
+    """The file that makes a directory this kind; the first registered kind whose marker is present wins."""
+    frameworks: tuple[str, ...]
+    """mteb's framework names for the ModelMeta (mteb has none for scikit-learn: a TF-IDF model is NumPy arrays)."""
+    load: Callable[["ModelSpec", str | None], AbsEncoder]
+    """(spec, device or None for the default) → the mteb encoder."""
+    check: Callable[[Path], object] = lambda path: None
+    """Names a missing or broken file (a UserError) before any worker starts."""
+    embedder: bool = False
+    """Loaded with `t2t.model.load` and encoded by an Embedder in the eval dtype (other kinds in float32)."""
+    needs_settings: bool = False
+    """Embedded with a recipe's model settings (`t2t eval --config R`), refused without them."""
+
+
+MODEL_KINDS = Registry[ModelKind]("model kind")
 
 
 @dataclass(frozen=True)
@@ -52,7 +75,7 @@ class ModelSpec:
 
     path: str
     name: str
-    kind: str  # "t2t", "hf" (plain Hugging Face directory + recipe settings), "sentence-transformers" or "tfidf"
+    kind: str  # a name in MODEL_KINDS
     revision: str
     experiment_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
     dtype: str = "float32"  # what a t2t or hf model encodes in
@@ -90,16 +113,11 @@ def _prompt(path: Path, settings: EmbeddingIdentity | None) -> str:
 
 def model_kind(path: Path, settings: EmbeddingIdentity | None = None) -> str:
     """The kind of a model directory; a plain Hugging Face one is "hf" given a recipe's `settings`, refused without."""
-    if (path / T2T_CONFIG).is_file():
-        return "t2t"
-    if (path / ST_MODULES).is_file():
-        return "sentence-transformers"
-    if (path / TFIDF_CONFIG).is_file():
-        return "tfidf"
-    if (path / "config.json").is_file():
-        if settings is None:
-            raise no_settings_error(path)
-        return "hf"
+    for name, kind in MODEL_KINDS.items():
+        if (path / kind.marker).is_file():
+            if kind.needs_settings and settings is None:
+                raise no_settings_error(path)
+            return name
     raise UserError(f"model directory {path} is neither a t2t export ({T2T_CONFIG}), "
                     f"a sentence-transformers directory ({ST_MODULES}), "
                     f"a TF-IDF baseline ({TFIDF_CONFIG}, from `t2t tfidf`) "
@@ -136,32 +154,23 @@ def describe_model(path: str | Path, name: str | None = None, max_samples: int =
     p, name = resolve_alias(path, name)
     if not p.is_dir():
         raise UserError(f"model directory {p} does not exist")
-    kind = model_kind(p, settings)
-    if kind in EMBEDDER_KINDS:
-        check_model_dir(p)  # names a missing config, weights or tokenizer before any worker starts
-    if kind == "tfidf":
-        check_tfidf_dir(p)
+    kind_name = model_kind(p, settings)
+    kind = MODEL_KINDS.get(kind_name)
+    kind.check(p)
     display = re.sub(r"[^A-Za-z0-9._-]+", "_", name or p.resolve().name)
     kwargs = {"max_samples": max_samples} if max_samples else {}
-    dtype = dtype if kind in EMBEDDER_KINDS else "float32"
+    dtype = dtype if kind.embedder else "float32"
     if dtype != "float32":
         kwargs["dtype"] = dtype
-    settings = settings if kind == "hf" else None
-    return ModelSpec(path=str(p.resolve()), name=display, kind=kind, revision=content_hash(p, settings)[:16],
+    settings = settings if kind.needs_settings else None
+    return ModelSpec(path=str(p.resolve()), name=display, kind=kind_name, revision=content_hash(p, settings)[:16],
                      experiment_kwargs=kwargs, dtype=dtype, settings=settings)
-
-
-# mteb's ModelMeta allows only its own framework names; it has none for scikit-learn, and a
-# TF-IDF model is numpy arrays in the end.
-FRAMEWORK_BY_KIND = {"t2t": ["PyTorch"], "hf": ["PyTorch"],
-                     "sentence-transformers": ["Sentence Transformers", "PyTorch"],
-                     "tfidf": ["NumPy"]}
 
 
 def model_meta(spec: ModelSpec, embed_dim: int | None = None, max_tokens: int | None = None) -> ModelMeta:
     return ModelMeta.create_empty(overwrites=dict(
         name=spec.mteb_name, revision=spec.revision, similarity_fn_name=ScoringFunction.COSINE,
-        framework=FRAMEWORK_BY_KIND[spec.kind],
+        framework=list(MODEL_KINDS.get(spec.kind).frameworks),
         embed_dim=embed_dim, max_tokens=max_tokens, experiment_kwargs=spec.experiment_kwargs or None,
         modalities=["text"]))
 
@@ -224,18 +233,37 @@ class TfidfEncoder(AbsEncoder):
 
 def load_encoder(spec: ModelSpec, device: str | None = None) -> AbsEncoder:
     """Load the model of `spec` (offline) as an mteb encoder on `device` (default: cuda if available)."""
-    if spec.kind == "tfidf":  # CPU only: a sparse matrix product, nothing to put on a GPU
-        vectorizer = load_tfidf(spec.path)
-        return TfidfEncoder(vectorizer, model_meta(spec, embed_dim=len(vectorizer.vocabulary_)))
+    return MODEL_KINDS.get(spec.kind).load(spec, device)
+
+
+def _torch_device(device: str | None) -> str:
     import torch
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.kind in EMBEDDER_KINDS:
-        embedder = load(spec.path, spec.dtype, settings=spec.settings).to(device)
-        meta = model_meta(spec, embedder.lm.config.hidden_size, embedder.settings.max_length)
-        return T2TEncoder(embedder, meta)
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_embedder(spec: ModelSpec, device: str | None) -> AbsEncoder:
+    embedder = load(spec.path, spec.dtype, settings=spec.settings).to(_torch_device(device))
+    return T2TEncoder(embedder, model_meta(spec, embedder.lm.config.hidden_size, embedder.settings.max_length))
+
+
+def _load_sentence_transformer(spec: ModelSpec, device: str | None) -> AbsEncoder:
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(spec.path, device=device, local_files_only=True)
-    meta = model_meta(spec, st.get_embedding_dimension(), st.max_seq_length)
-    return CheckedSentenceTransformer(st, meta)
+    st = SentenceTransformer(spec.path, device=_torch_device(device), local_files_only=True)
+    return CheckedSentenceTransformer(st, model_meta(spec, st.get_embedding_dimension(), st.max_seq_length))
+
+
+def _load_tfidf(spec: ModelSpec, device: str | None) -> AbsEncoder:
+    vectorizer = load_tfidf(spec.path)  # CPU only: a sparse matrix product, nothing to put on a GPU
+    return TfidfEncoder(vectorizer, model_meta(spec, embed_dim=len(vectorizer.vocabulary_)))
+
+
+# In the order a directory is recognised: t2t exports and sentence-transformers directories have a config.json
+# too, which alone means "hf".
+MODEL_KINDS.register("t2t", ModelKind(T2T_CONFIG, ("PyTorch",), _load_embedder, check_model_dir, embedder=True))
+MODEL_KINDS.register("sentence-transformers", ModelKind(ST_MODULES, ("Sentence Transformers", "PyTorch"),
+                                                        _load_sentence_transformer))
+MODEL_KINDS.register("tfidf", ModelKind(TFIDF_CONFIG, ("NumPy",), _load_tfidf, check_tfidf_dir))
+MODEL_KINDS.register("hf", ModelKind("config.json", ("PyTorch",), _load_embedder, check_model_dir, embedder=True,
+                                     needs_settings=True))

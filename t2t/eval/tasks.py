@@ -41,6 +41,7 @@ from mteb.tasks.sts.eng.sts_benchmark_sts import STSBenchmarkSTS
 
 from t2t.data.files import BLOCK, hash_into
 from t2t.errors import UserError
+from t2t.registry import Registry
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "eval"
 
@@ -268,13 +269,13 @@ class LocalTwitterURLCorpus(LocalTaskMixin, AbsTaskPairClassification):
             "labels": [int(r[2]) for r in rows]})})
 
 
-LOCAL_TASKS: dict[str, type[LocalTaskMixin]] = {cls.metadata.name: cls for cls in (
-    LocalSTSBenchmark, LocalBIOSSES, LocalSciFact, LocalBanking77Classification,
-    LocalTwentyNewsgroupsClustering, LocalTwitterURLCorpus)}
+LOCAL_TASKS = Registry[type[LocalTaskMixin]]("local task")
+"""The tasks evaluated from `data/eval` (offline), by their official mteb names."""
+for _task in (LocalSTSBenchmark, LocalBIOSSES, LocalSciFact, LocalBanking77Classification,
+              LocalTwentyNewsgroupsClustering, LocalTwitterURLCorpus):
+    LOCAL_TASKS.register(_task.metadata.name, _task)
 
 
 def local_task(name: str, data_dir: str | Path | None = None, max_samples: int = 0):
-    """A local task by its (official) name; a UserError lists the available ones."""
-    if name not in LOCAL_TASKS:
-        raise UserError(f"unknown local task {name!r}; available: {', '.join(LOCAL_TASKS)}")
-    return LOCAL_TASKS[name](data_dir=data_dir, max_samples=max_samples)
+    """A local task by its (official) name; a UserError lists the registered ones."""
+    return LOCAL_TASKS.get(name)(data_dir=data_dir, max_samples=max_samples)

@@ -9,6 +9,7 @@ floor when every point gets a cluster of this size at once).
 
 from __future__ import annotations
 
+from t2t.pipeline import step_parts
 from t2t.plan.timing import Cluster, make_plan
 
 
@@ -22,7 +23,7 @@ def plan_sweep(recipe: str, overrides: list[str], grid_flags: list[str], cluster
     def seconds(point: str, step: str) -> float:
         if step == "base":
             return 0.0  # converting or checking the backbone: no GPU work modelled
-        stage, _, what = step.partition(":")
+        stage, what = step_parts(step)
         timed = next(s for s in plans[point]["time"]["stages"] if s["name"] == stage)
         return timed["train"]["seconds"] if what == "train" else (timed["targets"]["seconds"] or 0.0)
 

@@ -179,9 +179,9 @@ def make_plan(cfg: Config, cluster: Cluster, recipe: str = "", tokens_per_text: 
     if t.lora is not None:
         raise UserError("t2t plan models full-parameter training; this recipe sets train.lora")
     for s in cfg.stages:
-        if s.objective != "t2t":
+        if s.objective.name != "t2t":
             raise UserError(f"t2t plan models the t2t objective; this recipe sets "
-                            f"stages.{s.name}.objective={s.objective}")
+                            f"stages.{s.name}.objective.name={s.objective.name}")
     if tokens_per_text is not None and tokens_per_text < 1:
         raise UserError(f"--tokens-per-text must be at least 1, got {tokens_per_text}")
     stage_texts = dict(stage_texts or {})
@@ -209,7 +209,7 @@ def make_plan(cfg: Config, cluster: Cluster, recipe: str = "", tokens_per_text: 
                                  t.train_embeddings)
         targets = stage_targets_time(cfg, s, arch, cluster, seq, train["steps"] * train["global_batch"],
                                      stage_texts.get(s.name))
-        stages.append({"name": s.name, "start": s.start, "objective": s.objective, "kind": s.targets.kind,
+        stages.append({"name": s.name, "start": s.start, "objective": s.objective.name, "kind": s.targets.kind,
                        "train": train, "targets": targets})
 
     prompt_chars = len(cfg.model.template.replace("{text}", ""))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from t2t.data.files import write_json_atomic
 from t2t.errors import UserError
+from t2t.pipeline import step_parts
 
 TRAIN_SLURM = Path(__file__).resolve().parents[2] / "launchers" / "train.slurm"
 
@@ -87,7 +88,7 @@ def submit(sweep, sbatch_args: list[str]) -> dict:
             args.append(f"--dependency=afterok:{before}")
         if node.is_training:
             sets = [arg for o in rep.overrides for arg in ("--set", o)]
-            args += [str(TRAIN_SLURM), sweep.recipe, node.step.split(":")[0], *sets]
+            args += [str(TRAIN_SLURM), sweep.recipe, step_parts(node.step)[0], *sets]
         else:
             args += ["--wrap", shlex.join(sweep.node_command(node))]
         jobs[node.key] = sbatch(args)

@@ -30,6 +30,7 @@ from pathlib import Path
 from t2t import run_paths
 from t2t.data.files import replace_dir, write_json_atomic
 from t2t.errors import UserError
+from t2t.pipeline import step_parts
 
 
 def sweep_overrides(sweep_dir: Path, point: str) -> list[str]:
@@ -40,7 +41,7 @@ def sweep_overrides(sweep_dir: Path, point: str) -> list[str]:
 
 def output_dir(cfg, step: str) -> Path:
     """The directory a pipeline step writes (and a later step or point reads)."""
-    stage, _, what = step.partition(":")
+    stage, what = step_parts(step)
     if step == "base":
         return run_paths.base_export_dir(cfg)
     return run_paths.shards_dir(cfg, stage) if what == "targets" else run_paths.stage_dir(cfg, stage)

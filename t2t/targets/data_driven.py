@@ -9,8 +9,8 @@
    to their corpus IDF from a first pass). A text with none gets an empty target.
 
     from t2t.targets.kinds import DataDrivenTargets
-    from t2t.targets.stage1 import Stage1Builder
-    batch, truncated = Stage1Builder(tokenizer, DataDrivenTargets(), vocab_size).targets(texts)
+    from t2t.targets.data_driven import DataDrivenBuilder
+    batch, truncated = DataDrivenBuilder(tokenizer, DataDrivenTargets(), vocab_size).targets(texts)
 
 The `data-driven` target kind (`t2t.targets.kinds`) runs it in Ray workers through `DataDrivenWorker`.
 """
@@ -69,7 +69,7 @@ def idf_weights(document_frequency: np.ndarray, texts: int) -> np.ndarray:
     return np.log((1.0 + texts) / (1.0 + df)) + 1.0
 
 
-class Stage1Builder:
+class DataDrivenBuilder:
     """Builds data-driven targets for batches of texts with one tokenizer."""
 
     def __init__(self, tokenizer, targets, vocab_size: int):
@@ -120,7 +120,7 @@ class DataDrivenWorker:
     def __init__(self, model_dir: str, spec, vocab_size: int, batch_size: int, embedder=None):
         from t2t.data.tokens import load_tokenizer
 
-        self.builder = Stage1Builder(load_tokenizer(model_dir), spec, vocab_size)
+        self.builder = DataDrivenBuilder(load_tokenizer(model_dir), spec, vocab_size)
 
     def reduce(self, pass_name: str, texts: list[str]) -> tuple[np.ndarray, int]:
         assert pass_name == "idf", pass_name

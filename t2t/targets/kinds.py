@@ -25,6 +25,7 @@ from typing import Any, Callable, ClassVar, Literal
 import numpy as np
 
 from t2t.errors import ConfigError
+from t2t.registry import Registry
 
 EPSILON = 1e-8
 """The constant in r = p / (p + q + ε) of model-derived targets (docs/DESIGN.md §1)."""
@@ -120,43 +121,39 @@ class TargetKind(ABC):
         return None
 
 
-TARGET_KINDS: dict[str, TargetKind] = {}
+TARGET_KINDS = Registry[TargetKind]("target kind", ConfigError)
 
 
 def register_target_kind(kind: TargetKind) -> TargetKind:
-    assert kind.name not in TARGET_KINDS, f"target kind {kind.name} registered twice"
-    TARGET_KINDS[kind.name] = kind
-    return kind
+    return TARGET_KINDS.register(kind.name, kind)
 
 
 def target_kind(name: str, key: str = "targets.kind") -> TargetKind:
-    if name not in TARGET_KINDS:
-        raise ConfigError(f"{key} must be one of {', '.join(TARGET_KINDS)}; got {name!r}")
-    return TARGET_KINDS[name]
+    return TARGET_KINDS.get(name, key)
 
 
 # --------------------------------------------------------------------------- the two Text2Token kinds
 
 
 class DataDriven(TargetKind):
-    """Uniform (or IDF) over the unique meaningful tokens of the text itself (`t2t.targets.stage1`)."""
+    """Uniform (or IDF) over the unique meaningful tokens of the text itself (`t2t.targets.data_driven`)."""
 
     name = "data-driven"
     spec = DataDrivenTargets
-    worker = "t2t.targets.stage1:DataDrivenWorker"
+    worker = "t2t.targets.data_driven:DataDrivenWorker"
 
     def validate(self, spec: DataDrivenTargets, key: str) -> None:
         if spec.max_target_tokens < 1:
             raise ConfigError(f"{key}.max_target_tokens must be at least 1, got {spec.max_target_tokens}")
 
     def manifest_params(self, spec: DataDrivenTargets) -> dict:
-        from t2t.targets.stage1 import stopword_list, stopwords_hash
+        from t2t.targets.data_driven import stopword_list, stopwords_hash
 
         return dict(kind=self.name, stopwords=spec.stopwords, stopwords_sha256=stopwords_hash(stopword_list(spec.stopwords)),
                     max_target_tokens=spec.max_target_tokens, weighting=spec.weighting)
 
     def corpus_passes(self, spec: DataDrivenTargets) -> list[CorpusPass]:
-        from t2t.targets.stage1 import idf_weights
+        from t2t.targets.data_driven import idf_weights
 
         return [CorpusPass("idf", "idf.npy", idf_weights)] if spec.weighting == "idf" else []
 
@@ -164,12 +161,12 @@ class DataDriven(TargetKind):
 
 class ModelDerived(TargetKind):
     """softmax(r/τ) of the start model's own LM-head distribution against the corpus background, sparsified
-    (`t2t.targets.stage2`)."""
+    (`t2t.targets.model_derived`)."""
 
     name = "model-derived"
     spec = ModelDerivedTargets
     runs_model = True
-    worker = "t2t.targets.stage2:ModelDerivedWorker"
+    worker = "t2t.targets.model_derived:ModelDerivedWorker"
 
     def validate(self, spec: ModelDerivedTargets, key: str) -> None:
         for field_name in ("tau", "delta"):

@@ -16,8 +16,8 @@ drops less than (|V| − 1)·δ·max t ≤ (|V| − 1)·δ; `top_k` may drop mor
 Storing weights in float16 drops, in addition, any weight below 2^-25 (at most top_k · 3e-8 in all).
 
     from t2t.targets.kinds import ModelDerivedTargets
-    from t2t.targets.stage2 import Stage2Builder
-    builder = Stage2Builder(t2t.model.from_config(cfg.model), ModelDerivedTargets(), batch_size=64)
+    from t2t.targets.model_derived import ModelDerivedBuilder
+    builder = ModelDerivedBuilder(t2t.model.from_config(cfg.model), ModelDerivedTargets(), batch_size=64)
     total, count, _ = builder.background_sum(texts); theta = total / count
     batch, stats = builder.targets(texts, theta)
 """
@@ -97,7 +97,7 @@ KEEP_BYTES = 1 << 30
 not a second decoder forward. A chunk that does not fit, or that pass 2 meets in another worker, is run again."""
 
 
-class Stage2Builder:
+class ModelDerivedBuilder:
     """Runs the frozen embedder over texts: background sums (pass 1) and sparse targets (pass 2)."""
 
     def __init__(self, embedder, targets, batch_size: int):
@@ -173,7 +173,7 @@ class ModelDerivedWorker:
     once per worker), then chunk after chunk."""
 
     def __init__(self, model_dir: str, spec, vocab_size: int, batch_size: int, embedder):
-        self.builder = Stage2Builder(embedder, spec, batch_size)
+        self.builder = ModelDerivedBuilder(embedder, spec, batch_size)
 
     def reduce(self, pass_name: str, texts: list[str]) -> tuple[np.ndarray, int]:
         assert pass_name == "background", pass_name

@@ -9,7 +9,7 @@ One rank per process, started by a launcher (or alone as world size 1):
 The SimCSE baseline trains on the same shards (their texts only):
 
     torchrun --standalone --nproc_per_node 2 -m t2t.cli train --config recipes/demo.yaml --stage 1 \
-        --set stages.stage1.objective=simcse --set run_dir=runs/demo-simcse
+        --set stages.stage1.objective.name=simcse --set model.pooling=mean --set run_dir=runs/demo-simcse
 
 On CPU set DS_ACCELERATOR=cpu (DeepSpeed then uses gloo). launchers/train_local.sh and
 launchers/train.slurm wrap these for one machine and for Slurm clusters.

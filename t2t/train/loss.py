@@ -1,5 +1,6 @@
-"""Training objectives (a stage's `objective`): `t2t` (Text2Token), `simcse` (the unsupervised contrastive baseline)
-and `mntp` (LLM2Vec's masked next-token prediction, in t2t/train/mntp.py).
+"""The losses of the training objectives (a stage's `objective` section, `t2t.objectives`): `t2t` (Text2Token),
+`simcse` (the unsupervised contrastive baseline) and `mntp` (LLM2Vec's masked next-token prediction, in
+t2t/train/mntp.py); each objective's builder here turns its section into the trainer's `Objective`.
 
 **t2t**: forward KL from a sparse target t(x) to softmax(z(x)) (docs/DESIGN.md §1).
 
@@ -11,10 +12,10 @@ written by hand so that the only B × |V| tensor it allocates is the gradient it
 ∂L_b/∂z_b = (Σ_k w_bk) softmax(z_b) − scatter(w_b), made in place from one softmax.
 
 **simcse** (LLM2Vec's SimCSE step, Gao et al. 2021): each text is embedded twice in train
-mode; attention dropout (`train.simcse_dropout`, set on the backbone by `Objective.prepare`)
+mode; attention dropout (the section's `dropout`, set on the backbone by `Objective.prepare`)
 makes the two views a_i, b_i differ. View a_i must pick its own b_i among the second views of
-every text in the contrastive batch (InfoNCE, cosine similarity, temperature τ =
-`train.simcse_temperature`):
+every text in the contrastive batch (InfoNCE, cosine similarity, temperature τ = the section's
+`temperature`):
 
     L_i = −log  exp(cos(a_i, b_i)/τ) / Σ_j exp(cos(a_i, b_j)/τ)
 
@@ -47,8 +48,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from t2t.config import TrainConfig
 from t2t.errors import UserError
+from t2t.objectives import ObjectiveSpec, objective_kind
 from t2t.train.mntp import MaskedNextToken, mntp_loss, selected_tokens
 from t2t.train.objective import LossParts, Objective  # noqa: F401 - part of t2t.train.loss
 
@@ -154,41 +155,24 @@ def set_attention_dropout(embedder: torch.nn.Module, p: float) -> int:
     return len(layers)
 
 
-def masked_next_token(train: TrainConfig, seed: int) -> Objective:
-    """The mntp objective: its masks drawn from `seed`, its mask token resolved by `prepare` from the tokenizer."""
-    state = MaskedNextToken(probability=train.mntp_probability, token=train.mntp_mask_token, seed=seed)
-    return Objective("mntp", mntp_loss, selected_tokens, state.prepare, state.prepare_batch,
-                     attention="bidirectional", reads_targets=False)
+def text2token_objective(spec, seed: int) -> Objective:
+    """The `t2t` objective (`t2t.objectives.text2token`)."""
+    return Objective("t2t", text2token_loss, counted_texts)
 
 
-OBJECTIVES: dict[str, Callable[[TrainConfig, int], Objective]] = {
-    "t2t": lambda train, seed: Objective("t2t", text2token_loss, counted_texts),
-    "simcse": lambda train, seed: Objective("simcse", partial(simcse_loss, temperature=train.simcse_temperature),
-                                            batch_texts, partial(set_attention_dropout, p=train.simcse_dropout),
-                                            pooling="mean", reads_targets=False),
-    "mntp": masked_next_token,
-}
-"""A stage's `objective` → a builder of its Objective from the `train` section (temperature, dropout, masking) and
-the recipe's seed."""
+def simcse_objective(spec, seed: int) -> Objective:
+    """The `simcse` objective (`t2t.objectives.simcse`): its temperature, and its dropout set on the backbone."""
+    return Objective("simcse", partial(simcse_loss, temperature=spec.temperature), batch_texts,
+                     partial(set_attention_dropout, p=spec.dropout))
 
 
-def objective_for(name: str, train: TrainConfig | None = None, stage: str | None = None, seed: int = 0) -> Objective:
-    """The Objective `name` with its settings from `train` (the defaults when None) and the recipe's `seed`; a
-    UserError naming `stages.<stage>.objective` for unknown names."""
-    if name not in OBJECTIVES:
-        raise UserError(f"stages.{stage or '<name>'}.objective={name!r} is not implemented by the trainer "
-                        f"(available: {', '.join(OBJECTIVES)})")
-    return OBJECTIVES[name](train if train is not None else TrainConfig(), seed)
+def mntp_objective(spec, seed: int) -> Objective:
+    """The `mntp` objective (`t2t.objectives.mntp`): its masks drawn from `seed`, its mask token resolved by `prepare`
+    from the tokenizer."""
+    state = MaskedNextToken(probability=spec.probability, token=spec.mask_token, seed=seed)
+    return Objective("mntp", mntp_loss, selected_tokens, state.prepare, state.prepare_batch)
 
 
-def check_objectives(cfg) -> None:
-    """Every stage's objective is registered and fits the recipe (simcse needs mean pooling, mntp bidirectional
-    attention); a UserError naming the stage otherwise. Called by the verbs that train or plan, before anything runs."""
-    for stage in cfg.stages:
-        objective = objective_for(stage.objective, cfg.train, stage.name)
-        if objective.pooling is not None and cfg.model.pooling != objective.pooling:
-            raise UserError(f"stages.{stage.name}.objective={stage.objective} uses {objective.pooling} pooling; "
-                            f"set model.pooling={objective.pooling}")
-        if objective.attention is not None and cfg.model.attention != objective.attention:
-            raise UserError(f"stages.{stage.name}.objective={stage.objective} needs {objective.attention} attention "
-                            f"(model.attention is {cfg.model.attention}); set model.attention={objective.attention}")
+def objective_for(spec: ObjectiveSpec, seed: int = 0) -> Objective:
+    """The trainer's Objective for a stage's `objective` section and the recipe's `seed`."""
+    return objective_kind(spec.name).build(spec, seed)

@@ -1,6 +1,6 @@
 """The `mntp` objective: LLM2Vec's masked next-token prediction (BehnamGhader et al., 2024), in the t2t trainer.
 
-With bidirectional attention, a share `train.mntp_probability` of each text's tokens is selected; as in
+With bidirectional attention, a share (the section's `probability`) of each text's tokens is selected; as in
 Hugging Face's masked-LM collator that LLM2Vec's Llama recipes use (`data_collator_type: default`), 80% of
 the selected tokens become the mask token (`_`: `mask_token_type: blank`), 10% a random token, 10% stay.
 Token i is then predicted from the model's output at position i − 1, as a decoder was pretrained to:
@@ -87,7 +87,7 @@ def mask_token_id(tokenizer, token: str) -> int:
     """The id of `token` as one token of `tokenizer`; a UserError naming it when the vocabulary has none."""
     tid = tokenizer.convert_tokens_to_ids(token)
     if tid is None or (tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
-        raise UserError(f"mntp: the tokenizer has no token {token!r} to mask with (train.mntp_mask_token); "
+        raise UserError(f"mntp: the tokenizer has no token {token!r} to mask with (the objective's mask_token); "
                         "name a token of its vocabulary")
     return int(tid)
 

@@ -1,5 +1,5 @@
-"""What an objective is to the trainer: its loss as a sum and a count, and the hooks it may set (registered in
-`t2t.train.loss.OBJECTIVES`)."""
+"""What an objective is to the trainer: its loss as a sum and a count, and the hooks it may set (built from a stage's
+`objective` section by its builder in `t2t.train.loss`; the sections themselves are `t2t.objectives`)."""
 
 from __future__ import annotations
 
@@ -39,9 +39,5 @@ class Objective:
     """Called once on the Embedder (inside the engine) before the first step."""
     prepare_batch: Callable[[dict], dict] = _as_read
     """Called on every micro-batch as the reader hands it out, before counting (mntp masks tokens here)."""
-    pooling: str | None = None
-    """The `model.pooling` it needs, if any."""
-    attention: str | None = None
-    """The `model.attention` it needs, if any."""
-    reads_targets: bool = True
-    """Whether its loss reads the shards' target distributions (simcse and mntp read only the tokens)."""
+    # What it needs of the model (pooling, attention) and whether it reads the targets are the recipe's to know:
+    # `t2t.objectives` (checked at recipe load).

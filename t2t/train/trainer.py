@@ -36,7 +36,7 @@ from t2t import run_paths
 from t2t.config import Config
 from t2t.train import checkpoint
 from t2t.train.checks import all_reduce_sum, grad_norm_is_zero, probe_batch, problem_after_update, to_device
-from t2t.train.loss import check_objectives, objective_for
+from t2t.train.loss import objective_for
 from t2t.train.monitor import MetricsLog, StepClock, mfu, run_dtype
 from t2t.train.signals import STOP_SIGNALS, StopSignals  # noqa: F401 - StopSignals lives there (re-exported)
 
@@ -150,8 +150,7 @@ def train(cfg: Config, stage: str, resume: str = "auto") -> Path | None:
 
     run_paths.check_start_attention(cfg, stage)
     cfg = run_paths.for_stage(cfg, stage)
-    check_objectives(cfg)
-    objective = objective_for(cfg.stage(stage).objective, cfg.train, stage, cfg.seed)
+    objective = objective_for(cfg.stage(stage).objective, cfg.seed)
     rank, world = init_distributed()
     try:
         state = TrainState.build(cfg, stage, resume, objective, rank, world)
@@ -216,7 +215,7 @@ class TrainState:
         own = cfg.stage(stage)
         model_dir = rank0_first(lambda: resolve_model_dir(cfg.model))
         if rank == 0:
-            log.info("%s: trains %s (start: %s) with the %s objective", stage, model_dir, own.start, own.objective)
+            log.info("%s: trains %s (start: %s) with the %s objective", stage, model_dir, own.start, own.objective.name)
         settings = EmbeddingIdentity.of(cfg.model)
         tokenizer = load_tokenizer(model_dir, settings.padding_side)
         shards = open_stage_shards(run_paths.shards_dir(cfg, stage), cfg.model, tokenizer, cfg.data.on_bad_shard)
