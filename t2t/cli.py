@@ -23,32 +23,30 @@ import importlib
 import sys
 
 from t2t.process import run_verb
+from t2t.registry import Registry
 
-VERBS = [
-    "t2t.commands.config_cmd",
-    "t2t.commands.inspect_cmd",
-    "t2t.commands.import_cmd",
-    "t2t.commands.eval_cmd",
-    "t2t.commands.tfidf_cmd",
-    "t2t.commands.targets_cmd",
-    "t2t.commands.train_cmd",
-    "t2t.commands.export_cmd",
-    "t2t.commands.plan_cmd",
-    "t2t.commands.pipeline_cmd",
-    "t2t.commands.sweep_cmd",
-]
+VERBS = Registry[str]("verb")
+"""A verb's name → the module under `t2t.commands` that registers its parser (imported when the parser is built)."""
+for _verb in ("config", "inspect", "import", "eval", "tfidf", "targets", "train", "export", "plan", "pipeline",
+              "sweep"):
+    VERBS.register(_verb, f"t2t.commands.{_verb}_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2t", description="Text2Token: decoder LLMs into text embedders.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for name in VERBS:
-        importlib.import_module(name).register(sub)
+    for module in VERBS.values():
+        importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    if verb is not None and verb not in VERBS:  # argparse would list the verbs without a did-you-mean
+        print(f"t2t: error: {VERBS.unknown(verb)}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     return run_verb(args.verb, lambda: args.run(args), args.verbose)
 

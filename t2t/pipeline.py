@@ -70,7 +70,7 @@ def _hash(obj) -> str:
 
 class Pipeline:
     def __init__(self, config_path: str | None, overrides: list[str], ray_address: str | None = None,
-                 check_runnable: bool = True):
+                 check_runnable: bool = True, verify: bool = False):
         self.config_path = str(config_path or DEMO_RECIPE)
         self.overrides = list(overrides)
         self.cfg: Config = load_config(self.config_path, self.overrides)
@@ -88,6 +88,9 @@ class Pipeline:
                                 f"paths resolve against the current directory, {Path.cwd()}: run t2t from the "
                                 "directory they are relative to, for the bundled recipes the repository root)")
         self.ray_address = ray_address
+        self.verify = verify
+        """Decide what is up to date by reading every input and shard in full (else an unchanged size and
+        modification time stand for unchanged contents: `t2t.data.manifest.input_hash`)."""
         self.run_dir = Path(self.cfg.run_dir)
         self.logs = self.run_dir / "logs"
         self.state_file = self.run_dir / "pipeline.json"
@@ -185,7 +188,7 @@ class Pipeline:
 
         stage, what = step_parts(name)
         if what == "targets":
-            return is_complete(self.cfg, stage)
+            return is_complete(self.cfg, stage, verify=self.verify)
         if what == "train":
             return stage_complete(self.cfg, stage)
         checks = {
@@ -322,19 +325,19 @@ class Pipeline:
 
 
 def run_pipeline(config_path: str | None = None, overrides: list[str] = (), ray_address: str | None = None,
-                 until: str | None = None) -> Path:
+                 until: str | None = None, verify: bool = False) -> Path:
     """Run (or resume) the pipeline; returns the report path."""
-    pipeline = Pipeline(config_path, list(overrides), ray_address)
+    pipeline = Pipeline(config_path, list(overrides), ray_address, verify=verify)
     if until is not None and until not in pipeline.steps:
         raise UserError(f"--until must be one of {', '.join(pipeline.steps)}; got {until!r}")
     return pipeline.run(until)
 
 
 def run_and_tell(config_path: str | None, overrides: list[str], ray_address: str | None = None,
-                 until: str | None = None) -> int:
+                 until: str | None = None, verify: bool = False) -> int:
     """`t2t pipeline` (and a sweep's step job): run, say how it ended, return the exit code (1: a step failed)."""
     try:
-        report = run_pipeline(config_path, overrides, ray_address, until)
+        report = run_pipeline(config_path, overrides, ray_address, until, verify)
     except StepFailed as e:
         then = ("once that is fixed, the same command goes on from this step" if e.needs_a_fix
                 else "rerun the same command to resume")

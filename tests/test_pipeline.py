@@ -47,7 +47,7 @@ def short_demo(tmp: Path) -> Path:
 
 def pipeline(tmp: Path, recipe: Path, *overrides: str, **kw) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    sets = [arg for o in overrides for arg in ("--set", o)]
+    sets = [arg for o in overrides for arg in ([o] if o.startswith("--") else ["--set", o])]
     return subprocess.Popen([sys.executable, "-m", "t2t.cli", "pipeline", "--config", str(recipe), *sets], cwd=tmp,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
@@ -92,8 +92,9 @@ def test_pipeline_interrupt_resume_and_up_to_date(tmp_path):
                for stage in ("stage1", "stage2")}
     assert samples == {"stage1": 1200, "stage2": 800}  # stages.stage2.targets.max_texts caps stage 2 alone
 
-    # 3. Nothing left to do, even with other checkpoint cadences: how often a run saves never retrains it (#26).
-    third = pipeline(tmp_path, recipe, "train.keep_checkpoints=3", "train.save_every=7")
+    # 3. Nothing left to do, even with other checkpoint cadences (how often a run saves never retrains it, #26), and
+    #    with every corpus, backbone and shard read in full (--verify) rather than trusted by size and time.
+    third = pipeline(tmp_path, recipe, "train.keep_checkpoints=3", "train.save_every=7", "--verify")
     out3, _ = third.communicate(timeout=300)
     assert third.returncode == 0, out3
     assert out3.count("up to date, skipped") == 7, out3

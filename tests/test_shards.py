@@ -148,6 +148,38 @@ def test_a_bug_inside_the_up_to_date_probe_surfaces_and_bad_input_means_not_up_t
         M.is_complete(cfg, "derived", out=str(tmp_path))
 
 
+def test_an_up_to_date_check_reads_a_corpus_or_backbone_again_only_when_it_changed(tmp_path, tiny_model_dir,
+                                                                                  monkeypatch):
+    """`is_complete` runs at every pipeline and sweep check; the corpus and the backbone's weights (15 GB for a 7B)
+    are hashed once per change: a file's path, size and modification time stand for its contents until one
+    changes, and `verify` hashes in full. The hash itself is the one a full read gives."""
+    import os
+
+    from t2t.config import Config, ModelConfig, StageConfig
+    from t2t.data import manifest as M
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one text\nanother text\n")
+    out = tmp_path / "shards"
+    out.mkdir()
+    cfg = Config(model=ModelConfig(path=str(tiny_model_dir), pooling="last", max_length=64),
+                 stages=[StageConfig(name="derived", start="base", targets=ModelDerivedTargets())])
+    read = []
+    real = M.hash_files
+    monkeypatch.setattr(M, "hash_files", lambda files: read.append([label for label, _ in files]) or real(files))
+
+    first = M.plan(cfg, "derived", str(corpus), str(out), verify=False).params
+    assert read == [["c.txt"], read[1]] and "model.safetensors" in read[1]  # corpus, then backbone with weights
+    read.clear()
+    assert M.plan(cfg, "derived", str(corpus), str(out), verify=False).params == first and read == []
+    assert M.plan(cfg, "derived", str(corpus), str(out), verify=True).params == first and len(read) == 2
+    read.clear()
+    os.utime(corpus, ns=(corpus.stat().st_atime_ns, corpus.stat().st_mtime_ns + 10**9))  # touched: read again
+    assert M.plan(cfg, "derived", str(corpus), str(out), verify=False).params == first and read == [["c.txt"]]
+    corpus.write_text("one text\nchanged text\n")
+    assert M.plan(cfg, "derived", str(corpus), str(out), verify=False).params["corpus_sha256"] != first["corpus_sha256"]
+
+
 def test_model_derived_targets_record_how_texts_were_cut(tiny_model_dir, stage2_manifest, tmp_path):
     """Model-derived params record the cut rule: targets made under an older one (PromptEOL's tail lost, no
     `text_cut`) differ from the plan, so they are not complete and are redone."""

@@ -32,7 +32,8 @@
     samples         total samples; empty_targets: how many have no target ids
 
 Next to it: `ledger.jsonl` (finished shards of an unfinished job), the corpus passes' files and partial
-sums, and `targets.lock` (the one job writing the directory). What a job does with that directory over its
+sums, `targets.lock` (the one job writing the directory), and `verified.json` and `inputs_verified.json` (the
+shards, and the corpus and backbone, as they were when last hashed: a check reads again only what changed). What a job does with that directory over its
 life (resume, restart, start and finish the manifest) is `t2t.data.target_job`'s. Torch-free; no Ray.
 """
 
@@ -177,26 +178,59 @@ def hash_files(files: list[tuple[str, Path]]) -> str:
     return h.hexdigest()[:24]
 
 
-def corpus_hash(corpus: Path) -> tuple[str, list[dict]]:
-    """(hash of the corpus files' names and contents, [{name, bytes}])."""
+INPUTS_VERIFIED = "inputs_verified.json"
+"""In a target job's directory: the hash of its corpus and of its backbone's files, with the path, size and
+modification time of each file hashed. A check that the job is up to date (`is_complete`, at every pipeline and
+sweep run) takes the hash from here while those are unchanged, instead of reading a corpus or a 15 GB backbone
+again; `verify=True` (`t2t pipeline --verify`, and every `t2t targets` run) reads them in full."""
+
+
+def input_hash(role: str, files: list[tuple[str, Path]], out: Path | None, verify: bool) -> str:
+    """`hash_files(files)`, taken from `out`'s `INPUTS_VERIFIED` under `role` when the files' paths, sizes and
+    modification times are those recorded there (and not `verify`); a hash computed is recorded where `out` exists."""
+    stamp = [[label, str(path.resolve()), st.st_size, st.st_mtime_ns] for label, path in files for st in [path.stat()]]
+    record_file = out / INPUTS_VERIFIED if out is not None else None
+    try:
+        record = json.loads(record_file.read_text()) if record_file is not None else {}
+    except (OSError, ValueError):
+        record = {}
+    entry = record.get(role) if isinstance(record, dict) else None
+    if not verify and isinstance(entry, dict) and entry.get("files") == stamp:
+        return entry["sha256"]
+    digest = hash_files(files)
+    if record_file is not None and out.is_dir():
+        try:
+            write_json_atomic(record_file, {**(record if isinstance(record, dict) else {}),
+                                            role: {"files": stamp, "sha256": digest}})
+        except OSError:
+            pass  # a directory that cannot be written keeps hashing
+    return digest
+
+
+def corpus_hash(corpus: Path, out: Path | None = None, verify: bool = True) -> tuple[str, list[dict]]:
+    """(hash of the corpus files' names and contents, [{name, bytes}]); see `input_hash` for `out` and `verify`."""
     files = corpus_files(corpus)
     labelled = [(f.name if corpus.is_file() else str(f.relative_to(corpus)), f) for f in files]
-    return hash_files(labelled), [{"name": label, "bytes": f.stat().st_size} for label, f in labelled]
+    return input_hash("corpus", labelled, out, verify), [{"name": label, "bytes": f.stat().st_size}
+                                                          for label, f in labelled]
 
 
-def backbone_revision(model_dir: Path, with_weights: bool) -> tuple[str, str]:
+def backbone_revision(model_dir: Path, with_weights: bool, out: Path | None = None,
+                      verify: bool = True) -> tuple[str, str]:
     """(hash of the backbone's files, what it covers). Targets from the tokenizer depend only on config and
-    tokenizer; targets the model derives on the weights too (for a 7B model that is ~15 GB read, some seconds)."""
+    tokenizer; targets the model derives on the weights too (for a 7B model that is ~15 GB read, so a check
+    takes it from `out`'s record while the files are unchanged: `input_hash`)."""
     names = ["config.json", *TOKENIZER_FILES]
     files = [(n, model_dir / n) for n in names if (model_dir / n).is_file()]
     if with_weights:
         files += [(f.name, f) for f in sorted(model_dir.iterdir()) if f.name.endswith(WEIGHT_SUFFIXES)]
     covers = "config, tokenizer" + (", weights" if with_weights else "")
-    return hash_files(files), covers
+    return input_hash("backbone", files, out, verify), covers
 
 
-def plan(recipe: Config, stage: str, corpus: str | None = None, out: str | None = None) -> Plan:
-    """Resolve paths, load the tokenizer and compute the params that decide stage `stage`'s targets."""
+def plan(recipe: Config, stage: str, corpus: str | None = None, out: str | None = None, verify: bool = True) -> Plan:
+    """Resolve paths, load the tokenizer and compute the params that decide stage `stage`'s targets (the inputs
+    hashed in full, or, with `verify=False`, taken from the job directory's record while unchanged: `input_hash`)."""
     from t2t.data.tokens import CUT_RULE, load_tokenizer, tokenizer_fingerprint
 
     cfg = for_stage(recipe, stage)
@@ -205,13 +239,14 @@ def plan(recipe: Config, stage: str, corpus: str | None = None, out: str | None 
     corpus = corpus or corpus_of(cfg, stage)
     if not corpus:
         raise UserError(f"no corpus: set data.corpus or stages.{stage}.targets.corpus in the recipe, or pass --corpus")
-    corpus_sha, corpus_listing = corpus_hash(Path(corpus))
+    out_dir = Path(out) if out else shards_dir(cfg, stage)
+    corpus_sha, corpus_listing = corpus_hash(Path(corpus), out_dir, verify)
     model_dir = Path(cfg.model.path)
     if not (model_dir / "config.json").is_file():  # the driver builds or converts the base model before planning
         raise UserError(f"{model_dir} holds no model (no config.json); stage {stage} computes its targets with it")
     tokenizer = load_tokenizer(model_dir, cfg.model.padding_side)
     embedding = EmbeddingIdentity.of(cfg.model).as_dict() if kind.runs_model else None
-    revision, covers = backbone_revision(model_dir, with_weights=kind.runs_model)
+    revision, covers = backbone_revision(model_dir, kind.runs_model, out_dir, verify)
     params = dict(stage=stage, target=kind.manifest_params(spec),
                   tokenizer=dict(fingerprint=tokenizer_fingerprint(tokenizer), vocab_size=len(tokenizer)),
                   vocab_size=model_vocab_size(model_dir), backbone_revision=revision, embedding=embedding,
@@ -219,15 +254,16 @@ def plan(recipe: Config, stage: str, corpus: str | None = None, out: str | None 
     if kind.runs_model:  # the model read texts cut by this rule; targets made under an older one are redone
         params["text_cut"] = CUT_RULE
     params = json.loads(json.dumps(params))  # the form it has when read back from manifest.json
-    return Plan(cfg, stage, kind, spec, Path(corpus), Path(out) if out else shards_dir(cfg, stage), model_dir,
+    return Plan(cfg, stage, kind, spec, Path(corpus), out_dir, model_dir,
                 str(getattr(tokenizer, "name_or_path", model_dir)), params, corpus_listing, covers)
 
 
-def is_complete(cfg: Config, stage: str, out: str | None = None) -> bool:
+def is_complete(cfg: Config, stage: str, out: str | None = None, verify: bool = False) -> bool:
     """True only if `out` holds a finished job made with exactly the params `cfg` would use now.
 
     Every shard must be there as its manifest records it: its sha256, checked again only where the file's size
-    or modification time changed since it last matched (`shards.verified_problems`)."""
+    or modification time changed since it last matched (`shards.verified_problems`); the corpus and backbone
+    hashes likewise (`input_hash`). `verify` reads every input and shard in full."""
     out_dir = Path(out) if out else shards_dir(cfg, stage)
     try:
         manifest = read_manifest(out_dir)
@@ -236,7 +272,7 @@ def is_complete(cfg: Config, stage: str, out: str | None = None) -> bool:
     if not manifest.get("complete") or not (Path(for_stage(cfg, stage).model.path) / "config.json").is_file():
         return False
     try:
-        params = plan(cfg, stage, out=str(out_dir)).params
+        params = plan(cfg, stage, out=str(out_dir), verify=verify).params
     except UserError:
         return False
-    return manifest["params"] == params and not verified_problems(out_dir, manifest["shards"])
+    return manifest["params"] == params and not verified_problems(out_dir, manifest["shards"], verify)

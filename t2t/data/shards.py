@@ -144,11 +144,11 @@ VERIFIED = "verified.json"
 A stat cache, as git's index is, not part of the contract: without it every shard is checksummed once more."""
 
 
-def verified_problems(shard_dir: str | Path, entries: list[dict]) -> dict[str, str]:
+def verified_problems(shard_dir: str | Path, entries: list[dict], verify: bool = False) -> dict[str, str]:
     """`shard_problem` of every manifest entry, by name, for a check that runs often (is a stage's target job
     up to date?): a shard whose size and modification time are those `VERIFIED` records costs a stat; any other
     (copied over, touched, rewritten) is checksummed, and recorded when it matches. A same-size file from another
-    job is caught so: copying it gave it a new time."""
+    job is caught so: copying it gave it a new time. `verify` checksums every shard."""
     shard_dir = Path(shard_dir)
     try:
         seen = json.loads((shard_dir / VERIFIED).read_text())
@@ -158,7 +158,7 @@ def verified_problems(shard_dir: str | Path, entries: list[dict]) -> dict[str, s
     for entry in entries:
         path = shard_dir / entry["name"]
         record = _verified_record(entry["sha256"], path) if path.is_file() else None
-        if record is not None and seen.get(entry["name"]) == record:
+        if record is not None and seen.get(entry["name"]) == record and not verify:
             continue
         problem = shard_problem(shard_dir, entry, checksum=True)
         if problem:
