@@ -152,7 +152,7 @@ def test_an_up_to_date_check_reads_a_corpus_or_backbone_again_only_when_it_chang
                                                                                   monkeypatch):
     """`is_complete` runs at every pipeline and sweep check; the corpus and the backbone's weights (15 GB for a 7B)
     are hashed once per change: a file's path, size and modification time stand for its contents until one
-    changes, and `verify` hashes in full. The hash itself is the one a full read gives."""
+    changes, and `refresh` (`--verify`) hashes in full. The hash itself is the one a full read gives."""
     import os
 
     from t2t.config import Config, ModelConfig, StageConfig
@@ -168,16 +168,21 @@ def test_an_up_to_date_check_reads_a_corpus_or_backbone_again_only_when_it_chang
     real = M.hash_files
     monkeypatch.setattr(M, "hash_files", lambda files: read.append([label for label, _ in files]) or real(files))
 
-    first = M.plan(cfg, "derived", str(corpus), str(out), verify=False).params
+    first = M.plan(cfg, "derived", str(corpus), str(out), inputs="cached").params
     assert read == [["c.txt"], read[1]] and "model.safetensors" in read[1]  # corpus, then backbone with weights
     read.clear()
-    assert M.plan(cfg, "derived", str(corpus), str(out), verify=False).params == first and read == []
-    assert M.plan(cfg, "derived", str(corpus), str(out), verify=True).params == first and len(read) == 2
+    assert M.plan(cfg, "derived", str(corpus), str(out), inputs="cached").params == first and read == []
+    assert M.plan(cfg, "derived", str(corpus), str(out), inputs="refresh").params == first and len(read) == 2
     read.clear()
     os.utime(corpus, ns=(corpus.stat().st_atime_ns, corpus.stat().st_mtime_ns + 10**9))  # touched: read again
-    assert M.plan(cfg, "derived", str(corpus), str(out), verify=False).params == first and read == [["c.txt"]]
+    assert M.plan(cfg, "derived", str(corpus), str(out), inputs="cached").params == first and read == [["c.txt"]]
     corpus.write_text("one text\nchanged text\n")
-    assert M.plan(cfg, "derived", str(corpus), str(out), verify=False).params["corpus_sha256"] != first["corpus_sha256"]
+    assert M.plan(cfg, "derived", str(corpus), str(out), inputs="cached").params["corpus_sha256"] != first["corpus_sha256"]
+    # A target job's own plan reads in full and records nothing: its directory holds only what the job writes.
+    record = (out / M.INPUTS_VERIFIED).read_bytes()
+    read.clear()
+    M.plan(cfg, "derived", str(corpus), str(out))
+    assert len(read) == 2 and (out / M.INPUTS_VERIFIED).read_bytes() == record
 
 
 def test_model_derived_targets_record_how_texts_were_cut(tiny_model_dir, stage2_manifest, tmp_path):

@@ -43,6 +43,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from t2t.config import Config
 from t2t.data.corpus import corpus_files
@@ -180,43 +181,50 @@ def hash_files(files: list[tuple[str, Path]]) -> str:
 
 INPUTS_VERIFIED = "inputs_verified.json"
 """In a target job's directory: the hash of its corpus and of its backbone's files, with the path, size and
-modification time of each file hashed. A check that the job is up to date (`is_complete`, at every pipeline and
-sweep run) takes the hash from here while those are unchanged, instead of reading a corpus or a 15 GB backbone
-again; `verify=True` (`t2t pipeline --verify`, and every `t2t targets` run) reads them in full."""
+modification time of each file hashed. Only the check that a job is up to date (`is_complete`, at every pipeline
+and sweep run) reads and writes it: it takes a hash from here while those are unchanged, instead of reading a
+corpus or a 15 GB backbone again (`t2t pipeline --verify` reads them in full and records them anew). A target job
+itself always reads its inputs in full and records nothing."""
+
+INPUTS = Literal["read", "cached", "refresh"]
+"""How `plan` hashes the corpus and backbone: `read` in full, recording nothing (a target job); `cached` from
+`INPUTS_VERIFIED` while unchanged, else in full and recorded (the up-to-date check); `refresh` in full, recorded
+(the check under `--verify`)."""
 
 
-def input_hash(role: str, files: list[tuple[str, Path]], out: Path | None, verify: bool) -> str:
-    """`hash_files(files)`, taken from `out`'s `INPUTS_VERIFIED` under `role` when the files' paths, sizes and
-    modification times are those recorded there (and not `verify`); a hash computed is recorded where `out` exists."""
+def input_hash(role: str, files: list[tuple[str, Path]], out: Path | None, inputs: INPUTS) -> str:
+    """`hash_files(files)`, or its record in `out`'s `INPUTS_VERIFIED` under `role` (see `INPUTS`)."""
+    if inputs == "read" or out is None:
+        return hash_files(files)
     stamp = [[label, str(path.resolve()), st.st_size, st.st_mtime_ns] for label, path in files for st in [path.stat()]]
-    record_file = out / INPUTS_VERIFIED if out is not None else None
+    record_file = out / INPUTS_VERIFIED
     try:
-        record = json.loads(record_file.read_text()) if record_file is not None else {}
+        record = json.loads(record_file.read_text())
     except (OSError, ValueError):
         record = {}
-    entry = record.get(role) if isinstance(record, dict) else None
-    if not verify and isinstance(entry, dict) and entry.get("files") == stamp:
+    record = record if isinstance(record, dict) else {}
+    entry = record.get(role)
+    if inputs == "cached" and isinstance(entry, dict) and entry.get("files") == stamp:
         return entry["sha256"]
     digest = hash_files(files)
-    if record_file is not None and out.is_dir():
+    if out.is_dir():
         try:
-            write_json_atomic(record_file, {**(record if isinstance(record, dict) else {}),
-                                            role: {"files": stamp, "sha256": digest}})
+            write_json_atomic(record_file, {**record, role: {"files": stamp, "sha256": digest}})
         except OSError:
             pass  # a directory that cannot be written keeps hashing
     return digest
 
 
-def corpus_hash(corpus: Path, out: Path | None = None, verify: bool = True) -> tuple[str, list[dict]]:
-    """(hash of the corpus files' names and contents, [{name, bytes}]); see `input_hash` for `out` and `verify`."""
+def corpus_hash(corpus: Path, out: Path | None = None, inputs: INPUTS = "read") -> tuple[str, list[dict]]:
+    """(hash of the corpus files' names and contents, [{name, bytes}]); `out` and `inputs`: see `input_hash`."""
     files = corpus_files(corpus)
     labelled = [(f.name if corpus.is_file() else str(f.relative_to(corpus)), f) for f in files]
-    return input_hash("corpus", labelled, out, verify), [{"name": label, "bytes": f.stat().st_size}
+    return input_hash("corpus", labelled, out, inputs), [{"name": label, "bytes": f.stat().st_size}
                                                           for label, f in labelled]
 
 
 def backbone_revision(model_dir: Path, with_weights: bool, out: Path | None = None,
-                      verify: bool = True) -> tuple[str, str]:
+                      inputs: INPUTS = "read") -> tuple[str, str]:
     """(hash of the backbone's files, what it covers). Targets from the tokenizer depend only on config and
     tokenizer; targets the model derives on the weights too (for a 7B model that is ~15 GB read, so a check
     takes it from `out`'s record while the files are unchanged: `input_hash`)."""
@@ -225,12 +233,13 @@ def backbone_revision(model_dir: Path, with_weights: bool, out: Path | None = No
     if with_weights:
         files += [(f.name, f) for f in sorted(model_dir.iterdir()) if f.name.endswith(WEIGHT_SUFFIXES)]
     covers = "config, tokenizer" + (", weights" if with_weights else "")
-    return input_hash("backbone", files, out, verify), covers
+    return input_hash("backbone", files, out, inputs), covers
 
 
-def plan(recipe: Config, stage: str, corpus: str | None = None, out: str | None = None, verify: bool = True) -> Plan:
-    """Resolve paths, load the tokenizer and compute the params that decide stage `stage`'s targets (the inputs
-    hashed in full, or, with `verify=False`, taken from the job directory's record while unchanged: `input_hash`)."""
+def plan(recipe: Config, stage: str, corpus: str | None = None, out: str | None = None,
+         inputs: INPUTS = "read") -> Plan:
+    """Resolve paths, load the tokenizer and compute the params that decide stage `stage`'s targets (the corpus and
+    backbone hashed as `inputs` says)."""
     from t2t.data.tokens import CUT_RULE, load_tokenizer, tokenizer_fingerprint
 
     cfg = for_stage(recipe, stage)
@@ -240,13 +249,13 @@ def plan(recipe: Config, stage: str, corpus: str | None = None, out: str | None 
     if not corpus:
         raise UserError(f"no corpus: set data.corpus or stages.{stage}.targets.corpus in the recipe, or pass --corpus")
     out_dir = Path(out) if out else shards_dir(cfg, stage)
-    corpus_sha, corpus_listing = corpus_hash(Path(corpus), out_dir, verify)
+    corpus_sha, corpus_listing = corpus_hash(Path(corpus), out_dir, inputs)
     model_dir = Path(cfg.model.path)
     if not (model_dir / "config.json").is_file():  # the driver builds or converts the base model before planning
         raise UserError(f"{model_dir} holds no model (no config.json); stage {stage} computes its targets with it")
     tokenizer = load_tokenizer(model_dir, cfg.model.padding_side)
     embedding = EmbeddingIdentity.of(cfg.model).as_dict() if kind.runs_model else None
-    revision, covers = backbone_revision(model_dir, kind.runs_model, out_dir, verify)
+    revision, covers = backbone_revision(model_dir, kind.runs_model, out_dir, inputs)
     params = dict(stage=stage, target=kind.manifest_params(spec),
                   tokenizer=dict(fingerprint=tokenizer_fingerprint(tokenizer), vocab_size=len(tokenizer)),
                   vocab_size=model_vocab_size(model_dir), backbone_revision=revision, embedding=embedding,
@@ -272,7 +281,7 @@ def is_complete(cfg: Config, stage: str, out: str | None = None, verify: bool = 
     if not manifest.get("complete") or not (Path(for_stage(cfg, stage).model.path) / "config.json").is_file():
         return False
     try:
-        params = plan(cfg, stage, out=str(out_dir), verify=verify).params
+        params = plan(cfg, stage, out=str(out_dir), inputs="refresh" if verify else "cached").params
     except UserError:
         return False
     return manifest["params"] == params and not verified_problems(out_dir, manifest["shards"], verify)
