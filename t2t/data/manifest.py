@@ -33,8 +33,9 @@
 
 Next to it: `ledger.jsonl` (finished shards of an unfinished job), the corpus passes' files and partial
 sums, `targets.lock` (the one job writing the directory), and `verified.json` and `inputs_verified.json` (the
-shards, and the corpus and backbone, as they were when last hashed: a check reads again only what changed). What a job does with that directory over its
-life (resume, restart, start and finish the manifest) is `t2t.data.target_job`'s. Torch-free; no Ray.
+shards, and the corpus and backbone, as they were when last hashed: a check reads again only what changed).
+What a job does with that directory over its life (resume, restart, start and finish the manifest) is
+`t2t.data.target_job`'s. Torch-free; no Ray.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 What Ray tasks and Slurm jobs run. A step job readies the step's representative point (the steps before it
 done, moved into steps/ and linked; its pipeline.json saying so), runs the pipeline there up to the step, in
 this process, as `t2t pipeline --until STEP` would, then moves the output into steps/ and records the step done
-or failed in nodes/. `--finish` evaluates the
-finished points and writes the sweep's table (Slurm's last job; on Ray the driver does it).
+or failed in nodes/. `--finish` evaluates the finished points and writes the sweep's table (Slurm's last job; on
+Ray the driver does it).
 """
 
 from __future__ import annotations
