@@ -197,16 +197,13 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _default_text(f: dataclasses.Field) -> str | None:
     from t2t.config import StageConfig
-    from t2t.objectives import ObjectiveSpec
-    from t2t.targets.kinds import TargetsSpec
 
     value = _default(f)
     if value == "" and f.name == "kind":  # TargetsSpec.kind: every `targets:` names one
         return None
-    if isinstance(value, TargetsSpec):
-        return f"{{kind: {value.kind}}}"
-    if isinstance(value, ObjectiveSpec):
-        return f"{{name: {value.name}}}"
+    for base, (_, key, _) in _typed_by_name().items():
+        if isinstance(value, base):
+            return f"{{{key}: {getattr(value, key)}}}"
     if isinstance(value, list) and value and isinstance(value[0], StageConfig):
         return "[" + ", ".join(f"{s.name} ({s.targets.kind}, from {s.start})" for s in value) + "]"
     if dataclasses.is_dataclass(value):
