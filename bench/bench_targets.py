@@ -120,7 +120,7 @@ def bench_scaling(scratch: Path) -> dict:
     import ray
 
     from t2t.model import resolve_model_dir
-    from t2t.ray_jobs.targets import run_targets
+    from t2t.jobs.targets import run_targets
 
     resolve_model_dir(demo_config().model)
     load_before = os.getloadavg()[0]  # wall-clock scaling needs two idle cores: the record says if it had them
@@ -237,7 +237,7 @@ def bench_bytes(scratch: Path, stage1_dir: str | None) -> dict:
 
     cfg = demo_config()
     if stage1_dir is None:
-        from t2t.ray_jobs.targets import run_targets
+        from t2t.jobs.targets import run_targets
 
         stage1_dir = str(scratch / "bytes-stage1")
         run_targets(demo_config("data.max_texts=10000"), "stage1", out=stage1_dir)

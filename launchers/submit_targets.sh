@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Submit `t2t targets` (target precomputation, t2t/ray_jobs/targets.py) to a running Ray cluster as a Ray job.
+# Submit `t2t targets` (target precomputation, t2t/jobs/targets.py) to a running Ray cluster as a Ray job.
 #
 #   export RAY_ADDRESS=http://HEAD_NODE:8265                 # the cluster's dashboard (job API)
 #   launchers/submit_targets.sh recipes/mistral-7b.yaml stage1

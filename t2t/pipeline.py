@@ -20,8 +20,6 @@ against their manifests, so stale targets are never reused.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import shutil
@@ -31,10 +29,10 @@ from pathlib import Path
 from typing import Callable
 
 from t2t import run_paths
-from t2t.config import Config, load_config, to_dict
-from t2t.config.schema import CADENCE_FIELDS
+from t2t.config import Config, load_config
 from t2t.data.files import write_json_atomic
 from t2t.errors import UserError
+from t2t.fingerprints import step_fingerprints
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +62,6 @@ class StepFailed(RuntimeError):
         self.needs_a_fix = needs_a_fix
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class Pipeline:
     def __init__(self, config_path: str | None, overrides: list[str], ray_address: str | None = None,
                  check_runnable: bool = True, verify: bool = False):
@@ -90,7 +84,7 @@ class Pipeline:
         self.ray_address = ray_address
         self.verify = verify
         """Decide what is up to date by reading every input and shard in full (else an unchanged size and
-        modification time stand for unchanged contents: `t2t.data.manifest.input_hash`)."""
+        modification time stand for unchanged contents: `t2t.data.inputs.input_hash`)."""
         self.run_dir = Path(self.cfg.run_dir)
         self.logs = self.run_dir / "logs"
         self.state_file = self.run_dir / "pipeline.json"
@@ -100,25 +94,8 @@ class Pipeline:
     # ------------------------------------------------------------------ fingerprints
 
     def fingerprints(self) -> dict[str, str]:
-        """Per step, a hash of exactly the config fields it reads and the fingerprints of the steps it reads from."""
-        c = to_dict(self.cfg)
-        data, train = c["data"], c["train"]
-        reading = {k: data[k] for k in ("shuffle_buffer", "on_bad_shard", "loader_workers", "length_group")}
-        optim = {k: v for k, v in train.items() if k not in CADENCE_FIELDS}
-        fp = {"base": _hash([c["model"]])}
-        model_fp = {"base": fp["base"]}  # the fingerprint of each model a stage can start from
-        for stage in self.cfg.stages:
-            spec = dataclasses.asdict(stage.targets)
-            spec.update(corpus=run_paths.corpus_of(self.cfg, stage.name),
-                        max_texts=run_paths.texts_limit(self.cfg, stage.name))
-            targets = f"{stage.name}:targets"
-            fp[targets] = _hash([model_fp[stage.start], spec, c["targets"]["shard_size"]])
-            settings = {k: v for k, v in dataclasses.asdict(stage).items() if k != "targets"}
-            fp[f"{stage.name}:train"] = _hash([fp[targets], model_fp[stage.start], reading, optim, settings, c["seed"]])
-            model_fp[stage.name] = fp[f"{stage.name}:train"]
-        fp["eval"] = _hash([list(model_fp.values()), c["eval"]["tasks"], c["eval"]["benchmark"], c["eval"]["dtype"]])
-        fp["report"] = _hash([fp["eval"]])
-        return fp
+        """Per step, a hash of what decides it (`t2t.fingerprints.step_fingerprints`)."""
+        return step_fingerprints(self.cfg)
 
     # ------------------------------------------------------------------ running
 
@@ -167,7 +144,7 @@ class Pipeline:
     _ray_started = False
 
     def ensure_ray(self) -> None:
-        from t2t.ray_jobs.session import start_or_join
+        from t2t.jobs.session import start_or_join
 
         cpus = max(self.cfg.targets.workers, self.cfg.eval.workers) or None  # 0 (automatic): the machine's
         self._ray_started = start_or_join(self.ray_address, cpus) or self._ray_started
@@ -183,8 +160,8 @@ class Pipeline:
         write_json_atomic(self.state_file, self.state)
 
     def outputs_present(self, name: str) -> bool:
-        from t2t.data.manifest import is_complete
-        from t2t.train.checkpoint import stage_complete
+        from t2t.data.target_job import is_complete
+        from t2t.train.export import stage_complete
 
         stage, what = step_parts(name)
         if what == "targets":
@@ -279,9 +256,9 @@ class Pipeline:
         self.logged("base", run)
 
     def step_targets(self, stage: str) -> None:
-        from t2t.ray_jobs.targets import run_targets
+        from t2t.jobs.targets import run_targets, targets_here
 
-        if self.cfg.targets.workers or self.ray_address:  # else run_targets decides, and on one machine needs no Ray
+        if not targets_here(self.cfg, stage, self.ray_address):  # one Ray session for all the steps that use it
             self.ensure_ray()
         self.logged(f"{stage}-targets", lambda: run_targets(self.cfg, stage, ray_address=self.ray_address,
                                                             overwrite=True))

@@ -80,7 +80,7 @@ def main(recipe: str, out: str) -> None:
     if rank == 0:
         torch.save(dict(world=world, **results), out)
     torch.distributed.destroy_process_group()
-    from t2t.commands.train_cmd import leave
+    from t2t.train.rank import leave
 
     leave(0)  # as a t2t rank exits: gloo's teardown can abort a rank after a successful run (see leave)
 

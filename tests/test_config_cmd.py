@@ -95,6 +95,21 @@ def test_explain_a_section(capsys):
         assert rc == 0 and out.count("\n" + field + ": ") == 1 and "stages[].start" not in out, (key, out)
 
 
+def test_explain_says_what_changing_each_field_reruns(capsys):
+    """Every field but the stage list itself carries its role's line (t2t/fingerprints.py)."""
+    from t2t.commands.config_cmd import sections
+    from t2t.fingerprints import CHANGING, role_of
+
+    entries = [e.path for s in sections() for e in s.entries]
+    assert [p for p in entries if role_of(p) is None] == ["stages"]
+    for key, line in (("train.save_every", "Changing it reruns nothing."),
+                      ("stages.stage1.lr", f"Changing it {CHANGING['training']}."),
+                      ("stages.targets.tau", f"Changing it {CHANGING['targets']}."),
+                      ("train.lora.r", f"Changing it {CHANGING['training']}.")):
+        rc, out, _ = _explain(capsys, key)
+        assert rc == 0 and line in _flat(out), (key, out)
+
+
 def test_explain_a_kind(capsys):
     rc, out, _ = _explain(capsys, "model-derived")
     assert rc == 0

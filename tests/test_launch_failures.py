@@ -81,7 +81,7 @@ def test_the_console_names_the_failed_ranks_own_exception(tmp_path):
 
 
 def test_a_peer_that_does_not_answer_within_the_process_group_timeout_is_lost():
-    from t2t.commands.train_cmd import lost_peer
+    from t2t.train.rank import lost_peer
 
     # What gloo raised in a real 2-rank group (timeout 3 s) whose peer never joined the all_reduce.
     timeout = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed "

@@ -138,7 +138,7 @@ def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):
         "train.stop_after_zero_grad_steps=0": set(),
         "eval.tasks=[BIOSSES]": {"eval", "report"},
         "eval.dtype=bfloat16": {"eval", "report"},
-        "model.pooling=eos": set(base),
+        "model.pooling=eos": set(base) - {"base"},  # how the base model embeds, not what it is
     }
     for override, expected in changed.items():
         fp = Pipeline(str(recipe), [override]).fingerprints()
@@ -148,6 +148,24 @@ def test_changed_config_invalidates_exactly_downstream_steps(tmp_path):
     warmer = Pipeline(str(recipe), ["stages.stage2.objective.name=simcse",
                                     "stages.stage2.objective.temperature=0.1"]).fingerprints()
     assert {k for k in simcse if warmer[k] != simcse[k]} == {"stage2:train", "eval", "report"}
+
+
+def test_one_rule_decides_where_a_target_job_computes(monkeypatch):
+    """`targets_here` is the answer the job, the pipeline (which starts Ray otherwise) and a sweep (which then leaves
+    the step no CPU) share: on one machine `workers: 0` stays in the process; a named cluster, `workers: N`, or GPUs
+    asked for by a kind that runs the model go to Ray. A kind that only tokenizes asks for no GPU."""
+    from t2t.config import load_config
+    from t2t.jobs.targets import targets_here
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = load_config(None, ["model.path=m"])
+    assert targets_here(cfg, "stage1", None) and targets_here(cfg, "stage2", None)
+    assert not targets_here(cfg, "stage2", "10.0.0.1:6379")
+    assert not targets_here(load_config(None, ["model.path=m", "targets.workers=2"]), "stage1", None)
+    gpus = load_config(None, ["model.path=m", "targets.gpus_per_worker=1"])
+    assert targets_here(gpus, "stage1", None) and not targets_here(gpus, "stage2", None)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert not targets_here(cfg, "stage1", None)
 
 
 def test_reruns_never_resume_other_inputs_nor_lose_finished_stages(tmp_path, monkeypatch):

@@ -1,6 +1,5 @@
 """Study v2's report reads its goals off the numbers, with no machine paths, and merges its evaluations."""
 
-import json
 from pathlib import Path
 
 QUALITY = Path(__file__).resolve().parents[1] / "bench" / "quality"

@@ -105,14 +105,14 @@ def test_manifest_read_errors_name_the_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def stage2_manifest(tiny_model_dir, tmp_path_factory):
-    """A manifest with the params the real planner computes for stage 2 of the tiny model."""
-    from t2t.data.manifest import plan
+    """A manifest with the params a real target job resolves for stage 2 of the tiny model."""
+    from t2t.data.target_job import TargetJob
 
     corpus = tmp_path_factory.mktemp("corpus") / "c.txt"
     corpus.write_text("one text\n")
     stages = [StageConfig(name="derived", start="base", targets=ModelDerivedTargets())]  # the tiny model's own
     cfg = Config(model=ModelConfig(path=str(tiny_model_dir), pooling="last", max_length=64), stages=stages)
-    params = plan(cfg, "derived", str(corpus)).params
+    params = TargetJob.resolve(cfg, "derived", str(corpus)).params
     return cfg, dict(format=MANIFEST_FORMAT, code_version="0", complete=True, stage="derived", params=params, shards=[],
                      samples=0)
 
@@ -129,7 +129,7 @@ def test_a_bug_inside_the_up_to_date_probe_surfaces_and_bad_input_means_not_up_t
                                                                                       monkeypatch):
     """`is_complete` answers "recompute" for bad input (a UserError) only: UserError is not a ValueError, so a bug's
     ValueError inside the check keeps its traceback instead of silently meaning "not done"."""
-    from t2t.data import manifest as M
+    from t2t.data import target_job as J
 
     cfg, manifest = stage2_manifest
     write_manifest(tmp_path, manifest)
@@ -139,13 +139,13 @@ def test_a_bug_inside_the_up_to_date_probe_surfaces_and_bad_input_means_not_up_t
         raise UserError("the corpus does not exist")
 
     def bug(*args, **kwargs):
-        raise ValueError("a bug in the planner")
+        raise ValueError("a bug in resolving the job")
 
-    monkeypatch.setattr(M, "plan", bad_input)
-    assert M.is_complete(cfg, "derived", out=str(tmp_path)) is False
-    monkeypatch.setattr(M, "plan", bug)
-    with pytest.raises(ValueError, match="a bug in the planner"):
-        M.is_complete(cfg, "derived", out=str(tmp_path))
+    monkeypatch.setattr(J.TargetJob, "resolve", bad_input)
+    assert J.is_complete(cfg, "derived", out=str(tmp_path)) is False
+    monkeypatch.setattr(J.TargetJob, "resolve", bug)
+    with pytest.raises(ValueError, match="a bug in resolving the job"):
+        J.is_complete(cfg, "derived", out=str(tmp_path))
 
 
 def test_an_up_to_date_check_reads_a_corpus_or_backbone_again_only_when_it_changed(tmp_path, tiny_model_dir,
@@ -156,7 +156,8 @@ def test_an_up_to_date_check_reads_a_corpus_or_backbone_again_only_when_it_chang
     import os
 
     from t2t.config import Config, ModelConfig, StageConfig
-    from t2t.data import manifest as M
+    from t2t.data import inputs as I
+    from t2t.data.target_job import TargetJob
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("one text\nanother text\n")
@@ -165,30 +166,32 @@ def test_an_up_to_date_check_reads_a_corpus_or_backbone_again_only_when_it_chang
     cfg = Config(model=ModelConfig(path=str(tiny_model_dir), pooling="last", max_length=64),
                  stages=[StageConfig(name="derived", start="base", targets=ModelDerivedTargets())])
     read = []
-    real = M.hash_files
-    monkeypatch.setattr(M, "hash_files", lambda files: read.append([label for label, _ in files]) or real(files))
+    real = I.hash_files
+    monkeypatch.setattr(I, "hash_files", lambda files: read.append([label for label, _ in files]) or real(files))
 
-    first = M.plan(cfg, "derived", str(corpus), str(out), inputs="cached").params
+    first = TargetJob.resolve(cfg, "derived", str(corpus), str(out), inputs="cached").params
     assert read == [["c.txt"], read[1]] and "model.safetensors" in read[1]  # corpus, then backbone with weights
     read.clear()
-    assert M.plan(cfg, "derived", str(corpus), str(out), inputs="cached").params == first and read == []
-    assert M.plan(cfg, "derived", str(corpus), str(out), inputs="refresh").params == first and len(read) == 2
+    assert TargetJob.resolve(cfg, "derived", str(corpus), str(out), inputs="cached").params == first and read == []
+    assert TargetJob.resolve(cfg, "derived", str(corpus), str(out), inputs="refresh").params == first and len(read) == 2
     read.clear()
     os.utime(corpus, ns=(corpus.stat().st_atime_ns, corpus.stat().st_mtime_ns + 10**9))  # touched: read again
-    assert M.plan(cfg, "derived", str(corpus), str(out), inputs="cached").params == first and read == [["c.txt"]]
+    assert TargetJob.resolve(cfg, "derived", str(corpus), str(out), inputs="cached").params == first
+    assert read == [["c.txt"]]
     corpus.write_text("one text\nchanged text\n")
-    assert M.plan(cfg, "derived", str(corpus), str(out), inputs="cached").params["corpus_sha256"] != first["corpus_sha256"]
-    # A target job's own plan reads in full and records nothing: its directory holds only what the job writes.
-    record = (out / M.INPUTS_VERIFIED).read_bytes()
+    changed = TargetJob.resolve(cfg, "derived", str(corpus), str(out), inputs="cached").params
+    assert changed["corpus_sha256"] != first["corpus_sha256"]
+    # A target job itself reads in full and records nothing: its directory holds only what the job writes.
+    record = (out / I.INPUTS_VERIFIED).read_bytes()
     read.clear()
-    M.plan(cfg, "derived", str(corpus), str(out))
-    assert len(read) == 2 and (out / M.INPUTS_VERIFIED).read_bytes() == record
+    TargetJob.resolve(cfg, "derived", str(corpus), str(out))
+    assert len(read) == 2 and (out / I.INPUTS_VERIFIED).read_bytes() == record
 
 
 def test_model_derived_targets_record_how_texts_were_cut(tiny_model_dir, stage2_manifest, tmp_path):
     """Model-derived params record the cut rule: targets made under an older one (PromptEOL's tail lost, no
-    `text_cut`) differ from the plan, so they are not complete and are redone."""
-    from t2t.data.manifest import plan
+    `text_cut`) differ from the job's params now, so they are not complete and are redone."""
+    from t2t.data.target_job import TargetJob
     from t2t.data.tokens import CUT_RULE
 
     cfg, manifest = stage2_manifest
@@ -196,7 +199,7 @@ def test_model_derived_targets_record_how_texts_were_cut(tiny_model_dir, stage2_
     corpus = tmp_path / "c.txt"
     corpus.write_text("one text\n")
     words = dataclasses.replace(cfg, stages=[StageConfig(name="words", start="base")])  # data-driven reads no model
-    assert "text_cut" not in plan(words, "words", str(corpus)).params
+    assert "text_cut" not in TargetJob.resolve(words, "words", str(corpus)).params
 
 
 def test_check_manifest_lists_every_mismatch(tiny_model_dir, stage2_manifest):

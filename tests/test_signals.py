@@ -93,7 +93,7 @@ def test_failure_message_names_the_dead_rank_and_the_ranks_own_lines_first(tmp_p
 
 
 def test_a_lost_gloo_peer_is_recognised_and_nothing_else():
-    from t2t.commands.train_cmd import lost_peer
+    from t2t.train.rank import lost_peer
 
     gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
                         "[127.0.0.1]:23714: Connection reset by peer. This is typically caused by a remote worker")
@@ -109,9 +109,12 @@ def test_a_lost_gloo_peer_is_recognised_and_nothing_else():
     assert lost_peer(ValueError("Connection reset by peer")) is None  # not torch.distributed's
 
 
-def test_the_last_step_is_read_from_the_failing_train_state(monkeypatch):
-    """`t2t train` names the step after which a peer was lost: the `step` of the TrainState whose method failed."""
-    from t2t.commands.train_cmd import _last_step
+def test_a_lost_peer_is_named_with_the_last_step_the_rank_finished(monkeypatch):
+    """`train` turns torch.distributed losing a rank into `PeerLost`, with the step the rank had finished (None
+    when it never got to train); any other error goes on as it is."""
+    from t2t.config import load_config
+    from t2t.train import trainer
+    from t2t.train.rank import PeerLost
     from t2t.train.trainer import TrainState
 
     def advance(self):
@@ -120,13 +123,33 @@ def test_the_last_step_is_read_from_the_failing_train_state(monkeypatch):
             raise RuntimeError("Connection reset by peer")
         return False
 
+    def build(cfg, stage, resume, objective, rank, world):
+        state = object.__new__(TrainState)  # only what `run` and `close` read
+        state.step, state.total = 2, 10
+        return state
+
+    monkeypatch.setattr(trainer.run_paths, "check_start_attention", lambda cfg, stage: None)
+    monkeypatch.setattr("t2t.train.engine.init_distributed", lambda: (0, 1))
+    monkeypatch.setattr(trainer.torch.distributed, "destroy_process_group", lambda: None)
+    monkeypatch.setattr(TrainState, "build", staticmethod(build))
     monkeypatch.setattr(TrainState, "advance", advance)
-    state = object.__new__(TrainState)  # only what `run` reads before the failure
-    state.step, state.total = 2, 10
-    with pytest.raises(RuntimeError) as failed:
-        state.run()
-    assert _last_step(failed.value) == 5
-    assert _last_step(RuntimeError("Connection reset by peer")) is None  # training never got that far
+    monkeypatch.setattr(TrainState, "close", lambda self: None)
+    cfg = load_config(None, ["model.path=m"])
+    with pytest.raises(PeerLost) as lost:
+        trainer.train(cfg, "stage1")
+    assert (lost.value.step, lost.value.cause) == (5, "Connection reset by peer")
+    assert str(lost.value) == "lost contact with another rank after step 5 (did it die? Connection reset by peer)"
+
+    def never_built(*args):
+        raise RuntimeError("Connection reset by peer")
+
+    monkeypatch.setattr(TrainState, "build", staticmethod(never_built))
+    with pytest.raises(PeerLost) as lost:
+        trainer.train(cfg, "stage1")
+    assert lost.value.step is None and str(lost.value).startswith("lost contact with another rank (did it die?")
+    monkeypatch.setattr(TrainState, "build", staticmethod(lambda *a: (_ for _ in ()).throw(ValueError("a bug"))))
+    with pytest.raises(ValueError, match="a bug"):
+        trainer.train(cfg, "stage1")
 
 
 def test_launchers_are_recognised_by_their_command_line():

@@ -1,7 +1,7 @@
 """A recipe is a list of stages: a third stage, another objective, a new target kind or pooling mode are list entries and
 registrations, not code paths.
 
-1. A target kind registered from outside t2t (here, in this file) is read from a recipe, validated, planned into a
+1. A target kind registered from outside t2t (here, in this file) is read from a recipe, validated, resolved into a
    manifest and built, with no change to t2t.
 2. A three-stage recipe — data-driven Text2Token, model-derived Text2Token from it, then SimCSE from that — runs
    through the real `t2t pipeline`: its steps, shard directories, checkpoints and exports follow from the list,
@@ -76,7 +76,7 @@ def first_tokens_kind():
 
 
 def test_a_target_kind_registered_outside_t2t_is_a_recipe_entry(first_tokens_kind, tiny_model_dir, tmp_path):
-    from t2t.data.manifest import plan
+    from t2t.data.target_job import TargetJob
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
@@ -89,7 +89,7 @@ def test_a_target_kind_registered_outside_t2t_is_a_recipe_entry(first_tokens_kin
     with pytest.raises(ConfigError, match=r"stages\.lead\.targets\.kind must be one of .*first-tokens"):
         load_config(recipe, ["stages.lead.targets.kind=last-tokens"])
 
-    p = plan(cfg, "lead")
+    p = TargetJob.resolve(cfg, "lead")
     assert p.params["target"] == {"kind": "first-tokens", "n": 2} and p.params["embedding"] is None
     assert p.out == Path(cfg.data.shards_dir) / "lead"
     worker = p.kind.builder(str(tiny_model_dir), p.spec, p.params["vocab_size"], 8)

@@ -30,7 +30,7 @@ from t2t.data.stream import TargetReader, open_stage_shards
 from t2t.errors import UserError
 from t2t.model import EmbeddingIdentity, load_tokenizer
 from t2t.data.manifest import LOCK_FILE
-from t2t.ray_jobs.targets import run_targets
+from t2t.jobs.targets import run_targets
 from t2t.targets.data_driven import DataDrivenBuilder
 from test_targets_ray import clean, corpus, make_cfg, shard_bytes  # noqa: F401  (fixtures)
 

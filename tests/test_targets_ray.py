@@ -23,9 +23,10 @@ from t2t.data.files import file_digest as shards_file_digest
 from t2t.data.shards import decode_sample
 from t2t.data.manifest import check_manifest, read_manifest
 from t2t.model import from_config, load_tokenizer
-from t2t.data.manifest import LOCK_FILE, is_complete
-from t2t.ray_jobs.target_workers import FAULT_ENV
-from t2t.ray_jobs.targets import run_targets
+from t2t.data.manifest import LOCK_FILE
+from t2t.data.target_job import is_complete
+from t2t.jobs.target_workers import FAULT_ENV
+from t2t.jobs.targets import run_targets
 from t2t.targets.data_driven import DataDrivenBuilder, idf_weights
 from t2t.errors import UserError
 
@@ -246,7 +247,7 @@ def test_bad_corpora_are_named(tiny_model_dir, tmp_path):
 def test_workers_0_computes_stage1_in_this_process_with_the_bytes_ray_workers_write(tiny_model_dir, corpus, clean,
                                                                                     tmp_path, caplog):
     _, manifest, ray_out = clean  # two Ray workers
-    with caplog.at_level("INFO", logger="t2t.ray_jobs.targets"):
+    with caplog.at_level("INFO", logger="t2t.jobs.targets"):
         here = run_targets(make_cfg(tiny_model_dir, corpus, tmp_path, workers=0), "stage1")
     assert "targets.workers 0 (automatic): one worker in this process" in caplog.text
     assert shard_bytes(tmp_path / "stage1") == shard_bytes(ray_out) and here["shards"] == manifest["shards"]
@@ -267,13 +268,12 @@ def test_a_local_sweeps_step_joins_the_sweeps_ray_yet_names_no_cluster():
     second one, while `workers: 0` still computes in the step's process."""
     import ray
 
-    from t2t.ray_jobs.session import LOCAL_RAY_ENV
+    from t2t.jobs.session import LOCAL_RAY_ENV
 
     address = ray.get_runtime_context().gcs_address
     step = ("import ray\n"
-            "from t2t.ray_jobs.session import cluster_address, start_or_join\n"
-            "from t2t.ray_jobs.targets import in_this_process\n"
-            "assert cluster_address(None) is None and in_this_process(0, None, 0)\n"
+            "from t2t.jobs.session import automatic_stays_here, cluster_address, start_or_join\n"
+            "assert cluster_address(None) is None and automatic_stays_here(None, 0)\n"
             "assert start_or_join(None, None)\n"
             "print(ray.get_runtime_context().gcs_address)\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -325,11 +325,11 @@ def test_reduce_pass_sums_in_chunk_order_whatever_order_the_workers_finish_in(ti
 
     import ray
 
-    from t2t.data.manifest import plan
-    from t2t.ray_jobs.target_workers import RayPool
-    from t2t.ray_jobs.targets import reduce_pass
+    from t2t.data.target_job import TargetJob
+    from t2t.jobs.target_workers import RayPool
+    from t2t.jobs.targets import reduce_pass
 
-    p = plan(make_cfg(tiny_model_dir, corpus, tmp_path), "stage1")  # 61 texts: 4 chunks of 16
+    p = TargetJob.resolve(make_cfg(tiny_model_dir, corpus, tmp_path), "stage1")  # 61 texts: 4 chunks of 16
     p.out.mkdir(parents=True, exist_ok=True)
     parts = [np.array([1e16]), np.array([1.0]), np.array([-1e16]), np.array([1.0])]  # a sum that depends on order
 

@@ -21,6 +21,7 @@ from t2t.train import checkpoint
 from conftest import CORPUS
 from train_support import REPO, metrics, rank_env, torchrun, write_recipe, write_stage_shards
 from t2t.errors import UserError
+from t2t.fingerprints import resume_identity
 
 TRAIN_ARGS = ["-m", "t2t.cli", "train", "--stage", "stage1", "--config"]
 TEXTS = ["The river flows through the old town.", "Quantum physics is hard.", "A short one."]
@@ -214,6 +215,6 @@ def test_zero_grad_stop_is_validated_and_resumable():
     assert load_config(None, ["model.path=m"]).train.stop_after_zero_grad_steps == 3
     with pytest.raises(ConfigError, match="train.stop_after_zero_grad_steps must be >= 0"):
         load_config(None, ["model.path=m", "train.stop_after_zero_grad_steps=-1"])
-    ids = [checkpoint.recipe_identity(load_config(None, ["model.path=m", f"train.stop_after_zero_grad_steps={n}"]),
+    ids = [resume_identity(load_config(None, ["model.path=m", f"train.stop_after_zero_grad_steps={n}"]),
                                       "stage1") for n in (0, 3)]
     assert ids[0] == ids[1]  # a stopping rule, not what trains: changing it keeps `--resume auto` working

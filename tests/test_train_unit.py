@@ -12,7 +12,9 @@ import torch
 
 from t2t.config import ConfigError, load_config
 from t2t.errors import UserError
+from t2t.fingerprints import resume_identity
 from t2t.train import checkpoint
+from t2t.train.export import stage_complete
 from t2t.train.engine import free_port, lr_multiplier
 from t2t.objectives import Text2TokenObjective
 from t2t.train.loss import objective_for
@@ -173,16 +175,15 @@ def test_stage_complete_needs_the_export(tmp_path, tiny_model_dir):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {{path: m}}\nrun_dir: {tmp_path / 'run'}\n")
     cfg = load_config(recipe, ["stages.stage1.steps=4"])
-    assert not checkpoint.stage_complete(cfg, "stage1")
+    assert not stage_complete(cfg, "stage1")
     with pytest.raises(ConfigError, match=r"no stage 'stage3' in this recipe \(stages: stage1, stage2\)"):
-        checkpoint.stage_complete(cfg, "stage3")
+        stage_complete(cfg, "stage3")
     out = export(from_config(ModelConfig(path=str(tiny_model_dir))), tmp_path / "run" / "stage1" / "model")
     for recorded, complete in ((dict(stage="stage1", steps=4), True), (dict(stage="stage1", steps=3), False),
-                               (dict(stage="stage2", steps=4), False),
-                               (dict(stage=1, steps=4), True), (dict(stage=2, steps=4), False)):  # written before names
+                               (dict(stage="stage2", steps=4), False), (dict(stage=1, steps=4), False)):
         (out / checkpoint.TRAIN_INFO).write_text(json.dumps(recorded))
-        assert checkpoint.stage_complete(cfg, "stage1") is complete, recorded
-    assert not checkpoint.stage_complete(cfg, "stage2")  # another stage's directory
+        assert stage_complete(cfg, "stage1") is complete, recorded
+    assert not stage_complete(cfg, "stage2")  # another stage's directory
 
 
 @pytest.mark.parametrize("mode", ["default", "train_embeddings", "lora"])
@@ -225,15 +226,15 @@ class SavedCheckpoint:
 def test_a_checkpoint_of_another_recipe_is_not_resumed_silently(tmp_path, caplog):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: {path: m}\nstages: [{name: stage1, steps: 10, lr: 1.0e-3}]\n")
-    saved = checkpoint.recipe_identity(load_config(recipe), "stage1")
+    saved = resume_identity(load_config(recipe), "stage1")
     client = dict(step=4, data=[], rng=[], recipe=saved)
     (tmp_path / "latest").write_text("step00000004")
     # More steps, another checkpoint cadence: the same run, continued.
-    longer = checkpoint.recipe_identity(load_config(recipe, ["stages.stage1.steps=20", "train.save_every=5"]),
+    longer = resume_identity(load_config(recipe, ["stages.stage1.steps=20", "train.save_every=5"]),
                                         "stage1")
     assert checkpoint.resume(SavedCheckpoint(client), tmp_path, "auto", longer)["step"] == 4
     # Another lr and seed: refused under auto, naming both.
-    changed = checkpoint.recipe_identity(load_config(recipe, ["stages.stage1.lr=2e-3", "seed=1"]), "stage1")
+    changed = resume_identity(load_config(recipe, ["stages.stage1.lr=2e-3", "seed=1"]), "stage1")
     with pytest.raises(UserError, match=r"different recipe \(seed: 0 → 1; stages.stage1.lr: 0.001 → 0.002\)"):
         checkpoint.resume(SavedCheckpoint(client), tmp_path, "auto", changed)
     # --resume force: the newest anyway, the changes logged.
@@ -260,7 +261,7 @@ def old_layout_identity(now: dict, stage: str) -> dict:
 
 
 def test_a_checkpoint_written_before_stages_were_a_list_is_not_resumed(tmp_path, caplog):
-    now = checkpoint.recipe_identity(load_config(None, ["model.path=m", "stages.stage2.lr=1e-3"]), "stage2")
+    now = resume_identity(load_config(None, ["model.path=m", "stages.stage2.lr=1e-3"]), "stage2")
     client = dict(step=4, data=[], rng=[], recipe=old_layout_identity(now, "stage2"))
     (tmp_path / "latest").write_text("step00000004")
     with pytest.raises(UserError) as e:  # the same recipe: still refused, saying why rather than listing every key

@@ -90,7 +90,7 @@ def main() -> None:
     os.replace(tmp, out / f"rank{rank}.json")
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
-    from t2t.commands.train_cmd import leave
+    from t2t.train.rank import leave
 
     leave(0)  # as a t2t rank exits: gloo's teardown can abort a rank after a successful run (see leave)
 

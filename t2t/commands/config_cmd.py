@@ -89,6 +89,7 @@ def _walk(cls: type, path: str, shown: str, out: list[Section], top: bool = Fals
     """Add the section of dataclass `cls` at `path` (written `shown`: `stages[]` for list items) and those below;
     `lead` is the entry of the field that holds them, when it belongs with them (`stages`)."""
     from t2t.config import StageConfig, field_docs
+    from t2t.config.schema import NAMED_SECTIONS
 
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
@@ -108,29 +109,21 @@ def _walk(cls: type, path: str, shown: str, out: list[Section], top: bool = Fals
             below.append((StageConfig, fpath, f"{fshown}[]", entry))
         else:  # a value, or a section that may be absent (model.tiny, train.lora): a field here, fields below
             section.entries.append(entry)
-            if nested is not None and nested not in _typed_by_name():
+            if nested is not None and nested not in NAMED_SECTIONS:
                 below.append((nested, fpath, fshown, None))
     for sub_cls, sub_path, sub_shown, sub_lead in below:
         _walk(sub_cls, sub_path, sub_shown, out, lead=sub_lead)
     if cls is StageConfig:
-        for base, (field_name, key, registry) in _typed_by_name().items():
-            _walk_typed(base, field_name, key, registry, path, shown, out)
+        for base, named in NAMED_SECTIONS.items():
+            _walk_named(base, named, path, shown, out)
 
 
-def _typed_by_name() -> dict[type, tuple[str, str, Any]]:
-    """A stage's sections whose fields depend on a name in them: base spec → (stage field, naming key, registry)."""
-    from t2t.objectives import OBJECTIVES, ObjectiveSpec
-    from t2t.targets.kinds import TARGET_KINDS, TargetsSpec
-
-    return {TargetsSpec: ("targets", "kind", TARGET_KINDS), ObjectiveSpec: ("objective", "name", OBJECTIVES)}
-
-
-def _walk_typed(base: type, field_name: str, key: str, registry, stage_path: str, stage_shown: str,
-                out: list[Section]) -> None:
-    """A stage's section typed by a name (`targets` by its kind, `objective` by its name): the fields every entry
-    has, then each registered entry with its own."""
+def _walk_named(base: type, named, stage_path: str, stage_shown: str, out: list[Section]) -> None:
+    """A stage's section typed by a name (`targets` by its kind, `objective` by its name; `named` is its
+    `t2t.config.schema.NamedSection`): the fields every entry has, then each registered entry with its own."""
     from t2t.config import field_docs
 
+    field_name, key, registry = named.field, named.key, named.registry
     path, shown = f"{stage_path}.{field_name}", f"{stage_shown}.{field_name}"
     common = Section(key=path, path=path, title=f"{path} (every {key})", doc=_doc(base))
     docs = field_docs(base)
@@ -164,13 +157,14 @@ def _dataclass_of(tp: Any) -> type | None:
 
 def _type_text(tp: Any, owner: type, name: str) -> str:
     from t2t.config import ModelConfig, StageConfig
+    from t2t.config.schema import NAMED_SECTIONS
     from t2t.pooling import POOLINGS
 
-    for base, (_, key, registry) in _typed_by_name().items():
-        if name == key and isinstance(owner, type) and issubclass(owner, base):
-            return " | ".join(registry)  # a name of a registry: the names registered now
+    for base, named in NAMED_SECTIONS.items():
+        if name == named.key and isinstance(owner, type) and issubclass(owner, base):
+            return " | ".join(named.registry)  # a name of a registry: the names registered now
         if tp is base:
-            return f"mapping typed by its {key} ({' | '.join(registry)})"
+            return f"mapping typed by its {named.key} ({' | '.join(named.registry)})"
     if (owner, name) == (ModelConfig, "pooling"):
         return " | ".join(POOLINGS)
     origin = typing.get_origin(tp)
@@ -197,13 +191,14 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _default_text(f: dataclasses.Field) -> str | None:
     from t2t.config import StageConfig
+    from t2t.config.schema import NAMED_SECTIONS
 
     value = _default(f)
     if value == "" and f.name == "kind":  # TargetsSpec.kind: every `targets:` names one
         return None
-    for base, (_, key, _) in _typed_by_name().items():
+    for base, named in NAMED_SECTIONS.items():
         if isinstance(value, base):
-            return f"{{{key}: {getattr(value, key)}}}"
+            return f"{{{named.key}: {getattr(value, named.key)}}}"
     if isinstance(value, list) and value and isinstance(value[0], StageConfig):
         return "[" + ", ".join(f"{s.name} ({s.targets.kind}, from {s.start})" for s in value) + "]"
     if dataclasses.is_dataclass(value):
@@ -223,6 +218,8 @@ def _wrap(text: str, indent: str, width: int) -> str:
 
 
 def _render(section: Section, entries: list[Entry], width: int) -> str:
+    from t2t.fingerprints import CHANGING, role_of
+
     lines = [f"== {section.title} ==", _wrap(section.doc, "", width), ""]
     if section.path.endswith("stages"):
         lines[1] += ("\n" + _wrap("A list; `stages[].X` is a field of each stage. An override addresses a stage by "
@@ -232,6 +229,9 @@ def _render(section: Section, entries: list[Entry], width: int) -> str:
                                               "" if e.type.startswith("section") else " (required)"))
         if e.doc:
             lines.append(_wrap(e.doc, "    ", width))
+        role = role_of(e.path)
+        if role is not None:  # t2t/fingerprints.py: what a change does to a run that already ran
+            lines.append(_wrap(f"Changing it {CHANGING[role]}.", "    ", width))
     return "\n".join(lines) + "\n"
 
 

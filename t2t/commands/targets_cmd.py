@@ -1,4 +1,4 @@
-"""`t2t targets`: precompute a stage's target shards with Ray (see t2t/ray_jobs/targets.py).
+"""`t2t targets`: precompute a stage's target shards with Ray (see t2t/jobs/targets.py).
 
     t2t targets --config recipes/demo.yaml --stage stage1
     t2t targets --config recipes/demo.yaml --stage stage2 --corpus data/corpus/wiki_sentences_60k.txt.gz \\
@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from t2t.ray_jobs.targets import run_targets
+    from t2t.jobs.targets import run_targets
 
     cfg = load_recipe(args)
     manifest = run_targets(cfg, stage_name(cfg, args.stage), corpus=args.corpus, out=args.out,

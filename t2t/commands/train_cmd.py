@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import traceback
 import warnings
@@ -41,6 +40,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from t2t.train import TrainingDiverged, train
+    from t2t.train.rank import PeerLost, leave
 
     cfg = load_recipe(args)
     stage = stage_name(cfg, args.stage)
@@ -61,56 +61,15 @@ def run(args) -> int:
         if rank == 0:
             print(f"t2t train: {e}", file=sys.stderr)
         return leave(3)
-    except Exception as e:  # noqa: BLE001 - only a lost peer is handled; anything else is re-raised
-        cause = lost_peer(e)
-        if cause is None:
-            raise
+    except PeerLost as e:
         if getattr(args, "verbose", False):
             traceback.print_exc()
-        step = _last_step(e)
-        print(f"t2t train: rank {rank} lost contact with another rank"
-              f"{'' if step is None else f' after step {step}'} (did it die? {cause}); {resume_hint(cfg, stage)}",
-              file=sys.stderr)
+        print(f"t2t train: rank {rank} {e}; {resume_hint(cfg, stage)}", file=sys.stderr)
         return leave(4)
     if rank == 0:
         print(f"{stage}: " + (f"exported {out}" if out else "stopped by signal after a checkpoint; "
                               "rerun the same command to resume"))
     return leave(0)
-
-
-# What gloo, NCCL and the TCP store say when the process at the other end is gone, or (gloo's "Timed out waiting")
-# has not answered within the process group's timeout: DeepSpeed's default, 10 min (DEEPSPEED_TIMEOUT, in minutes).
-PEER_LOST = re.compile(r"Connection reset by peer|Connection closed by (?:remote )?peer|Broken pipe|"
-                       r"Connection refused|Socket Timeout|NCCL communicator was aborted|remote process exited|"
-                       r"Timed out waiting \d+ ?ms for (?:recv|send) operation|Application timeout caused pair closure",
-                       re.IGNORECASE)
-
-
-def lost_peer(e: BaseException) -> str | None:
-    """The short reason when `e` (or an error it came from) is torch.distributed losing another rank, else None."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, RuntimeError) and (m := PEER_LOST.search(str(e))):
-            line = str(e).splitlines()[0] if str(e) else ""
-            line = re.sub(r"^\[[^\]]*\]\s*", "", line)  # gloo's "[.../pair.cc:537] " source location
-            line = line.split(". This is typically")[0].strip()
-            return line if len(line) <= 160 else m.group(0)
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def _last_step(e: BaseException) -> int | None:
-    """The trainer's last finished step, read from the failing traceback: the `step` of the TrainState whose
-    method failed (None if training never got that far)."""
-    from t2t.train.trainer import TrainState
-
-    step = None
-    for frame, _ in traceback.walk_tb(e.__traceback__):
-        state = frame.f_locals.get("self")
-        if isinstance(state, TrainState) and isinstance(state.step, int):
-            step = state.step
-    return step
 
 
 def resume_hint(cfg, stage: str) -> str:
@@ -119,16 +78,3 @@ def resume_hint(cfg, stage: str) -> str:
     from t2t.train import launch
 
     return launch.resume_hint(checkpoints_dir(cfg, stage))
-
-
-def leave(code: int) -> int:
-    """Exit a launched rank without interpreter finalization, once its work is written and the process group
-    is destroyed. Gloo's C++ worker threads can still hold work objects that ZeRO-3 kept referenced;
-    finalizing them while the interpreter shuts down aborts the rank ("terminate called without an active
-    exception", SIGABRT) after a successful run, and the launcher then reports the whole run as failed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return code
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

@@ -20,11 +20,11 @@ from typing import Any, Literal
 
 import yaml
 
-from t2t.config.schema import Config, StageConfig
+from t2t.config.schema import NAMED_SECTIONS, Config, StageConfig
 from t2t.errors import ConfigError
+from t2t.objectives import OBJECTIVES
 from t2t.pooling import POOLINGS
-from t2t.objectives import OBJECTIVES, ObjectiveSpec, objective_from
-from t2t.targets.kinds import TARGET_KINDS, TargetsSpec, spec_from
+from t2t.targets.kinds import TARGET_KINDS
 
 STAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 """A stage name is a directory name and an override path segment."""
@@ -173,10 +173,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key)
-    if tp is TargetsSpec:  # the kind decides the fields
-        return spec_from(value, from_dict, key)
-    if tp is ObjectiveSpec:  # the name decides the fields
-        return objective_from(value, from_dict, key)
+    if tp in NAMED_SECTIONS:  # the kind (targets) or name (objective) in it decides the fields
+        return NAMED_SECTIONS[tp].build(value, from_dict, key)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, prefix=f"{key}.")
     if origin is Literal:

@@ -9,12 +9,13 @@ starts from (`base`, or an earlier stage's export). Text2Token is the default tw
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Callable, Literal
 
 from t2t.errors import ConfigError
-from t2t.objectives import ObjectiveSpec, Text2TokenObjective
+from t2t.objectives import OBJECTIVES, ObjectiveSpec, Text2TokenObjective, objective_from
 from t2t.pooling import POOLINGS, PROMPT_EOL  # noqa: F401 - PROMPT_EOL is part of t2t.config
-from t2t.targets.kinds import DataDrivenTargets, ModelDerivedTargets, TargetsSpec
+from t2t.registry import Registry
+from t2t.targets.kinds import TARGET_KINDS, DataDrivenTargets, ModelDerivedTargets, TargetsSpec, spec_from
 
 
 
@@ -123,6 +124,26 @@ class TargetsConfig:
     """How often Ray retries a chunk whose worker died."""
 
 
+@dataclass(frozen=True)
+class NamedSection:
+    """A stage's section whose fields depend on a name in it: `targets` by its `kind`, `objective` by its `name`.
+    The recipe loader builds it, and `t2t config --explain` lists each registered entry's fields, from this."""
+
+    field: str
+    """The stage's field that holds it."""
+    key: str
+    """The key that names the entry."""
+    registry: Registry
+    """The registered entries, each with its `spec` dataclass."""
+    build: Callable[[Any, Callable, str], Any]
+    """(the raw mapping, the loader's `from_dict`, the key path) → the entry's spec, checked."""
+
+
+NAMED_SECTIONS = {TargetsSpec: NamedSection("targets", "kind", TARGET_KINDS, spec_from),
+                  ObjectiveSpec: NamedSection("objective", "name", OBJECTIVES, objective_from)}
+"""The spec base class of each named section → how it is named and built."""
+
+
 @dataclass
 class StageConfig:
     """One training stage: what it starts from, what it learns, on which targets, for how long."""
@@ -170,12 +191,6 @@ class LoraConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     """Module names that get adapters."""
-
-
-CADENCE_FIELDS = frozenset({"save_every", "keep_checkpoints", "log_every", "monitors", "peak_flops",
-                            "stop_after_zero_grad_steps"})
-"""`train` fields that say how often a run saves, logs and watches itself, never what it trains: changing one
-neither retrains a finished stage (`t2t pipeline`'s fingerprints) nor stops a checkpoint from resuming."""
 
 
 @dataclass

@@ -34,26 +34,18 @@
 Next to it: `ledger.jsonl` (finished shards of an unfinished job), the corpus passes' files and partial
 sums, `targets.lock` (the one job writing the directory), and `verified.json` and `inputs_verified.json` (the
 shards, and the corpus and backbone, as they were when last hashed: a check reads again only what changed).
-What a job does with that directory over its life (resume, restart, start and finish the manifest) is
-`t2t.data.target_job`'s. Torch-free; no Ray.
+What decides a job's params, and what a job does with that directory over its life (resume, restart, start and
+finish the manifest), are `t2t.data.target_job`'s; the input hashes `t2t.data.inputs`'. Torch-free; no Ray.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from t2t.config import Config
-from t2t.data.corpus import corpus_files
-from t2t.data.files import hash_into, write_json_atomic
-from t2t.data.shards import verified_problems
+from t2t.data.files import write_json_atomic
 from t2t.errors import UserError
 from t2t.identity import EmbeddingIdentity
-from t2t.run_paths import corpus_of, for_stage, shards_dir, texts_limit
-from t2t.targets.kinds import TargetKind, target_kind
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "t2t-targets/2"
@@ -62,9 +54,6 @@ SHARD_KEYS = {"name", "samples", "bytes", "sha256"}
 LEDGER = "ledger.jsonl"
 LOCK_FILE = "targets.lock"
 """In the shard directory: `--overwrite` removes only the job's outputs (`_outputs`), never it or the directory."""
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json",
-                   "special_tokens_map.json")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json")
 
 
 # --------------------------------------------------------------------------- the file
@@ -141,148 +130,3 @@ def check_manifest(manifest: dict, model_cfg, tokenizer, where: str) -> None:
                      made_with.differences(EmbeddingIdentity.of(model_cfg), fields=EmbeddingIdentity.TARGET_FIELDS)]
     if problems:
         raise UserError(f"shards in {where} do not match the model: " + "; ".join(problems))
-
-
-# --------------------------------------------------------------------------- what decides the targets
-
-
-@dataclass
-class Plan:
-    """Everything a target job decides before it starts: paths, the kind, and the params the manifest records."""
-
-    cfg: Config
-    """The recipe as the stage runs it (`run_paths.for_stage`)."""
-    stage: str
-    kind: TargetKind
-    spec: object
-    """The stage's `targets` section (the kind's spec dataclass)."""
-    corpus: Path
-    out: Path
-    model_dir: Path
-    tokenizer_name: str
-    params: dict
-    corpus_listing: list[dict]
-    """[{name, bytes}] of the corpus files."""
-    revision_covers: str
-    """Which backbone files `params["backbone_revision"]` hashes."""
-
-    @property
-    def max_texts(self) -> int:
-        return self.params["max_texts"]
-
-
-def hash_files(files: list[tuple[str, Path]]) -> str:
-    """sha256 over (label, size, content) of each file, streamed in 1 MiB blocks."""
-    h = hashlib.sha256()
-    for label, path in files:
-        h.update(f"{label}\0{path.stat().st_size}\0".encode())
-        hash_into(h, path)
-    return h.hexdigest()[:24]
-
-
-INPUTS_VERIFIED = "inputs_verified.json"
-"""In a target job's directory: the hash of its corpus and of its backbone's files, with the path, size and
-modification time of each file hashed. Only the check that a job is up to date (`is_complete`, at every pipeline
-and sweep run) reads and writes it: it takes a hash from here while those are unchanged, instead of reading a
-corpus or a 15 GB backbone again (`t2t pipeline --verify` reads them in full and records them anew). A target job
-itself always reads its inputs in full and records nothing."""
-
-INPUTS = Literal["read", "cached", "refresh"]
-"""How `plan` hashes the corpus and backbone: `read` in full, recording nothing (a target job); `cached` from
-`INPUTS_VERIFIED` while unchanged, else in full and recorded (the up-to-date check); `refresh` in full, recorded
-(the check under `--verify`)."""
-
-
-def input_hash(role: str, files: list[tuple[str, Path]], out: Path | None, inputs: INPUTS) -> str:
-    """`hash_files(files)`, or its record in `out`'s `INPUTS_VERIFIED` under `role` (see `INPUTS`)."""
-    if inputs == "read" or out is None:
-        return hash_files(files)
-    stamp = [[label, str(path.resolve()), st.st_size, st.st_mtime_ns] for label, path in files for st in [path.stat()]]
-    record_file = out / INPUTS_VERIFIED
-    try:
-        record = json.loads(record_file.read_text())
-    except (OSError, ValueError):
-        record = {}
-    record = record if isinstance(record, dict) else {}
-    entry = record.get(role)
-    if inputs == "cached" and isinstance(entry, dict) and entry.get("files") == stamp:
-        return entry["sha256"]
-    digest = hash_files(files)
-    if out.is_dir():
-        try:
-            write_json_atomic(record_file, {**record, role: {"files": stamp, "sha256": digest}})
-        except OSError:
-            pass  # a directory that cannot be written keeps hashing
-    return digest
-
-
-def corpus_hash(corpus: Path, out: Path | None = None, inputs: INPUTS = "read") -> tuple[str, list[dict]]:
-    """(hash of the corpus files' names and contents, [{name, bytes}]); `out` and `inputs`: see `input_hash`."""
-    files = corpus_files(corpus)
-    labelled = [(f.name if corpus.is_file() else str(f.relative_to(corpus)), f) for f in files]
-    return input_hash("corpus", labelled, out, inputs), [{"name": label, "bytes": f.stat().st_size}
-                                                          for label, f in labelled]
-
-
-def backbone_revision(model_dir: Path, with_weights: bool, out: Path | None = None,
-                      inputs: INPUTS = "read") -> tuple[str, str]:
-    """(hash of the backbone's files, what it covers). Targets from the tokenizer depend only on config and
-    tokenizer; targets the model derives on the weights too (for a 7B model that is ~15 GB read, so a check
-    takes it from `out`'s record while the files are unchanged: `input_hash`)."""
-    names = ["config.json", *TOKENIZER_FILES]
-    files = [(n, model_dir / n) for n in names if (model_dir / n).is_file()]
-    if with_weights:
-        files += [(f.name, f) for f in sorted(model_dir.iterdir()) if f.name.endswith(WEIGHT_SUFFIXES)]
-    covers = "config, tokenizer" + (", weights" if with_weights else "")
-    return input_hash("backbone", files, out, inputs), covers
-
-
-def plan(recipe: Config, stage: str, corpus: str | None = None, out: str | None = None,
-         inputs: INPUTS = "read") -> Plan:
-    """Resolve paths, load the tokenizer and compute the params that decide stage `stage`'s targets (the corpus and
-    backbone hashed as `inputs` says)."""
-    from t2t.data.tokens import CUT_RULE, load_tokenizer, tokenizer_fingerprint
-
-    cfg = for_stage(recipe, stage)
-    spec = cfg.stage(stage).targets
-    kind = target_kind(spec.kind, f"stages.{stage}.targets.kind")
-    corpus = corpus or corpus_of(cfg, stage)
-    if not corpus:
-        raise UserError(f"no corpus: set data.corpus or stages.{stage}.targets.corpus in the recipe, or pass --corpus")
-    out_dir = Path(out) if out else shards_dir(cfg, stage)
-    corpus_sha, corpus_listing = corpus_hash(Path(corpus), out_dir, inputs)
-    model_dir = Path(cfg.model.path)
-    if not (model_dir / "config.json").is_file():  # the driver builds or converts the base model before planning
-        raise UserError(f"{model_dir} holds no model (no config.json); stage {stage} computes its targets with it")
-    tokenizer = load_tokenizer(model_dir, cfg.model.padding_side)
-    embedding = EmbeddingIdentity.of(cfg.model).as_dict() if kind.runs_model else None
-    revision, covers = backbone_revision(model_dir, kind.runs_model, out_dir, inputs)
-    params = dict(stage=stage, target=kind.manifest_params(spec),
-                  tokenizer=dict(fingerprint=tokenizer_fingerprint(tokenizer), vocab_size=len(tokenizer)),
-                  vocab_size=model_vocab_size(model_dir), backbone_revision=revision, embedding=embedding,
-                  corpus_sha256=corpus_sha, max_texts=texts_limit(cfg, stage), shard_size=cfg.targets.shard_size)
-    if kind.runs_model:  # the model read texts cut by this rule; targets made under an older one are redone
-        params["text_cut"] = CUT_RULE
-    params = json.loads(json.dumps(params))  # the form it has when read back from manifest.json
-    return Plan(cfg, stage, kind, spec, Path(corpus), out_dir, model_dir,
-                str(getattr(tokenizer, "name_or_path", model_dir)), params, corpus_listing, covers)
-
-
-def is_complete(cfg: Config, stage: str, out: str | None = None, verify: bool = False) -> bool:
-    """True only if `out` holds a finished job made with exactly the params `cfg` would use now.
-
-    Every shard must be there as its manifest records it: its sha256, checked again only where the file's size
-    or modification time changed since it last matched (`shards.verified_problems`); the corpus and backbone
-    hashes likewise (`input_hash`). `verify` reads every input and shard in full."""
-    out_dir = Path(out) if out else shards_dir(cfg, stage)
-    try:
-        manifest = read_manifest(out_dir)
-    except UserError:
-        return False
-    if not manifest.get("complete") or not (Path(for_stage(cfg, stage).model.path) / "config.json").is_file():
-        return False
-    try:
-        params = plan(cfg, stage, out=str(out_dir), inputs="refresh" if verify else "cached").params
-    except UserError:
-        return False
-    return manifest["params"] == params and not verified_problems(out_dir, manifest["shards"], verify)

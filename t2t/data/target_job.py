@@ -1,29 +1,121 @@
-"""A target job's directory over its life: verifying what an earlier run left (resume, or refuse another job's
-shards), restarting shards after a new corpus-pass vector, saving those vectors, and the manifest at the job's
-start and finish. The file format itself, and what decides the targets, are `t2t.data.manifest`'s.
+"""A target job: what decides it (`TargetJob.resolve`: paths, the kind, the params its manifest records), whether
+one is finished (`is_complete`), and its directory over its life: verifying what an earlier run left (resume, or
+refuse another job's shards), restarting shards after a new corpus-pass vector, saving those vectors, and the
+manifest at the job's start and finish. The file format itself is `t2t.data.manifest`'s, the inputs' hashes
+`t2t.data.inputs`'.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import t2t
+from t2t.config import Config
 from t2t.data.corpus import CorpusStats
 from t2t.data.files import atomic_path
 from t2t.data.ledger import Ledger
-from t2t.data.manifest import LEDGER, MANIFEST, MANIFEST_FORMAT, Plan, hash_files, read_manifest, write_manifest
-from t2t.data.shards import VERIFIED, record_verified, shard_name, shard_problem, verified_now
+from t2t.data.inputs import INPUTS, backbone_revision, corpus_hash, hash_files
+from t2t.data.manifest import LEDGER, MANIFEST, MANIFEST_FORMAT, model_vocab_size, read_manifest, write_manifest
+from t2t.data.shards import VERIFIED, record_verified, shard_name, shard_problem, verified_now, verified_problems
 from t2t.errors import UserError
+from t2t.identity import EmbeddingIdentity
+from t2t.run_paths import corpus_of, for_stage, shards_dir, texts_limit
+from t2t.targets.kinds import TargetKind, target_kind
 
 log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- what decides a job
+
+
+@dataclass
+class TargetJob:
+    """Everything a target job decides before it starts: paths, the kind, and the params the manifest records
+    (`TargetJob.resolve`)."""
+
+    cfg: Config
+    """The recipe as the stage runs it (`run_paths.for_stage`)."""
+    stage: str
+    kind: TargetKind
+    spec: object
+    """The stage's `targets` section (the kind's spec dataclass)."""
+    corpus: Path
+    out: Path
+    model_dir: Path
+    tokenizer_name: str
+    params: dict
+    corpus_listing: list[dict]
+    """[{name, bytes}] of the corpus files."""
+    revision_covers: str
+    """Which backbone files `params["backbone_revision"]` hashes."""
+
+    @property
+    def max_texts(self) -> int:
+        return self.params["max_texts"]
+
+    @classmethod
+    def resolve(cls, recipe: Config, stage: str, corpus: str | None = None, out: str | None = None,
+                inputs: INPUTS = "read") -> "TargetJob":
+        """Resolve paths, load the tokenizer and compute the params that decide stage `stage`'s targets (the
+        corpus and backbone hashed as `inputs` says)."""
+        from t2t.data.tokens import CUT_RULE, load_tokenizer, tokenizer_fingerprint
+
+        cfg = for_stage(recipe, stage)
+        spec = cfg.stage(stage).targets
+        kind = target_kind(spec.kind, f"stages.{stage}.targets.kind")
+        corpus = corpus or corpus_of(cfg, stage)
+        if not corpus:
+            raise UserError(f"no corpus: set data.corpus or stages.{stage}.targets.corpus in the recipe, or pass "
+                            "--corpus")
+        out_dir = Path(out) if out else shards_dir(cfg, stage)
+        corpus_sha, corpus_listing = corpus_hash(Path(corpus), out_dir, inputs)
+        model_dir = Path(cfg.model.path)
+        if not (model_dir / "config.json").is_file():  # the driver builds or converts the base model before this
+            raise UserError(f"{model_dir} holds no model (no config.json); stage {stage} computes its targets with "
+                            "it")
+        tokenizer = load_tokenizer(model_dir, cfg.model.padding_side)
+        embedding = EmbeddingIdentity.of(cfg.model).as_dict() if kind.runs_model else None
+        revision, covers = backbone_revision(model_dir, kind.runs_model, out_dir, inputs)
+        params = dict(stage=stage, target=kind.manifest_params(spec),
+                      tokenizer=dict(fingerprint=tokenizer_fingerprint(tokenizer), vocab_size=len(tokenizer)),
+                      vocab_size=model_vocab_size(model_dir), backbone_revision=revision, embedding=embedding,
+                      corpus_sha256=corpus_sha, max_texts=texts_limit(cfg, stage),
+                      shard_size=cfg.targets.shard_size)
+        if kind.runs_model:  # the model read texts cut by this rule; targets made under an older one are redone
+            params["text_cut"] = CUT_RULE
+        params = json.loads(json.dumps(params))  # the form it has when read back from manifest.json
+        return cls(cfg, stage, kind, spec, Path(corpus), out_dir, model_dir,
+                   str(getattr(tokenizer, "name_or_path", model_dir)), params, corpus_listing, covers)
+
+
+def is_complete(cfg: Config, stage: str, out: str | None = None, verify: bool = False) -> bool:
+    """True only if `out` holds a finished job made with exactly the params `cfg` would use now.
+
+    Every shard must be there as its manifest records it: its sha256, checked again only where the file's size
+    or modification time changed since it last matched (`shards.verified_problems`); the corpus and backbone
+    hashes likewise (`input_hash`). `verify` reads every input and shard in full."""
+    out_dir = Path(out) if out else shards_dir(cfg, stage)
+    try:
+        manifest = read_manifest(out_dir)
+    except UserError:
+        return False
+    if not manifest.get("complete") or not (Path(for_stage(cfg, stage).model.path) / "config.json").is_file():
+        return False
+    try:
+        params = TargetJob.resolve(cfg, stage, out=str(out_dir), inputs="refresh" if verify else "cached").params
+    except UserError:
+        return False
+    return manifest["params"] == params and not verified_problems(out_dir, manifest["shards"], verify)
+
 
 # --------------------------------------------------------------------------- the job directory
 
 
-def _outputs(p: Plan) -> list[Path]:
+def _outputs(p: TargetJob) -> list[Path]:
     names = {MANIFEST, LEDGER, VERIFIED}
     for corpus_pass in p.kind.corpus_passes(p.spec):
         names |= {corpus_pass.file, partial_file(corpus_pass.name)}
@@ -47,7 +139,7 @@ def _param_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def prepare_out(p: Plan, overwrite: bool) -> dict | None:
+def prepare_out(p: TargetJob, overwrite: bool) -> dict | None:
     """The finished manifest if `p.out` already holds this exact job, every shard verified; otherwise get
     the directory ready.
 
@@ -89,7 +181,7 @@ def prepare_out(p: Plan, overwrite: bool) -> dict | None:
     return None
 
 
-def _forget_shards(p: Plan, ledger: Ledger, entries: dict[int, dict], bad: dict[int, str]) -> None:
+def _forget_shards(p: TargetJob, ledger: Ledger, entries: dict[int, dict], bad: dict[int, str]) -> None:
     """Remove shards that failed verification and their ledger lines, so that the job recomputes them."""
     if not bad:
         return
@@ -105,7 +197,7 @@ def _forget_shards(p: Plan, ledger: Ledger, entries: dict[int, dict], bad: dict[
     ledger.forget(bad)
 
 
-def restart_shards(p: Plan, manifest: dict, ledger: Ledger, pass_name: str) -> None:
+def restart_shards(p: TargetJob, manifest: dict, ledger: Ledger, pass_name: str) -> None:
     """A new corpus-pass vector (θ, IDF) invalidates every shard made with the old one: forget them, then record
     the new vector."""
     for i in list(ledger.entries):
@@ -134,7 +226,7 @@ def array_intact(out: Path, entry: dict | None) -> bool:
 # --------------------------------------------------------------------------- start and finish
 
 
-def start_manifest(p: Plan) -> dict:
+def start_manifest(p: TargetJob) -> dict:
     """The manifest of a job about to run: incomplete, with the corpus passes a resumed job already finished."""
     old = None
     try:
@@ -152,7 +244,7 @@ def start_manifest(p: Plan) -> dict:
     return manifest
 
 
-def finish_manifest(p: Plan, manifest: dict, stats: CorpusStats) -> dict:
+def finish_manifest(p: TargetJob, manifest: dict, stats: CorpusStats) -> dict:
     """Record every shard of the ledger, the corpus counters and the kind's summary; `complete` turns true."""
     ledger = Ledger(p.out / LEDGER)
     indices = sorted(ledger.entries)

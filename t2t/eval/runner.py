@@ -11,7 +11,7 @@ Work is one (model, task) pair. Pairs whose mteb result JSON is already in `<out
 again. The rest go, per model, largest task first, to `workers` workers that each load a model
 once and pull the next pair when they finish one: a pool of Ray actors when `workers > 1`, when a
 cluster is named (`ray_address`, or RAY_ADDRESS as `ray job submit` sets it) or when the caller is
-already connected to Ray (see `t2t.ray_jobs.session`: without a named cluster a private local Ray is
+already connected to Ray (see `t2t.jobs.session`: without a named cluster a private local Ray is
 started); otherwise one worker in this process. `workers=0` chooses (`automatic_workers`): this
 process on one machine, where Ray's start-up was measured not to pay, one worker per GPU or CPU on a
 cluster. A task that fails (data unreachable offline, NaN embeddings, a worker that died twice) is
@@ -40,6 +40,7 @@ from t2t.eval.report import build_table, write_reports
 from t2t.eval.tasks import LOCAL_TASKS, LocalTaskMixin, local_task
 from t2t.identity import EmbeddingIdentity
 from t2t.dtypes import usable_dtype
+from t2t.jobs.session import automatic_stays_here
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def automatic_workers(ray_address: str | None, gpus_per_worker: float) -> int:
     more than one worker in this process with both cores at every size measured, up to the demo's whole evaluation
     (bench/BENCHMARKS.md, `bench_smollm2.py --only evalpath`): Ray did not pay there, so it is used where a cluster
     is named (`--ray-address`, RAY_ADDRESS) or the workers ask for GPUs. `workers: N` chooses a local pool."""
-    if not (ray_address or os.environ.get("RAY_ADDRESS") or gpus_per_worker > 0):
+    if automatic_stays_here(ray_address, gpus_per_worker):
         log.info("eval.workers 0 (automatic): one worker in this process (no Ray cluster named; on one machine Ray's "
                  "start-up did not pay for itself, bench/BENCHMARKS.md)")
         return 1
@@ -203,7 +204,7 @@ def _with_ray(todo, workers: int, batch_size: int, ray_address: str | None, gpus
     import ray
     from ray.util import ActorPool
 
-    from t2t.ray_jobs.session import ray_session
+    from t2t.jobs.session import ray_session
 
     with ray_session(ray_address, num_cpus=None):  # a local Ray gets all the machine's CPUs
         if workers == 0:  # automatic: one per GPU the workers ask for, else one per CPU of the cluster

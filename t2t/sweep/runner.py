@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from t2t.data.files import write_json_atomic
@@ -135,7 +134,7 @@ class Sweep:
         """Run every missing step on Ray, evaluate, write sweep.md/sweep.json; returns the sweep.json content."""
         import ray
 
-        from t2t.ray_jobs.session import cluster_address, start_or_join
+        from t2t.jobs.session import cluster_address, start_or_join
 
         self.announce()
         if not self.ray_address and all(self.store.settle(n) for n in self.nodes.values()):
@@ -159,12 +158,16 @@ class Sweep:
     def resources(self, node: Node, named: bool) -> dict:
         import ray
 
+        from t2t.pipeline import step_parts
+        from t2t.jobs.targets import targets_here
+
         if node.is_training:
             nproc = self.store.rep(node).cfg.train.nproc  # 0: decided where it runs (t2t.train.launch.local_ranks)
             if ray.cluster_resources().get("GPU", 0) > 0:
                 return dict(num_cpus=1, num_gpus=nproc or 1)
             return dict(num_cpus=min(nproc or os.cpu_count() or 1, int(ray.cluster_resources().get("CPU", 1))))
-        if node.step.endswith(":targets") and (named or self.store.rep(node).cfg.targets.workers):
+        stage, what = step_parts(node.step)
+        if what == "targets" and not targets_here(self.store.rep(node).cfg, stage, self.ray_address if named else None):
             return dict(num_cpus=0)  # its Ray workers compute, and need the CPUs
         return dict(num_cpus=1)
 
@@ -173,7 +176,7 @@ class Sweep:
         cluster the user named, not the Ray this sweep started on its machine."""
         import ray
 
-        from t2t.ray_jobs.session import LOCAL_RAY_ENV
+        from t2t.jobs.session import LOCAL_RAY_ENV
 
         running: dict = {}  # Ray ref → node
         failed_now: set[str] = set()  # a rerun retries what failed before it, not what failed in this run

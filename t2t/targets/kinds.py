@@ -8,7 +8,7 @@ A stage's `targets:` section names its `kind`; the kind owns
   and target batches;
 - its check against the model config (`validate`, at recipe load).
 
-The Ray driver (`t2t.ray_jobs.targets`) knows none of them by name. A new kind is a builder in its own module
+The Ray driver (`t2t.jobs.targets`) knows none of them by name. A new kind is a builder in its own module
 plus a `TargetKind` subclass registered here with `register_target_kind`.
 
 This module imports neither torch nor Ray: the recipe loader reads it.
@@ -112,7 +112,7 @@ class TargetKind(ABC):
 
     def builder(self, model_dir: str, spec: TargetsSpec, vocab_size: int, batch_size: int, embedder=None):
         """The kind's worker, built inside a target worker. A kind that `runs_model` is handed the frozen start
-        model as an `Embedder` (loaded by the job's worker, `t2t.ray_jobs.target_workers`); it never loads one."""
+        model as an `Embedder` (loaded by the job's worker, `t2t.jobs.target_workers`); it never loads one."""
         module, name = self.worker.split(":")
         return getattr(importlib.import_module(module), name)(model_dir, spec, vocab_size, batch_size, embedder)
 

@@ -17,7 +17,7 @@ launchers/train.slurm wrap these for one machine and for Slurm clusters.
 
 import importlib
 
-_EXPORTS = {"export_checkpoint": "checkpoint", "stage_complete": "checkpoint", "launch_local": "launch",
+_EXPORTS = {"export_checkpoint": "export", "stage_complete": "export", "launch_local": "launch",
             "sparse_kl": "loss", "TrainingDiverged": "trainer", "train": "trainer"}
 __all__ = list(_EXPORTS)
 

@@ -1,4 +1,5 @@
-"""Checkpoints (DeepSpeed's own, with t2t client state), rotation, resume, and export to a model directory.
+"""Checkpoints (DeepSpeed's own, with t2t client state): tags, rotation, the checks every rank agrees on, and resume.
+Export to a model directory is `t2t.train.export`'s.
 
 Layout of a stage, `<run_dir>/<stage name>/` (the paths come from `t2t.run_paths`):
 
@@ -16,15 +17,10 @@ Before any rank loads a checkpoint, every rank checks its files (DeepSpeed's per
 would fail on some ranks only, deep inside DeepSpeed, without the file's name. `--resume auto`
 then falls back to the previous checkpoint, saying which file it skipped; an explicit DIR and an
 export name the file.
-
-Export (`t2t export`, and the trainer at its end) consolidates the fp32 master weights of a
-checkpoint with DeepSpeed's `zero_to_fp32` reader (lazily, one tensor at a time), copies the trained
-ones into the fp32 start model, merges LoRA adapters if any, and writes the model directory.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -35,10 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from t2t.config import Config
-from t2t.config.schema import CADENCE_FIELDS
 from t2t.errors import UserError
-from t2t.run_paths import checkpoints_dir, export_dir, for_stage
 
 log = logging.getLogger(__name__)
 
@@ -117,28 +110,6 @@ def gather(obj) -> list:
 # ----------------------------------------------------------------------------- save / resume
 
 
-# Fields a resumed stage may change: how far it trains, how it checkpoints and logs, not what it trains.
-RESUMABLE = CADENCE_FIELDS | {"nproc"}
-"""`train` fields a checkpoint resumes under when they changed: the cadence, and the ranks (the data stream then
-restarts its epoch; see t2t/data/stream.py)."""
-
-
-def recipe_identity(cfg: Config, stage: str) -> dict:
-    """The recipe fields that decide what stage `stage` trains, flattened to `section.key`, the stage's own
-    settings as `stages.<stage>.key` (all but `steps`). `cfg` is the recipe as the stage runs it
-    (`run_paths.for_stage`: `model.path` is the model it starts from). A checkpoint resumes only under the same
-    ones (its step count may grow)."""
-    from t2t.config import to_dict
-
-    d = to_dict(cfg)
-    flat = {"seed": d["seed"]}
-    for section in ("model", "data"):
-        flat.update({f"{section}.{k}": v for k, v in d[section].items()})
-    flat.update({f"train.{k}": v for k, v in d["train"].items() if k not in RESUMABLE})
-    flat.update({f"stages.{stage}.{k}": v for k, v in to_dict(cfg.stage(stage)).items() if k != "steps"})
-    return flat
-
-
 OLD_LAYOUT_KEY = "train.objective"
 """In the recipe identity of every checkpoint written before stages were a list (the objective, and each stage's
 lr and schedule, lived in `train` then). Its identity cannot equal a stage's now, so `auto` refuses it, saying so."""
@@ -153,7 +124,7 @@ def recipe_changes(saved: dict, now: dict) -> list[str]:
 def save(engine, ckpt_dir: Path, step: int, data_state: dict, keep: int, recipe: dict | None = None) -> Path:
     """Save a checkpoint on all ranks (collective), then rotate: keep the newest `keep` complete ones.
 
-    `recipe` (see `recipe_identity`) is stored with it, so a resume under a changed recipe is caught."""
+    `recipe` (`t2t.fingerprints.resume_identity`) is stored with it, so a resume under a changed recipe is caught."""
     client = dict(step=step, data=gather(data_state), rng=gather(rng_state()), recipe=recipe)
     tag = tag_for(step)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=dict(t2t=client))
@@ -283,7 +254,7 @@ def resume(engine, ckpt_dir: Path, mode: str, recipe: dict | None = None) -> dic
     """Load a checkpoint into the engine per `--resume` (auto|force|never|DIR); returns t2t's client state or None.
 
     `auto` takes the newest checkpoint that loads (see `load_newest`); an explicit DIR that cannot be loaded is
-    an error naming the file. With `auto`, a checkpoint written under another `recipe` (see `recipe_identity`)
+    an error naming the file. With `auto`, a checkpoint written under another `recipe` (`t2t.fingerprints.resume_identity`)
     is refused, naming what changed: resuming it would silently mix two runs. `force` (the newest, like auto)
     and an explicit DIR are the user's choice (e.g. the last good checkpoint with a lower lr after a
     divergence): the differences are logged."""
@@ -314,75 +285,3 @@ def resume(engine, ckpt_dir: Path, mode: str, recipe: dict | None = None) -> dic
         log.warning("resuming %s under a changed recipe: %s", load_dir / tag, "; ".join(changes))
     log.info("resumed from %s at step %d", load_dir / tag, state["step"])
     return state
-
-
-# ----------------------------------------------------------------------------- export
-
-
-class CheckpointUnreadable(UserError):
-    """A checkpoint that cannot be exported: `problem` says which and why, the message adds what to do."""
-
-    def __init__(self, problem: str, hint: str = ""):
-        super().__init__(f"{problem}; {hint}" if hint else problem)
-        self.problem = problem
-
-
-def export_checkpoint(cfg: Config, stage: str, checkpoint: str | Path | None = None,
-                      out: str | Path | None = None) -> Path:
-    """Consolidate a ZeRO-3 checkpoint of stage `stage` (default: its newest) into a model directory (default: the
-    stage's `model/`). The frozen weights come from the model the stage starts from (`run_paths.for_stage`)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from t2t.identity import EmbeddingIdentity
-    from t2t.model import Embedder, export, load_lm, load_tokenizer, resolve_model_dir
-    from t2t.train.engine import apply_trainable_policy, trainable_names
-
-    cfg = for_stage(cfg, stage)
-    load_dir, tag = resolve_checkpoint(checkpoint if checkpoint is not None else checkpoints_dir(cfg, stage))
-    problem = checkpoint_problem(load_dir / tag)
-    if problem:
-        raise CheckpointUnreadable(problem, "export another checkpoint with --checkpoint DIR")
-    out = Path(out) if out is not None else export_dir(cfg, stage)
-    model_dir = resolve_model_dir(cfg.model)
-    try:
-        lazy = get_fp32_state_dict_from_zero_checkpoint(str(load_dir), tag=tag, lazy_mode=True)
-    except Exception as e:  # torch.load's and zero_to_fp32's many error types: the user needs the checkpoint's name
-        raise CheckpointUnreadable(f"{load_dir / tag} could not be read ({first_line(e)})") from e
-    # Exports are fp32. Only the weights that trained come from the checkpoint's fp32 master copy; the
-    # frozen ones (LM head, embeddings, a LoRA base) come from the start model, untouched by any bf16 cast.
-    lm = apply_trainable_policy(load_lm(model_dir, "float32"), cfg)
-    params = dict(lm.named_parameters())
-    names = {k.removeprefix("lm."): k for k in lazy}
-    trained = trainable_names(lm)
-    missing = sorted(set(trained) - set(names))
-    if missing:
-        raise UserError(f"{load_dir / tag} does not fit the model in {model_dir} (train.lora and "
-                        f"train.train_embeddings set the same?): missing {missing[:5]}")
-    with torch.no_grad():
-        for name in trained:
-            params[name].copy_(lazy[names[name]].contiguous())
-    if cfg.train.lora is not None:
-        lm = lm.merge_and_unload()
-    settings = EmbeddingIdentity.of(cfg.model)
-    export(Embedder(lm, load_tokenizer(model_dir, settings.padding_side), settings), out)
-    info = dict(stage=stage, steps=step_of(tag), checkpoint=str(load_dir / tag), lora=cfg.train.lora is not None)
-    (out / TRAIN_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    log.info("exported %s to %s", load_dir / tag, out)
-    return out
-
-
-def stage_complete(cfg: Config, stage: str) -> bool:
-    """True when the stage's final export exists, loads as a model directory and covers all configured steps.
-
-    An export written before stages had names records the stage's position (1, 2) instead of its name."""
-    from t2t.model import check_model_dir
-
-    out = export_dir(cfg, stage)
-    steps = cfg.stage(stage).steps
-    try:
-        check_model_dir(out)
-        info = json.loads((out / TRAIN_INFO).read_text())
-    except (UserError, ValueError, OSError):  # ValueError: TRAIN_INFO is not JSON
-        return False
-    recorded = (stage, cfg.stage_names.index(stage) + 1)
-    return (out / "t2t_config.json").is_file() and info.get("stage") in recorded and info.get("steps") == steps

@@ -95,7 +95,7 @@ def launch_local(config_path: str | None, overrides: list[str], stage: str, npro
     from t2t.config import load_config
     from t2t.errors import UserError
     from t2t.run_paths import checkpoints_dir, metrics_file
-    from t2t.train.checkpoint import stage_complete
+    from t2t.train.export import stage_complete
     from t2t.train.signals import LAUNCHER_PIDS, PassOnStop
 
     cfg = load_config(config_path, overrides)

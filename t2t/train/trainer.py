@@ -34,10 +34,13 @@ import torch
 
 from t2t import run_paths
 from t2t.config import Config
+from t2t.fingerprints import resume_identity
 from t2t.train import checkpoint
 from t2t.train.checks import all_reduce_sum, grad_norm_is_zero, probe_batch, problem_after_update, to_device
+from t2t.train.export import export_checkpoint
 from t2t.train.loss import objective_for
 from t2t.train.monitor import MetricsLog, StepClock, mfu, run_dtype
+from t2t.train.rank import PeerLost, lost_peer
 from t2t.train.signals import STOP_SIGNALS, StopSignals  # noqa: F401 - StopSignals lives there (re-exported)
 
 log = logging.getLogger(__name__)
@@ -152,12 +155,18 @@ def train(cfg: Config, stage: str, resume: str = "auto") -> Path | None:
     cfg = run_paths.for_stage(cfg, stage)
     objective = objective_for(cfg.stage(stage).objective, cfg.seed)
     rank, world = init_distributed()
+    state = None
     try:
         state = TrainState.build(cfg, stage, resume, objective, rank, world)
         try:
             return state.run()
         finally:
             state.close()
+    except Exception as e:  # noqa: BLE001 - only a lost peer is named here; anything else goes on as it is
+        cause = lost_peer(e)
+        if cause is None:
+            raise
+        raise PeerLost(cause, None if state is None else state.step) from e
     finally:
         torch.distributed.destroy_process_group()
 
@@ -168,7 +177,7 @@ class TrainState:
     checkpoint, the data reader), `run` (`advance` one optimizer step at a time until the stage's last step, a
     stop signal or a fault, then the final checkpoint and the export) and `close`.
 
-    `step` is the last finished optimizer step: `t2t train` reads it from the traceback when a peer is lost."""
+    `step` is the last finished optimizer step: a lost peer is reported after it (`t2t.train.rank.PeerLost`)."""
 
     cfg: Config
     """The recipe as the stage runs it (`run_paths.for_stage`)."""
@@ -183,7 +192,7 @@ class TrainState:
     """The rank's `TargetReader`."""
     ckpt_dir: Path
     recipe: dict
-    """What the stage trains (`checkpoint.recipe_identity`), stored with every checkpoint."""
+    """What the stage trains (`t2t.fingerprints.resume_identity`), stored with every checkpoint."""
     metrics: MetricsLog | None
     """Rank 0's metrics.jsonl (None on the other ranks)."""
     stop: StopSignals
@@ -229,7 +238,7 @@ class TrainState:
         engine.train()  # from_pretrained leaves the model in eval mode, where dropout (SimCSE's views, LoRA's) is off
         torch.manual_seed(cfg.seed + 1 + rank)  # dropout differs per rank
         ckpt_dir = run_paths.checkpoints_dir(cfg, stage)
-        recipe = checkpoint.recipe_identity(cfg, stage)
+        recipe = resume_identity(cfg, stage)
         client = checkpoint.resume(engine, ckpt_dir, resume, recipe)
         step = client["step"] if client else 0
         if client:
@@ -345,7 +354,7 @@ class TrainState:
         if self.saved != self.step:  # a run configured with 0 steps: its "final checkpoint" is the start
             self.save()
         if self.rank == 0:
-            checkpoint.export_checkpoint(self.cfg, self.stage)
+            export_checkpoint(self.cfg, self.stage)
         torch.distributed.barrier()
         return run_paths.export_dir(self.cfg, self.stage)
 

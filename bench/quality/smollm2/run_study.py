@@ -123,8 +123,8 @@ class Study:
         return export_dir(cfg, stage)
 
     def targets(self, recipe: Path, overrides: list[str], stage: str, timed: str = "") -> None:
-        from t2t.data.manifest import is_complete
-        from t2t.ray_jobs.targets import run_targets
+        from t2t.data.target_job import is_complete
+        from t2t.jobs.targets import run_targets
 
         cfg = self.cfg(recipe, overrides)
         if not is_complete(cfg, stage):
@@ -184,7 +184,8 @@ class Study:
         at that τ instead of the recipe's (the stage-1 model is the one the recipe's τ arm starts from)."""
         from t2t.run_paths import checkpoints_dir
         from t2t.train import stage_complete
-        from t2t.train.checkpoint import export_checkpoint, tag_for
+        from t2t.train.checkpoint import tag_for
+        from t2t.train.export import export_checkpoint
 
         name = f"t2t-s12-tau{tau}-seed{seed}" if tau else f"t2t-s12-seed{seed}"
         arm = self.work / name

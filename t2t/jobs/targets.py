@@ -6,8 +6,8 @@
     launchers/submit_targets.sh recipes/demo.yaml stage1                # `ray job submit` to a running cluster
 
 The corpus is cut into chunks of `targets.shard_size` texts in a fixed order; chunk i becomes shard
-`t2t-%06d.tar` % i. A pool of `targets.workers` Ray actors (`t2t.ray_jobs.target_workers`; with `workers: 0` on
-one machine, one worker in this process instead: `in_this_process`), each holding the stage's target kind's
+`t2t-%06d.tar` % i. A pool of `targets.workers` Ray actors (`t2t.jobs.target_workers`; with `workers: 0` on
+one machine, one worker in this process instead: `targets_here`), each holding the stage's target kind's
 builder (the tokenizer, or the frozen start model on its own GPU), first runs the kind's corpus passes (IDF,
 background θ: per-chunk sums that the driver adds up in chunk order and checkpoints), then writes the shards
 itself, atomically, so writing scales with the workers (the shard directory must be on storage the workers share,
@@ -35,13 +35,14 @@ from t2t.config import Config
 from t2t.data.corpus import CorpusStats, iter_texts
 from t2t.data.files import atomic_path, exclusive_lock
 from t2t.data.ledger import Ledger
-from t2t.data.manifest import LEDGER, LOCK_FILE, Plan, plan, write_manifest
-from t2t.data.target_job import (array_intact, finish_manifest, partial_file, prepare_out, restart_shards,
-                                 start_manifest, write_array)
+from t2t.data.manifest import LEDGER, LOCK_FILE, write_manifest
 from t2t.data.shards import shard_name
+from t2t.data.target_job import (TargetJob, array_intact, finish_manifest, partial_file, prepare_out,
+                                 restart_shards, start_manifest, write_array)
 from t2t.errors import UserError
-from t2t.ray_jobs.session import cluster_address, ray_session
-from t2t.ray_jobs.target_workers import LocalPool, ray_pool
+from t2t.jobs.session import automatic_stays_here, ray_session
+from t2t.jobs.target_workers import LocalPool, ray_pool
+from t2t.targets.kinds import target_kind
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def run_targets(cfg: Config, stage: str, corpus: str | None = None, out: str | N
     from t2t.run_paths import for_stage
 
     resolve_model_dir(for_stage(cfg, stage).model)  # a tiny or GGUF backbone is built or converted once, here
-    p = plan(cfg, stage, corpus, out)
+    p = TargetJob.resolve(cfg, stage, corpus, out)
     if next(iter_texts(p.corpus), None) is None:
         raise UserError(f"corpus {p.corpus} holds no texts")
     p.out.mkdir(parents=True, exist_ok=True)
@@ -66,24 +67,29 @@ def run_targets(cfg: Config, stage: str, corpus: str | None = None, out: str | N
         manifest = start_manifest(p)
         write_manifest(p.out, manifest)
         workers = cfg.targets.workers
-        gpus = cfg.targets.gpus_per_worker if p.kind.runs_model else 0.0
-        if in_this_process(workers, ray_address, gpus):
+        if targets_here(cfg, stage, ray_address):
+            log.info("targets.workers 0 (automatic): one worker in this process (no Ray cluster named; on one "
+                     "machine Ray's start-up did not pay for itself, bench/BENCHMARKS.md)")
             stats = _compute(p, manifest, Ledger(p.out / LEDGER), LocalPool(p))
         else:
             with ray_session(ray_address, workers or None):
-                stats = _compute(p, manifest, Ledger(p.out / LEDGER), ray_pool(p, workers or cluster_workers(gpus)))
+                pool = ray_pool(p, workers or cluster_workers(worker_gpus(cfg, stage)))
+                stats = _compute(p, manifest, Ledger(p.out / LEDGER), pool)
         return finish_manifest(p, manifest, stats)
 
 
-def in_this_process(workers: int, ray_address: str | None, gpus_per_worker: float) -> bool:
-    """`targets.workers: 0` (automatic) computes in this process on one machine, as `eval.workers: 0` evaluates:
-    Ray's start-up and a builder per actor cost more there than they gave (bench/BENCHMARKS.md). A named cluster
-    (`--ray-address`, RAY_ADDRESS) or workers that ask for GPUs get Ray; `workers: N` chooses a local Ray pool."""
-    if workers or cluster_address(ray_address) or gpus_per_worker > 0:
-        return False
-    log.info("targets.workers 0 (automatic): one worker in this process (no Ray cluster named; on one machine "
-             "Ray's start-up did not pay for itself, bench/BENCHMARKS.md)")
-    return True
+def targets_here(cfg: Config, stage: str, ray_address: str | None) -> bool:
+    """Whether stage `stage`'s target job computes in its own process: `targets.workers: 0` where
+    `automatic_stays_here` says so; `workers: N` is a Ray pool of N. The one answer the job, the pipeline (which
+    starts Ray for it otherwise) and a sweep (which leaves such a step no CPU of its own) all use."""
+    return cfg.targets.workers == 0 and automatic_stays_here(ray_address, worker_gpus(cfg, stage))
+
+
+def worker_gpus(cfg: Config, stage: str) -> float:
+    """The GPUs each target worker of stage `stage` asks for: `targets.gpus_per_worker` for a kind that runs the
+    model, none for one that only tokenizes."""
+    runs_model = target_kind(cfg.stage(stage).targets.kind).runs_model
+    return cfg.targets.gpus_per_worker if runs_model else 0.0
 
 
 def cluster_workers(gpus_per_worker: float) -> int:
@@ -97,9 +103,9 @@ def cluster_workers(gpus_per_worker: float) -> int:
     return max(1, int(resources.get("CPU", 1)))
 
 
-def _compute(p: Plan, manifest: dict, ledger: Ledger, pool) -> CorpusStats:
+def _compute(p: TargetJob, manifest: dict, ledger: Ledger, pool) -> CorpusStats:
     """The kind's corpus passes (each skipped when its vector is on disk as recorded), then the shards, on `pool`
-    (`t2t.ray_jobs.target_workers`: Ray actors, or one worker in this process)."""
+    (`t2t.jobs.target_workers`: Ray actors, or one worker in this process)."""
     arrays = {}
     for corpus_pass in p.kind.corpus_passes(p.spec):
         if not array_intact(p.out, manifest.get(corpus_pass.name)):
@@ -116,7 +122,7 @@ def _compute(p: Plan, manifest: dict, ledger: Ledger, pool) -> CorpusStats:
 # --------------------------------------------------------------------------- passes over the corpus
 
 
-def chunks(p: Plan, stats: CorpusStats) -> Iterator[tuple[int, list[str], list[str]]]:
+def chunks(p: TargetJob, stats: CorpusStats) -> Iterator[tuple[int, list[str], list[str]]]:
     """(index, keys, texts) of each chunk of `shard_size` texts, in corpus order."""
     size = p.cfg.targets.shard_size
     keys: list[str] = []
@@ -132,7 +138,7 @@ def chunks(p: Plan, stats: CorpusStats) -> Iterator[tuple[int, list[str], list[s
         yield index, keys, texts
 
 
-def run_pass(name: str, p: Plan, pool, submit: Callable, on_result: Callable, done: set[int],
+def run_pass(name: str, p: TargetJob, pool, submit: Callable, on_result: Callable, done: set[int],
              stats: CorpusStats, already: int = 0) -> None:
     """Run `submit(index, keys, texts)` (a worker call returning `(index, result)`) over every chunk not in `done`,
     through `pool`, at most one chunk per worker at a time: the driver reads the corpus only as fast as the
@@ -161,9 +167,9 @@ def run_pass(name: str, p: Plan, pool, submit: Callable, on_result: Callable, do
         bar.close()
 
 
-def _shards_pass(p: Plan, ledger: Ledger, pool, submit: Callable) -> CorpusStats:
+def _shards_pass(p: TargetJob, ledger: Ledger, pool, submit: Callable) -> CorpusStats:
     """The pass where workers write shards: those the ledger records and the disk holds are skipped; each
-    finished one is recorded (with its counts, see `t2t.ray_jobs.target_workers`) after the worker's rename."""
+    finished one is recorded (with its counts, see `t2t.jobs.target_workers`) after the worker's rename."""
     done = {i for i in ledger.entries if (p.out / shard_name(i)).is_file()}
 
     def on_result(index: int, entry: dict) -> int:
@@ -177,7 +183,7 @@ def _shards_pass(p: Plan, ledger: Ledger, pool, submit: Callable) -> CorpusStats
     return stats
 
 
-def reduce_pass(name: str, p: Plan, pool, submit: Callable) -> tuple[np.ndarray, int]:
+def reduce_pass(name: str, p: TargetJob, pool, submit: Callable) -> tuple[np.ndarray, int]:
     """Sum per-chunk (vector, count) results over the corpus in chunk order, whatever order the workers finish
     in: a float sum depends on its order, and θ (hence every model-derived target) must be the same bytes for the
     same corpus however many Ray workers computed it (one worker in this process computes with torch's threads, a

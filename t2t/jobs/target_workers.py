@@ -1,5 +1,5 @@
 """What computes a target job's chunks: Ray actors, or one worker in the driver's own process (the driver is
-`t2t.ray_jobs.targets`, which chooses).
+`t2t.jobs.targets`, which chooses).
 
 Each worker builds its stage's target-kind builder once (`TargetKind.builder`: the tokenizer, or the frozen
 start model on the GPU Ray gave it), then takes chunk after chunk: `reduce` returns a corpus pass's sum over a
@@ -59,7 +59,7 @@ class LocalPool:
 
 
 def ray_pool(p, workers: int) -> "RayPool":
-    """`workers` Ray actors of plan `p`'s target kind (a `t2t.data.manifest.Plan`)."""
+    """`workers` Ray actors of job `p`'s target kind (a `t2t.data.target_job.TargetJob`)."""
     import ray
 
     t = p.cfg.targets

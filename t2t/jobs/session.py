@@ -34,7 +34,8 @@ def cluster_address(given: str | None) -> str | None:
 
 def start_or_join(address: str | None, num_cpus: int | None) -> bool:
     """Join `address` (see `cluster_address`), else the local sweep's Ray (`LOCAL_RAY_ENV`), else start a local Ray
-    with `num_cpus` CPUs (None: all the machine's); True if this call started or joined it (and so should shut it down), False if the process was already connected."""
+    with `num_cpus` CPUs (None: all the machine's); True if this call started or joined it (and so should shut it
+    down), False if the process was already connected."""
     import ray
 
     if ray.is_initialized():
@@ -49,6 +50,14 @@ def start_or_join(address: str | None, num_cpus: int | None) -> bool:
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     return True
+
+
+def automatic_stays_here(address: str | None, gpus_per_worker: float) -> bool:
+    """What `workers: 0` (automatic) means for a target job and for evaluation alike: one worker in the job's own
+    process where no cluster is named (`address`, else RAY_ADDRESS) and the workers ask for no GPUs, since on one
+    machine Ray's start-up and a model load per actor cost more than they gave (bench/BENCHMARKS.md); Ray workers
+    otherwise."""
+    return cluster_address(address) is None and gpus_per_worker <= 0
 
 
 @contextlib.contextmanager
