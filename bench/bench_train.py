@@ -98,7 +98,8 @@ def step_worker(out: str, steps: int, warmup: int) -> None:
     from t2t.identity import EmbeddingIdentity
     from t2t.model import load_tokenizer
     from t2t.run_paths import shards_dir
-    from t2t.train.engine import build_ds_config, build_engine, init_distributed
+    from t2t.train.ds_config import build_ds_config
+    from t2t.train.engine import build_engine, init_distributed
     from t2t.objectives import Text2TokenObjective
     from t2t.train.loss import objective_for, sparse_kl
     from t2t.train.trainer import train_step

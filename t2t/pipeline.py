@@ -68,11 +68,14 @@ class Pipeline:
         self.config_path = str(config_path or DEMO_RECIPE)
         self.overrides = list(overrides)
         self.cfg: Config = load_config(self.config_path, self.overrides)
-        if check_runnable:  # `t2t plan --grid` plans for another machine: this one's DeepSpeed need not run it
-            from t2t.train.engine import build_ds_config
+        self.check_runnable = check_runnable
+        """Check here that this machine can run the recipe (`t2t plan --grid` plans for another one)."""
+        if check_runnable:
+            from t2t.train.ds_config import read_ds_config, resolve_ds_config_path
 
-            # A bad DeepSpeed JSON stops the run here, before any step touches old outputs.
-            build_ds_config(self.cfg)
+            # A missing or malformed DeepSpeed JSON stops the run here (DeepSpeed's own parse, which imports torch,
+            # comes before the first step that leads to training: `check_with_deepspeed`).
+            read_ds_config(resolve_ds_config_path(self.cfg.train.ds_config))
             for stage in self.cfg.stages:
                 if stage.start == "base":
                     run_paths.check_start_attention(self.cfg, stage.name)
@@ -124,6 +127,8 @@ class Pipeline:
             elif not stale and (aside := self.take_back(name, fp[name])):
                 print(f"[{i}/{n}] {name}: taken back from {aside}, made from these inputs; skipped", flush=True)
             else:
+                if not stale:  # the first step that runs: nothing old has been touched yet
+                    self.check_with_deepspeed(self.steps[i - 1:], only_until)
                 stale = True  # everything downstream of a re-run step re-runs too
                 # Finished from other inputs, or interrupted while running from other inputs: never resumed.
                 if name in self.state or started.get(name, fp[name]) != fp[name]:
@@ -139,6 +144,17 @@ class Pipeline:
                 print(f"[{i}/{n}] {name}: done in {time.time() - t0:.0f}s", flush=True)
             if name == only_until:
                 break
+
+    def check_with_deepspeed(self, to_run: list[str], only_until: str | None) -> None:
+        """DeepSpeed's parse of the recipe's JSON, where one of the steps `to_run` (up to `only_until`) trains: a
+        value DeepSpeed rejects stops the run before any step touches old outputs. A rerun with nothing to do, or
+        with only the evaluation to redo, imports neither torch nor DeepSpeed for it."""
+        if only_until in to_run:
+            to_run = to_run[:to_run.index(only_until) + 1]
+        if self.check_runnable and any(step_parts(name)[1] == "train" for name in to_run):
+            from t2t.train.ds_config import build_ds_config
+
+            build_ds_config(self.cfg)
 
     # One Ray session serves every Ray step (targets, eval): starting Ray costs seconds each time.
     _ray_started = False
@@ -180,7 +196,7 @@ class Pipeline:
 
         A finished stage (its export written) is kept as `<stage>.replaced` until the new one is complete:
         a rerun that fails loses nothing finished. Unfinished checkpoints of other inputs are removed."""
-        from t2t.train.checkpoint import TRAIN_INFO
+        from t2t.train.export import TRAIN_INFO
 
         finished_from = self.state.pop(name, None)
         self.save_state()
@@ -203,7 +219,7 @@ class Pipeline:
         """A training step whose set-aside finished stage (`invalidate`) was made from exactly these inputs, as
         when a recipe change is undone after its run failed: that stage is moved back instead of retrained.
         Returns where it came from, or None. What stands in its place, made from other inputs, goes."""
-        from t2t.train.checkpoint import TRAIN_INFO
+        from t2t.train.export import TRAIN_INFO
 
         stage, what = step_parts(name)
         aside = run_paths.replaced_dir(self.cfg, stage)

@@ -31,7 +31,8 @@ def one_step(recipe: str, objective_name: str, samples: list, rank: int, world: 
     from t2t.data.stream import collate
     from t2t.identity import EmbeddingIdentity
     from t2t.model import load_tokenizer
-    from t2t.train.engine import build_ds_config, build_engine
+    from t2t.train.ds_config import build_ds_config
+    from t2t.train.engine import build_engine
     from t2t.train.loss import objective_for
     from t2t.train.trainer import train_step
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from t2t.config import load_config
-from t2t.train.engine import build_ds_config, read_ds_config
+from t2t.train.ds_config import build_ds_config, read_ds_config
 from t2t.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -98,12 +98,21 @@ def test_pipeline_interrupt_resume_and_up_to_date(tmp_path):
     out3, _ = third.communicate(timeout=300)
     assert third.returncode == 0, out3
     assert out3.count("up to date, skipped") == 7, out3
+    # Without --verify, a rerun with nothing to do takes every check from its records: it imports neither torch,
+    # transformers, DeepSpeed nor scikit-learn (it took 8 s of CPU when it loaded them).
+    quiet = subprocess.run([sys.executable, "-X", "importtime", "-m", "t2t.cli", "pipeline", "--config", str(recipe)],
+                           cwd=tmp_path, env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
+                           capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and quiet.stdout.count("up to date, skipped") == 7, quiet.stdout + quiet.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in quiet.stderr.splitlines() if line.startswith("import time:")}
+    assert not {"torch", "transformers", "deepspeed", "sklearn"} & imported
 
-    # 4. Same seed, same result: an uninterrupted run elsewhere, with one targets worker instead of two, writes
-    #    the same target bytes and θ, trains through the same per-step losses and gets the same scores.
+    # 4. Same seed, same result: an uninterrupted run elsewhere, its targets computed in the pipeline's process
+    #    instead of by two Ray workers, writes the same target bytes and θ, trains through the same per-step losses
+    #    and gets the same scores.
     again = tmp_path / "again"
     again.mkdir()
-    fourth = pipeline(again, recipe, "targets.workers=1")
+    fourth = pipeline(again, recipe, "targets.workers=0")
     out4, _ = fourth.communicate(timeout=900)
     assert fourth.returncode == 0, out4
     for stage, shards in (("stage1", 4), ("stage2", 3)):  # stage 2 in 3 chunks: θ's sum has an order
@@ -258,12 +267,31 @@ def test_undoing_a_failed_change_takes_the_finished_stage_back(tmp_path, monkeyp
 
 
 def test_a_bad_deepspeed_json_stops_before_anything_is_touched(tmp_path, monkeypatch):
+    """A missing file stops the pipeline at once; a value DeepSpeed rejects stops it before its first step that
+    leads to training runs (DeepSpeed's parse imports torch, which a rerun with nothing to train does without)."""
+    import json
+
     from t2t.pipeline import Pipeline
 
     monkeypatch.chdir(tmp_path)
     recipe = short_demo(tmp_path)
     with pytest.raises(UserError, match="train.ds_config: ds_configs/zero3_cpu.jsn does not exist"):
         Pipeline(str(recipe), ["train.ds_config=ds_configs/zero3_cpu.jsn"])
+    rejected = tmp_path / "ds.json"
+    rejected.write_text(json.dumps({"zero_optimization": {"stage": 3, "overlap_comm": "sometimes"}}))
+    p = Pipeline(str(recipe), [f"train.ds_config={rejected}"])
+    p.logs.mkdir(parents=True)
+    ran = []
+    actions = {name: (lambda name=name: ran.append(name)) for name in p.steps}
+    fp = p.fingerprints()
+    with pytest.raises(UserError, match=r"ds.json: DeepSpeed rejects .*overlap_comm"):
+        p._run_steps(fp, actions, only_until=None)
+    assert ran == [] and not p.state_file.exists()
+    # Only the evaluation and the report to redo: no training ahead, so DeepSpeed is not asked.
+    monkeypatch.setattr(Pipeline, "outputs_present", lambda self, name: True)
+    p.state = {name: fp[name] for name in p.steps if name not in ("eval", "report")}
+    p._run_steps(fp, actions, only_until=None)
+    assert ran == ["eval", "report"]
 
 
 @pytest.mark.parametrize("error, then", [

@@ -40,6 +40,21 @@ GOLDEN = {
 }
 
 
+def test_the_stopword_list_is_scikit_learns_without_importing_it():
+    """Read from sklearn's source as a literal (a process that only checks a job's params skips sklearn's 1.5 s
+    import): the same words as sklearn's own constant."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from t2t.targets.data_driven import stopword_list; words = stopword_list('sklearn-english'); "
+             "print(len(words), 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["318", "False"]
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    assert stopword_list("sklearn-english") == frozenset(w.lower() for w in ENGLISH_STOP_WORDS)
+
+
 def test_clean_text_drops_punctuation_underscores_and_stopwords():
     words = stopword_list("sklearn-english")
     assert len(words) > 300 and {"the", "and", "it", "none"} <= words

@@ -23,7 +23,7 @@ from t2t.config import load_config
 from t2t.data.shards import decode_sample
 from t2t.data.stream import collate
 from t2t.train import launch_local, stage_complete
-from t2t.train.checkpoint import TRAIN_INFO
+from t2t.train.export import TRAIN_INFO
 from train_support import metrics, rank_env, torchrun, write_recipe, write_stage_shards
 
 STEPS = 8

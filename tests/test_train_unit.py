@@ -14,7 +14,7 @@ from t2t.config import ConfigError, load_config
 from t2t.errors import UserError
 from t2t.fingerprints import resume_identity
 from t2t.train import checkpoint
-from t2t.train.export import stage_complete
+from t2t.train.export import TRAIN_INFO, stage_complete
 from t2t.train.engine import free_port, lr_multiplier
 from t2t.objectives import Text2TokenObjective
 from t2t.train.loss import objective_for
@@ -181,7 +181,7 @@ def test_stage_complete_needs_the_export(tmp_path, tiny_model_dir):
     out = export(from_config(ModelConfig(path=str(tiny_model_dir))), tmp_path / "run" / "stage1" / "model")
     for recorded, complete in ((dict(stage="stage1", steps=4), True), (dict(stage="stage1", steps=3), False),
                                (dict(stage="stage2", steps=4), False), (dict(stage=1, steps=4), False)):
-        (out / checkpoint.TRAIN_INFO).write_text(json.dumps(recorded))
+        (out / TRAIN_INFO).write_text(json.dumps(recorded))
         assert stage_complete(cfg, "stage1") is complete, recorded
     assert not stage_complete(cfg, "stage2")  # another stage's directory
 

@@ -44,7 +44,7 @@ def run(args) -> int:
         raise UserError("--config R is required (or --explain [SECTION] to read what the fields mean)")
 
     from t2t.config import to_dict
-    from t2t.train.engine import build_ds_config
+    from t2t.train.ds_config import build_ds_config
 
     cfg = load_recipe(args)
     build_ds_config(cfg)  # the DeepSpeed JSON exists, parses and has no "auto": a job would fail on it later

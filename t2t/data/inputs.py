@@ -1,13 +1,14 @@
 """A target job's inputs, hashed: the corpus files, and the backbone's config, tokenizer and (for a kind that
-runs the model) weights. A job records these hashes in its manifest; the check that a job is up to date takes them
-from `inputs_verified.json` while each file's path, size and modification time are unchanged. Torch-free."""
+runs the model) weights, and the tokenizer's fingerprint. A job records these in its manifest; the check that a
+job is up to date takes them from `inputs_verified.json` while each file's path, size and modification time are
+unchanged. Torch-free."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 from t2t.data.corpus import corpus_files
 from t2t.data.files import hash_into, write_json_atomic
@@ -27,23 +28,33 @@ def hash_files(files: list[tuple[str, Path]]) -> str:
 
 
 INPUTS_VERIFIED = "inputs_verified.json"
-"""In a target job's directory: the hash of its corpus and of its backbone's files, with the path, size and
-modification time of each file hashed. Only the check that a job is up to date (`is_complete`, at every pipeline
-and sweep run) reads and writes it: it takes a hash from here while those are unchanged, instead of reading a
-corpus or a 15 GB backbone again (`t2t pipeline --verify` reads them in full and records them anew). A target job
-itself always reads its inputs in full and records nothing."""
+"""In a target job's directory: the hash of its corpus and of its backbone's files, and its tokenizer's
+fingerprint, with the path, size and modification time of each file they come from. Only the check that a job is
+up to date (`is_complete`, at every pipeline and sweep run) reads and writes it: it takes a value from here while
+those are unchanged, instead of reading a corpus or a 15 GB backbone again or loading the tokenizer (`t2t pipeline
+--verify` reads them in full and records them anew). A target job itself always reads its inputs in full and
+records nothing."""
 
 INPUTS = Literal["read", "cached", "refresh"]
-"""How `t2t.data.target_job.TargetJob.resolve` hashes the corpus and backbone: `read` in full, recording nothing
-(a target job); `cached` from `INPUTS_VERIFIED` while unchanged, else in full and recorded (the up-to-date check);
-`refresh` in full, recorded (the check under `--verify`)."""
+"""How `t2t.data.target_job.TargetJob.resolve` hashes the corpus and backbone and fingerprints the tokenizer:
+`read` in full, recording nothing (a target job); `cached` from `INPUTS_VERIFIED` while unchanged, else in full
+and recorded (the up-to-date check); `refresh` in full, recorded (the check under `--verify`)."""
 
 
 def input_hash(role: str, files: list[tuple[str, Path]], out: Path | None, inputs: INPUTS) -> str:
     """`hash_files(files)`, or its record in `out`'s `INPUTS_VERIFIED` under `role` (see `INPUTS`)."""
+    return recorded(role, files, out, inputs, lambda: hash_files(files))
+
+
+def recorded(role: str, files: list[tuple[str, Path]], out: Path | None, inputs: INPUTS, compute: Callable[[], Any],
+             code: str = "") -> Any:
+    """`compute()`, a value that follows from `files` alone (and the `code` that computes it, e.g. a library's
+    version), or under `cached` its record in `out`'s `INPUTS_VERIFIED` under `role` while every file's path, size
+    and modification time, and `code`, are as recorded (see `INPUTS`). A computed value is recorded unless `read`."""
     if inputs == "read" or out is None:
-        return hash_files(files)
+        return compute()
     stamp = [[label, str(path.resolve()), st.st_size, st.st_mtime_ns] for label, path in files for st in [path.stat()]]
+    stamp.append(["code", code])
     record_file = out / INPUTS_VERIFIED
     try:
         record = json.loads(record_file.read_text())
@@ -51,15 +62,15 @@ def input_hash(role: str, files: list[tuple[str, Path]], out: Path | None, input
         record = {}
     record = record if isinstance(record, dict) else {}
     entry = record.get(role)
-    if inputs == "cached" and isinstance(entry, dict) and entry.get("files") == stamp:
-        return entry["sha256"]
-    digest = hash_files(files)
+    if inputs == "cached" and isinstance(entry, dict) and entry.get("files") == stamp and "value" in entry:
+        return entry["value"]
+    value = compute()
     if out.is_dir():
         try:
-            write_json_atomic(record_file, {**record, role: {"files": stamp, "sha256": digest}})
+            write_json_atomic(record_file, {**record, role: {"files": stamp, "value": value}})
         except OSError:
-            pass  # a directory that cannot be written keeps hashing
-    return digest
+            pass  # a directory that cannot be written keeps computing
+    return value
 
 
 def corpus_hash(corpus: Path, out: Path | None = None, inputs: INPUTS = "read") -> tuple[str, list[dict]]:
@@ -81,3 +92,21 @@ def backbone_revision(model_dir: Path, with_weights: bool, out: Path | None = No
         files += [(f.name, f) for f in sorted(model_dir.iterdir()) if f.name.endswith(WEIGHT_SUFFIXES)]
     covers = "config, tokenizer" + (", weights" if with_weights else "")
     return input_hash("backbone", files, out, inputs), covers
+
+
+def tokenizer_record(model_dir: Path, padding_side: str, out: Path | None = None, inputs: INPUTS = "read") -> dict:
+    """{fingerprint, vocab_size, name} of the backbone's tokenizer (`t2t.data.tokens.tokenizer_fingerprint`, its
+    length, where it loaded from). Loading it imports transformers (2-4 s of CPU), so an up-to-date check takes
+    it from `out`'s record while the tokenizer files, the config and the transformers version are unchanged."""
+    from importlib.metadata import version
+
+    def load() -> dict:
+        from t2t.data.tokens import load_tokenizer, tokenizer_fingerprint
+
+        tokenizer = load_tokenizer(model_dir, padding_side)
+        return dict(fingerprint=tokenizer_fingerprint(tokenizer), vocab_size=len(tokenizer),
+                    name=str(getattr(tokenizer, "name_or_path", model_dir)))
+
+    names = ["config.json", *TOKENIZER_FILES]
+    files = [(n, model_dir / n) for n in names if (model_dir / n).is_file()]
+    return recorded("tokenizer", files, out, inputs, load, code=f"transformers {version('transformers')}")

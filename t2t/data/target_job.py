@@ -19,7 +19,7 @@ from t2t.config import Config
 from t2t.data.corpus import CorpusStats
 from t2t.data.files import atomic_path
 from t2t.data.ledger import Ledger
-from t2t.data.inputs import INPUTS, backbone_revision, corpus_hash, hash_files
+from t2t.data.inputs import INPUTS, backbone_revision, corpus_hash, hash_files, tokenizer_record
 from t2t.data.manifest import LEDGER, MANIFEST, MANIFEST_FORMAT, model_vocab_size, read_manifest, write_manifest
 from t2t.data.shards import VERIFIED, record_verified, shard_name, shard_problem, verified_now, verified_problems
 from t2t.errors import UserError
@@ -62,7 +62,7 @@ class TargetJob:
                 inputs: INPUTS = "read") -> "TargetJob":
         """Resolve paths, load the tokenizer and compute the params that decide stage `stage`'s targets (the
         corpus and backbone hashed as `inputs` says)."""
-        from t2t.data.tokens import CUT_RULE, load_tokenizer, tokenizer_fingerprint
+        from t2t.data.tokens import CUT_RULE
 
         cfg = for_stage(recipe, stage)
         spec = cfg.stage(stage).targets
@@ -77,11 +77,11 @@ class TargetJob:
         if not (model_dir / "config.json").is_file():  # the driver builds or converts the base model before this
             raise UserError(f"{model_dir} holds no model (no config.json); stage {stage} computes its targets with "
                             "it")
-        tokenizer = load_tokenizer(model_dir, cfg.model.padding_side)
+        tokenizer = tokenizer_record(model_dir, cfg.model.padding_side, out_dir, inputs)
         embedding = EmbeddingIdentity.of(cfg.model).as_dict() if kind.runs_model else None
         revision, covers = backbone_revision(model_dir, kind.runs_model, out_dir, inputs)
         params = dict(stage=stage, target=kind.manifest_params(spec),
-                      tokenizer=dict(fingerprint=tokenizer_fingerprint(tokenizer), vocab_size=len(tokenizer)),
+                      tokenizer=dict(fingerprint=tokenizer["fingerprint"], vocab_size=tokenizer["vocab_size"]),
                       vocab_size=model_vocab_size(model_dir), backbone_revision=revision, embedding=embedding,
                       corpus_sha256=corpus_sha, max_texts=texts_limit(cfg, stage),
                       shard_size=cfg.targets.shard_size)
@@ -89,7 +89,7 @@ class TargetJob:
             params["text_cut"] = CUT_RULE
         params = json.loads(json.dumps(params))  # the form it has when read back from manifest.json
         return cls(cfg, stage, kind, spec, Path(corpus), out_dir, model_dir,
-                   str(getattr(tokenizer, "name_or_path", model_dir)), params, corpus_listing, covers)
+                   tokenizer["name"], params, corpus_listing, covers)
 
 
 def is_complete(cfg: Config, stage: str, out: str | None = None, verify: bool = False) -> bool:

@@ -40,8 +40,8 @@ def stage_of(cfg: Config, checkpoints: Path) -> str:
 def run_series(cfg: Config, checkpoints: str, every: int = 1, out: str | None = None, **eval_kw) -> dict:
     """Export and evaluate the complete checkpoints in `checkpoints` whose step is a multiple of `every`."""
     from t2t.eval import run_eval
-    from t2t.train.checkpoint import TRAIN_INFO, complete_tags, step_of
-    from t2t.train.export import CheckpointUnreadable, export_checkpoint
+    from t2t.train.checkpoint import complete_tags, step_of
+    from t2t.train.export import TRAIN_INFO, CheckpointUnreadable, export_checkpoint
 
     if every < 1:
         raise UserError(f"--every must be at least 1, got {every}")

@@ -26,29 +26,8 @@ from t2t.dtypes import DTYPES, usable_dtype
 from t2t.errors import UserError
 from t2t.identity import EmbeddingIdentity
 from t2t.model.embedder import Embedder
+from t2t.model.files import T2T_CONFIG, check_model_dir  # noqa: F401 - check_model_dir: re-exported
 from t2t.pooling import pooling_mode
-
-T2T_CONFIG = "t2t_config.json"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-
-
-def check_model_dir(path: str | Path, need_weights: bool = True) -> Path:
-    """Raise a UserError naming `path` and what is missing, unless it is a loadable HF model directory."""
-    p = Path(path)
-    if not p.is_dir():
-        raise UserError(f"model directory {p} does not exist")
-    missing = []
-    if not (p / "config.json").is_file():
-        missing.append("config.json")
-    if need_weights and not any((p / f).is_file() for f in WEIGHT_FILES):
-        missing.append("weights (" + " or ".join(WEIGHT_FILES[::2]) + ")")
-    if not any((p / f).is_file() for f in TOKENIZER_FILES):
-        missing.append("a tokenizer (" + " or ".join(TOKENIZER_FILES) + ")")
-    if missing:
-        raise UserError(f"model directory {p} is incomplete: missing {', '.join(missing)}")
-    return p
-
 
 def resolve_model_dir(m: ModelConfig) -> Path:
     """The backbone directory of a model config, building the tiny model or converting the GGUF first if configured."""

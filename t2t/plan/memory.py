@@ -169,7 +169,7 @@ def read_ds_config(path: str | Path) -> ZeroSettings:
     """Parse a ZeRO-3 DeepSpeed JSON with DeepSpeed's config model (its defaults fill what is unset)."""
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
-    from t2t.train.engine import resolve_ds_config_path
+    from t2t.train.ds_config import resolve_ds_config_path
 
     p = resolve_ds_config_path(str(path))  # as training finds it: as given, else in t2t's own ds_configs/
     try:

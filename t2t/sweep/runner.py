@@ -67,7 +67,7 @@ class Sweep:
         for point in points:
             point_overrides = [*self.overrides, *point.overrides, *sweep_overrides(self.dir, point.name)]
             try:
-                # validates the DeepSpeed JSON, objectives and start models here, before any job starts
+                # validates the recipe, its DeepSpeed JSON's file and the start models here, before any job starts
                 pipeline = Pipeline(self.recipe, point_overrides, check_runnable=check_runnable)
             except UserError as e:
                 raise type(e)(f"grid point {point.name}: {e}") from None
@@ -84,6 +84,11 @@ class Sweep:
         self.store = Store(self.dir, self.points)
         self.ray_address: str | None = None
         """The Ray cluster to run on (None: $RAY_ADDRESS, else a private local one)."""
+
+    def check_with_deepspeed(self) -> None:
+        """DeepSpeed's parse of every point's JSON, before any step job starts (`Pipeline.check_with_deepspeed`)."""
+        for point in self.points.values():
+            point.pipeline.check_with_deepspeed(point.pipeline.steps, None)
 
     # ------------------------------------------------------------------ the grid file
 
@@ -141,6 +146,7 @@ class Sweep:
             # A rerun of a finished sweep starts no Ray: its evaluation is cached, or runs as `t2t eval` would.
             print("sweep: every step is done; nothing to run", flush=True)
             return self.finish(None)
+        self.check_with_deepspeed()
         # A cluster the user named is handed to every step. A Ray started here only schedules the steps of one
         # machine: steps join it where they want Ray, but compute as `t2t pipeline` does there (LOCAL_RAY_ENV).
         named = cluster_address(self.ray_address)
@@ -286,6 +292,7 @@ def run_sweep(recipe: str, overrides: list[str], grid_flags: list[str], name: st
     if backend == "slurm":
         from t2t.sweep.slurm import submit
 
+        sweep.check_with_deepspeed()
         return submit(sweep, list(sbatch_args))
     sweep.ray_address = ray_address
     return sweep.run()

@@ -17,8 +17,11 @@ The `data-driven` target kind (`t2t.targets.kinds`) runs it in Ray workers throu
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -31,12 +34,21 @@ _NON_WORD = re.compile(r"[\W_]+")
 def stopword_list(name: str) -> frozenset[str]:
     """The named stopword list, lower-cased; `sklearn-english` comes from the installed scikit-learn."""
     if name == "sklearn-english":
-        from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-        return frozenset(w.lower() for w in ENGLISH_STOP_WORDS)
+        return frozenset(w.lower() for w in sklearn_english_stopwords())
     if name == "none":
         return frozenset()
     raise UserError(f"unknown stopword list {name!r}; use sklearn-english or none")
+
+
+def sklearn_english_stopwords() -> frozenset[str]:
+    """scikit-learn's `ENGLISH_STOP_WORDS`, read from the installed package's source as a literal: importing
+    sklearn costs 1.5-2 s of CPU, and every process that checks whether a stage's targets are up to date (each
+    `t2t pipeline`, each sweep step) needs the list's hash, not sklearn."""
+    source = Path(importlib.util.find_spec("sklearn").origin).parent / "feature_extraction" / "_stop_words.py"
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["ENGLISH_STOP_WORDS"]:
+            return frozenset(ast.literal_eval(node.value.args[0]))
+    raise AssertionError(f"{source} no longer assigns ENGLISH_STOP_WORDS a literal list (scikit-learn is pinned)")
 
 
 def stopwords_hash(words: frozenset[str]) -> str:

@@ -39,7 +39,6 @@ TAG_RE = re.compile(r"^step(\d{8})$")
 RANK_FILE_RE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_(model|optim)_states\.pt$")
 """DeepSpeed's per-rank files in a ZeRO-3 checkpoint (the optimizer's may carry a `bf16_` prefix)."""
 ZIP_MAGIC = b"PK\x03\x04"
-TRAIN_INFO = "t2t_train.json"
 
 
 # ----------------------------------------------------------------------------- tags

@@ -8,14 +8,15 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 from t2t.config import Config
 from t2t.errors import UserError
 from t2t.run_paths import checkpoints_dir, export_dir, for_stage
-from t2t.train.checkpoint import TRAIN_INFO, checkpoint_problem, first_line, resolve_checkpoint, step_of
 
 log = logging.getLogger(__name__)
+
+TRAIN_INFO = "t2t_train.json"
+"""Written last into a stage's export: the stage, its steps and the checkpoint it came from (an export without it
+is unfinished)."""
 
 
 class CheckpointUnreadable(UserError):
@@ -30,7 +31,10 @@ def export_checkpoint(cfg: Config, stage: str, checkpoint: str | Path | None = N
                       out: str | Path | None = None) -> Path:
     """Consolidate a ZeRO-3 checkpoint of stage `stage` (default: its newest) into a model directory (default: the
     stage's `model/`). The frozen weights come from the model the stage starts from (`run_paths.for_stage`)."""
+    import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from t2t.train.checkpoint import checkpoint_problem, first_line, resolve_checkpoint, step_of
 
     from t2t.identity import EmbeddingIdentity
     from t2t.model import Embedder, export, load_lm, load_tokenizer, resolve_model_dir
@@ -72,7 +76,7 @@ def export_checkpoint(cfg: Config, stage: str, checkpoint: str | Path | None = N
 
 def stage_complete(cfg: Config, stage: str) -> bool:
     """True when the stage's final export exists, loads as a model directory and covers all configured steps."""
-    from t2t.model import check_model_dir
+    from t2t.model.files import check_model_dir
 
     out = export_dir(cfg, stage)
     steps = cfg.stage(stage).steps

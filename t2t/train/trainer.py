@@ -218,7 +218,8 @@ class TrainState:
         from t2t.data.stream import TargetReader, open_stage_shards
         from t2t.identity import EmbeddingIdentity
         from t2t.model import load_tokenizer, resolve_model_dir
-        from t2t.train.engine import build_ds_config, build_engine, resident_on_one_rank
+        from t2t.train.ds_config import build_ds_config
+        from t2t.train.engine import build_engine, resident_on_one_rank
         from t2t.train.monitor import add_monitors, comms_logging, measure_peak_flops, non_embedding_params
 
         own = cfg.stage(stage)
