@@ -51,7 +51,7 @@ from t2t.commands import stage_name
 from t2t.config import load_config
 from t2t.errors import UserError
 from t2t.run_paths import checkpoints_dir
-from t2t.train.engine import build_ds_config
+from t2t.train.ds_config import build_ds_config
 from t2t.train.launch import local_ranks
 try:
     cfg = load_config(sys.argv[1], sys.argv[3:])
