@@ -1,8 +1,9 @@
 """`t2t config`: print a recipe after overrides and validation (what a job will actually use), its
 DeepSpeed JSON checked too; `t2t config --explain [SECTION]`: what every field means (type, default, docstring).
 
-The explanation walks the dataclasses from `Config` (the docstrings are read by `t2t.config.field_docs`), so a
-field added to the schema shows up here without touching this module; `stages[].targets` shows the fields every
+The explanation walks the dataclasses from `Config` (the docstrings are read by `t2t.config.field_docs`, each
+type read as the recipe loader reads it: `t2t.config.schema.field_type`), so a field added to the schema shows up
+here without touching this module; each field also says what changing it reruns (`t2t.fingerprints`); `stages[].targets` shows the fields every
 target kind has, then each kind registered in `t2t.targets.kinds.TARGET_KINDS` with its own parameters, and
 `stages[].objective` each objective registered in `t2t.objectives.OBJECTIVES` with its own settings.
 """
@@ -15,10 +16,9 @@ import inspect
 import json
 import shutil
 import textwrap
-import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -89,7 +89,7 @@ def _walk(cls: type, path: str, shown: str, out: list[Section], top: bool = Fals
     """Add the section of dataclass `cls` at `path` (written `shown`: `stages[]` for list items) and those below;
     `lead` is the entry of the field that holds them, when it belongs with them (`stages`)."""
     from t2t.config import StageConfig, field_docs
-    from t2t.config.schema import NAMED_SECTIONS
+    from t2t.config.schema import NAMED_SECTIONS, field_type
 
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
@@ -105,7 +105,7 @@ def _walk(cls: type, path: str, shown: str, out: list[Section], top: bool = Fals
         entry = Entry(fshown, _type_text(tp, cls, f.name), _default_text(f), docs.get(f.name, ""))
         if top and nested is not None and _default(f) is not None:  # model, data, ...: a section of their own
             below.append((nested, fpath, fshown, None))
-        elif typing.get_origin(tp) is list and typing.get_args(tp)[0] is StageConfig:  # stages: the list's items
+        elif field_type(tp) == ("list", StageConfig):  # stages: the list's items
             below.append((StageConfig, fpath, f"{fshown}[]", entry))
         else:  # a value, or a section that may be absent (model.tiny, train.lora): a field here, fields below
             section.entries.append(entry)
@@ -149,36 +149,36 @@ def _walk_named(base: type, named, stage_path: str, stage_shown: str, out: list[
 
 def _dataclass_of(tp: Any) -> type | None:
     """The dataclass a field holds (`X` or `X | None`), or None."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        tp = inner[0] if len(inner) == 1 else None
-    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+    from t2t.config.schema import field_type
+
+    kind, arg = field_type(tp)
+    if kind == "optional":
+        return _dataclass_of(arg)
+    return arg if kind == "section" else None
 
 
 def _type_text(tp: Any, owner: type, name: str) -> str:
     from t2t.config import ModelConfig, StageConfig
-    from t2t.config.schema import NAMED_SECTIONS
+    from t2t.config.schema import NAMED_SECTIONS, field_type
     from t2t.pooling import POOLINGS
 
     for base, named in NAMED_SECTIONS.items():
         if name == named.key and isinstance(owner, type) and issubclass(owner, base):
             return " | ".join(named.registry)  # a name of a registry: the names registered now
-        if tp is base:
-            return f"mapping typed by its {named.key} ({' | '.join(named.registry)})"
     if (owner, name) == (ModelConfig, "pooling"):
         return " | ".join(POOLINGS)
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        inner = [_type_text(a, owner, name) for a in args if a is not type(None)]
-        return " | ".join(inner) + (" | null" if type(None) in args else "")
-    if origin is Literal:
-        return " | ".join(map(str, args))
-    if origin is list:
-        return "list of stages" if args[0] is StageConfig else f"list of {_type_text(args[0], owner, name)}"
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+    kind, arg = field_type(tp)
+    if kind == "optional":
+        return _type_text(arg, owner, name) + " | null"
+    if kind == "named":
+        return f"mapping typed by its {arg.key} ({' | '.join(arg.registry)})"
+    if kind == "section":
         return "section (below)"
-    return getattr(tp, "__name__", str(tp))
+    if kind == "choice":
+        return " | ".join(map(str, arg))
+    if kind == "list":
+        return "list of stages" if arg is StageConfig else f"list of {_type_text(arg, owner, name)}"
+    return arg.__name__
 
 
 def _default(f: dataclasses.Field) -> Any:

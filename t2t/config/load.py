@@ -13,14 +13,13 @@ import dataclasses
 import difflib
 import math
 import re
-import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from t2t.config.schema import NAMED_SECTIONS, Config, StageConfig
+from t2t.config.schema import Config, StageConfig, field_type
 from t2t.errors import ConfigError
 from t2t.objectives import OBJECTIVES
 from t2t.pooling import POOLINGS
@@ -166,27 +165,23 @@ def from_dict(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
-    if tp in NAMED_SECTIONS:  # the kind (targets) or name (objective) in it decides the fields
-        return NAMED_SECTIONS[tp].build(value, from_dict, key)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value if value is not None else {}, prefix=f"{key}.")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}; got {value!r}")
+    kind, arg = field_type(tp)
+    if kind == "optional":
+        return None if value is None else _coerce(arg, value, key)
+    if kind == "named":  # the kind (targets) or name (objective) in it decides the fields
+        return arg.build(value, from_dict, key)
+    if kind == "section":
+        return from_dict(arg, value if value is not None else {}, prefix=f"{key}.")
+    if kind == "choice":
+        if value not in arg:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, arg))}; got {value!r}")
         return value
-    if origin is list:
+    if kind == "list":
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {type(value).__name__} {value!r}")
-        if args[0] is StageConfig:  # named by the stage, as overrides address them
+        if arg is StageConfig:  # named by the stage, as overrides address them
             return [_coerce(StageConfig, v, f"{key}.{_stage_label(v, i)}") for i, v in enumerate(value)]
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(arg, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
@@ -202,11 +197,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    raise AssertionError(f"unhandled config type {tp} for {key}")
+    if not isinstance(value, str):  # str: the last scalar type
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
 
 
 def validate(cfg: Config) -> None:

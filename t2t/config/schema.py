@@ -8,6 +8,9 @@ starts from (`base`, or an earlier stage's export). Text2Token is the default tw
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -142,6 +145,30 @@ class NamedSection:
 NAMED_SECTIONS = {TargetsSpec: NamedSection("targets", "kind", TARGET_KINDS, spec_from),
                   ObjectiveSpec: NamedSection("objective", "name", OBJECTIVES, objective_from)}
 """The spec base class of each named section → how it is named and built."""
+
+FieldKind = Literal["optional", "named", "section", "choice", "list", "scalar"]
+
+
+def field_type(tp: Any) -> tuple[FieldKind, Any]:
+    """What a recipe field of type `tp` holds, the one reading of the schema's types that the recipe loader
+    (`t2t.config.load`) and `t2t config --explain` share: ("optional", X) for `X | None`; ("named", its
+    `NamedSection`) for a section typed by a name in it; ("section", the dataclass); ("choice", the values) for a
+    `Literal`; ("list", the item type); ("scalar", the type) for str, int, float and bool."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        assert len(inner) == 1 and len(args) == 2, f"only `X | None` unions are recipe types, got {tp}"
+        return "optional", inner[0]
+    if tp in NAMED_SECTIONS:
+        return "named", NAMED_SECTIONS[tp]
+    if dataclasses.is_dataclass(tp):
+        return "section", tp
+    if origin is Literal:
+        return "choice", args
+    if origin is list:
+        return "list", args[0]
+    assert tp in (str, int, float, bool), f"unhandled recipe type {tp}"
+    return "scalar", tp
 
 
 @dataclass

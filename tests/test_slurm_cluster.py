@@ -1,0 +1,104 @@
+"""t2t's Slurm launcher on a real two-node Slurm cluster (tests/cluster: slurmctld, two slurmd in two network
+namespaces, munge), not on stand-ins: what a job really gets from Slurm.
+
+The cluster is started once for this file; a machine without Slurm or root fails here with what is missing (the
+CI installs Slurm itself: .ci/run)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.cluster import NODES, Cluster
+from train_support import REPO, rank_env
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("slurm")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def job_fields(cluster: Cluster, job: str) -> dict[str, str]:
+    """`scontrol show job`'s fields of `job` (Slurm keeps a finished job for MinJobAge seconds)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], env=cluster.env, capture_output=True, text=True,
+                         check=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def wait_for(cluster: Cluster, job: str, states: set[str], timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        fields = job_fields(cluster, job)
+        if fields["JobState"] in states:
+            return fields
+        assert time.monotonic() < deadline, f"job {job} still {fields['JobState']} after {timeout:.0f} s: {fields}"
+        time.sleep(0.5)
+
+
+def test_each_node_has_its_own_address_and_reaches_the_other_by_name(slurm):
+    """What DeepSpeed's rendezvous across hosts needs: a task per node, each on its own address, and the other
+    node's name resolving to that node's address."""
+    probe = "echo $SLURMD_NODENAME $(ip -4 -o addr show eth0 | grep -o '10[.0-9]*/' | tr -d /) " \
+            "$(getent hosts node1 | cut -d' ' -f1) $(getent hosts node2 | cut -d' ' -f1)"
+    done = subprocess.run(["srun", "--nodes=2", "--ntasks-per-node=1", "bash", "-c", probe], env=slurm.env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = sorted(line.split() for line in done.stdout.splitlines())
+    assert seen == [[node, addr, NODES["node1"], NODES["node2"]] for node, addr in NODES.items()]
+
+
+def test_a_job_whose_recipe_fails_validation_says_why_first_and_exits_2(slurm, tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("model: {path: m}\nstages: [{name: stage1, steps: 3, lr: -1.0}]\n")
+    out = tmp_path / "job.out"
+    submitted = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1",
+                                f"--output={out}", f"--chdir={REPO}", str(REPO / "launchers" / "train.slurm"),
+                                str(recipe), "stage1"], env=rank_env(**slurm.env_overrides), capture_output=True,
+                               text=True, check=True)
+    job = submitted.stdout.strip().split(";")[0]
+    fields = wait_for(slurm, job, {"FAILED", "COMPLETED"}, timeout=120)
+    assert fields["JobState"] == "FAILED" and fields["ExitCode"] == "2:0", fields
+    first = out.read_text().splitlines()[0]
+    assert first.startswith("train.slurm: error: ") and "stages.stage1" in first and "lr" in first, out.read_text()
+
+
+@pytest.mark.slow
+def test_slurms_pre_timeout_signal_stops_the_stage_and_the_requeued_job_resumes_it(slurm, tiny_model_dir, tmp_path):
+    """launchers/train.slurm as Slurm runs it: 2 nodes x 1 rank of a LoRA ZeRO-3 stage, DeepSpeed's rendezvous
+    across the two addresses. The time limit (2 min) brings Slurm's own SIGUSR1 (`--signal=USR1@60`) mid-stage:
+    the ranks checkpoint and exit 0, the job requeues itself, and each requeued run resumes from the newest
+    checkpoint until the stage is done. Every step is trained exactly once."""
+    from safetensors.torch import load_file
+
+    from train_support import metrics, write_recipe, write_stage_shards
+
+    write_stage_shards(tiny_model_dir, tmp_path / "shards" / "stage1", n_shards=2, per_shard=16)
+    steps = STEPS
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "shards", tmp_path / "run",
+                          lora={"r": 4, "alpha": 8}, save_every=10, stage1=dict(steps=steps, lr=1.0e-2))
+    out = tmp_path / "job.out"
+    submitted = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1",
+                                "--time=2", "--signal=USR1@60", f"--output={out}", f"--chdir={REPO}",
+                                str(REPO / "launchers" / "train.slurm"), str(recipe), "stage1"],
+                               env=rank_env(GPUS_PER_NODE="1", **slurm.env_overrides), capture_output=True,
+                               text=True, check=True)
+    job = submitted.stdout.strip().split(";")[0]
+    fields = wait_for(slurm, job, {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL"}, timeout=600)
+    log = out.read_text()
+    assert fields["JobState"] == "COMPLETED", log[-4000:]
+    restarts = int(fields["Restarts"])
+    assert restarts >= 1, log[-4000:]  # the signal came before the stage's end at least once
+    assert log.count("stopped before the end (time limit); requeueing") == restarts, log[-4000:]
+    assert log.count("resumed from") >= restarts and f"t2t train stage1: finished; model in" in log, log[-4000:]
+    assert "master node1:" in log  # the first node of the allocation, by name, on its own address
+    assert [m["step"] for m in metrics(tmp_path / "run")] == list(range(1, steps + 1))  # none lost or repeated
+    merged = load_file(tmp_path / "run" / "stage1" / "model" / "model.safetensors")
+    assert not any("lora" in k for k in merged)  # the adapters were merged at export
