@@ -73,17 +73,19 @@ def test_a_job_whose_recipe_fails_validation_says_why_first_and_exits_2(slurm, t
 @pytest.mark.slow
 def test_slurms_pre_timeout_signal_stops_the_stage_and_the_requeued_job_resumes_it(slurm, tiny_model_dir, tmp_path):
     """launchers/train.slurm as Slurm runs it: 2 nodes x 1 rank of a LoRA ZeRO-3 stage, DeepSpeed's rendezvous
-    across the two addresses. The time limit (2 min) brings Slurm's own SIGUSR1 (`--signal=USR1@60`) mid-stage:
-    the ranks checkpoint and exit 0, the job requeues itself, and each requeued run resumes from the newest
-    checkpoint until the stage is done. Every step is trained exactly once."""
+    across the two addresses (the hostfile by node name). The time limit (2 min) brings Slurm's own SIGUSR1
+    (`--signal=USR1@60`; Slurm looks every 30 s and sends it up to that much early, so 30-60 s into the run, once
+    the ranks train) mid-stage; the ranks checkpoint and exit 0, and the job requeues itself. While it waits, the stage is cut to 4 steps past that checkpoint (`steps` never
+    stops a checkpoint from resuming) and its time limit raised, so the requeued run resumes and finishes whatever
+    this machine's speed. Every step is trained exactly once, and the export merges the adapters."""
+    import yaml
     from safetensors.torch import load_file
 
     from train_support import metrics, write_recipe, write_stage_shards
 
     write_stage_shards(tiny_model_dir, tmp_path / "shards" / "stage1", n_shards=2, per_shard=16)
-    steps = STEPS
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "shards", tmp_path / "run",
-                          lora={"r": 4, "alpha": 8}, save_every=10, stage1=dict(steps=steps, lr=1.0e-2))
+                          lora={"r": 4, "alpha": 8}, save_every=1000, stage1=dict(steps=100_000, lr=1.0e-2))
     out = tmp_path / "job.out"
     submitted = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1",
                                 "--time=2", "--signal=USR1@60", f"--output={out}", f"--chdir={REPO}",
@@ -91,14 +93,42 @@ def test_slurms_pre_timeout_signal_stops_the_stage_and_the_requeued_job_resumes_
                                env=rank_env(GPUS_PER_NODE="1", **slurm.env_overrides), capture_output=True,
                                text=True, check=True)
     job = submitted.stdout.strip().split(";")[0]
-    fields = wait_for(slurm, job, {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL"}, timeout=600)
+
+    # 1. The signal stops the first run at a checkpoint; the job is requeued (waiting for its begin time).
+    deadline = time.monotonic() + 300
+    while (fields := job_fields(slurm, job))["Restarts"] == "0":
+        assert fields["JobState"] in ("PENDING", "RUNNING"), out.read_text()[-4000:]
+        assert time.monotonic() < deadline, out.read_text()[-4000:]
+        time.sleep(0.5)
+    stopped_at = len(metrics(tmp_path / "run"))
+    stage = tmp_path / "run" / "stage1"
+    assert stopped_at >= 1 and (stage / "checkpoints" / f"step{stopped_at:08d}").is_dir(), out.read_text()[-4000:]
+    assert "stopped before the end (time limit); requeueing" in out.read_text()
+    settings = yaml.safe_load(recipe.read_text())
+    settings["stages"][0]["steps"] = steps = stopped_at + 4
+    recipe.write_text(yaml.safe_dump(settings, sort_keys=False))
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], env=slurm.env, check=True)
+
+    # 2. The requeued run resumes from that checkpoint and finishes the stage.
+    fields = wait_for(slurm, job, {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL"}, timeout=300)
     log = out.read_text()
-    assert fields["JobState"] == "COMPLETED", log[-4000:]
-    restarts = int(fields["Restarts"])
-    assert restarts >= 1, log[-4000:]  # the signal came before the stage's end at least once
-    assert log.count("stopped before the end (time limit); requeueing") == restarts, log[-4000:]
-    assert log.count("resumed from") >= restarts and f"t2t train stage1: finished; model in" in log, log[-4000:]
-    assert "master node1:" in log  # the first node of the allocation, by name, on its own address
+    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", log[-4000:]
+    assert f"resumed from {stage / 'checkpoints' / f'step{stopped_at:08d}'}" in log, log[-4000:]
+    assert "t2t train stage1: finished; model in" in log, log[-4000:]
+    hostfile = tmp_path / "run" / "slurm" / job / "hostfile"
+    assert hostfile.read_text().splitlines() == ["node1 slots=1", "node2 slots=1"]
+    assert "master node1:" in log and "--node_rank=0" in log and "--node_rank=1" in log
     assert [m["step"] for m in metrics(tmp_path / "run")] == list(range(1, steps + 1))  # none lost or repeated
-    merged = load_file(tmp_path / "run" / "stage1" / "model" / "model.safetensors")
-    assert not any("lora" in k for k in merged)  # the adapters were merged at export
+    for ckpt in sorted((stage / "checkpoints").glob("step*")):
+        assert len(list(ckpt.glob("*optim_states.pt"))) == 2  # one ZeRO-3 partition per rank
+    merged = load_file(stage / "model" / "model.safetensors")
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert not any("lora" in k for k in merged) and merged.keys() == base.keys()
+    changed = [k for k in base if not (merged[k] == base[k]).all()]
+    assert changed and all(k.endswith("proj.weight") for k in changed)  # only the adapted layers moved
+
+
+def test_train_slurm_asks_for_the_pre_timeout_signal_and_requeue():
+    script = (REPO / "launchers" / "train.slurm").read_text()
+    assert "#SBATCH --signal=USR1@" in script and "#SBATCH --requeue" in script
+    assert "trap \"\" USR1" in script and "scontrol requeue" in script and "--kill-on-bad-exit=1" in script

@@ -1,7 +1,7 @@
 """A real two-node Slurm cluster on one machine, for the tests and by hand (tests/cluster/README.md).
 
 Two "hosts" are two network namespaces, `t2t-node1` (10.77.0.11) and `t2t-node2` (10.77.0.12), joined by veth
-pairs to a bridge in the root namespace (10.77.0.1). munge (a fresh key), slurmctld (root namespace, on the
+pairs to a bridge in the root namespace (10.77.0.1), each with its own host name (a UTS namespace). munge (a fresh key), slurmctld (root namespace, on the
 bridge's address) and one slurmd per namespace run from Debian's `slurm-wlm`; each node resolves both node names
 through `/etc/netns/<namespace>/hosts`, which `ip netns exec` puts in place of /etc/hosts for what it starts, so a
 job step on node1 reaches node2 by name, as on a real cluster. The jobs share this machine's file system.
@@ -72,8 +72,9 @@ class Cluster:
             self._munge()
             self._slurm_conf()
             self._daemon(["slurmctld", "-D", "-f", str(self.conf)], self.root / "log" / "slurmctld.out")
-            for node in NODES:
-                self._daemon(["ip", "netns", "exec", namespace(node), "slurmd", "-D", "-N", node, "-f", str(self.conf)],
+            for node in NODES:  # each node its own network and its own host name, as hosts have
+                self._daemon(["ip", "netns", "exec", namespace(node), "unshare", "--uts", "sh", "-c",
+                              f'hostname {node} && exec slurmd -D -N {node} -f "$0"', str(self.conf)],
                              self.root / "log" / f"slurmd-{node}.out")
             self._wait_idle(timeout)
         except BaseException:
