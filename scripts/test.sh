@@ -8,6 +8,7 @@ source "$(dirname "$0")/env.sh"
 # Slurm and munge, installed here as root where they are missing; without them (or root) those tests fail, naming
 # what is missing.
 if [[ $(id -u) == 0 ]] && command -v apt-get > /dev/null && ! command -v slurmctld > /dev/null; then
-    apt-get update -q > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge iproute2 > /dev/null
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge iproute2; } > /dev/null \
+        || echo "scripts/test.sh: apt-get could not install slurm-wlm and munge; the Slurm cluster tests will fail" >&2
 fi
 exec python -m pytest -q -n "${T2T_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder --durations=15 "$@"

@@ -62,10 +62,11 @@ def smollm2_dir(tmp_path_factory) -> Path:
 # The slowest test files first, by the CPU seconds each took in a serial run (2026-12-07: the 2-core CI machine is
 # CPU-bound with two workers, so the longest files start at once and the short ones fill the gaps, instead of one
 # long file starting last while the other worker idles). The real Slurm cluster's test goes first: most of its
-# 3 minutes are Slurm's waits (the pre-timeout signal, the requeue), which the other worker fills. pytest-xdist deals files to its workers in collection order
-# with `--no-loadscope-reorder`, which scripts/test.sh passes (by default it deals the files with the most tests first).
-SLOW_FILES = ("test_slurm_cluster.py", "test_sweep.py", "test_signals.py", "test_pipeline.py", "test_targets_ray.py", "test_train_faults.py",
-              "test_train_run.py", "test_real_backbone.py", "test_targets_integrity.py", "test_eval_faithfulness.py",
+# 2-3 minutes are Slurm's waits (the pre-timeout signal, the requeue), which the other worker fills. pytest-xdist
+# deals files to its workers in collection order with `--no-loadscope-reorder`, which scripts/test.sh passes (by
+# default it deals the files with the most tests first).
+SLOW_FILES = ("test_slurm_cluster.py", "test_sweep.py", "test_signals.py", "test_pipeline.py", "test_targets_ray.py",
+              "test_train_faults.py", "test_train_run.py", "test_real_backbone.py", "test_targets_integrity.py", "test_eval_faithfulness.py",
               "test_stages.py", "test_eval_run.py", "test_llm2vec.py", "test_train_local.py",
               "test_gguf.py", "test_plan.py", "test_eval_series.py", "test_rank_failures.py", "test_targets_cluster.py",
               "test_train_sharding.py")

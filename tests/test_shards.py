@@ -151,8 +151,9 @@ def test_a_bug_inside_the_up_to_date_probe_surfaces_and_bad_input_means_not_up_t
 def test_an_up_to_date_check_reads_a_corpus_or_backbone_again_only_when_it_changed(tmp_path, tiny_model_dir,
                                                                                   monkeypatch):
     """`is_complete` runs at every pipeline and sweep check; the corpus and the backbone's weights (15 GB for a 7B)
-    are hashed once per change: a file's path, size and modification time stand for its contents until one
-    changes, and `refresh` (`--verify`) hashes in full. The hash itself is the one a full read gives."""
+    are hashed, and the tokenizer loaded for its fingerprint, once per change: a file's path, size and modification
+    time stand for its contents until one changes, and `refresh` (`--verify`) reads in full. The hash itself is the
+    one a full read gives."""
     import os
 
     from t2t.config import Config, ModelConfig, StageConfig
@@ -165,15 +166,21 @@ def test_an_up_to_date_check_reads_a_corpus_or_backbone_again_only_when_it_chang
     out.mkdir()
     cfg = Config(model=ModelConfig(path=str(tiny_model_dir), pooling="last", max_length=64),
                  stages=[StageConfig(name="derived", start="base", targets=ModelDerivedTargets())])
-    read = []
-    real = I.hash_files
+    from t2t.data import tokens
+
+    read, loaded = [], []
+    real, real_load = I.hash_files, tokens.load_tokenizer
     monkeypatch.setattr(I, "hash_files", lambda files: read.append([label for label, _ in files]) or real(files))
+    monkeypatch.setattr(tokens, "load_tokenizer", lambda *a: loaded.append(a) or real_load(*a))
 
     first = TargetJob.resolve(cfg, "derived", str(corpus), str(out), inputs="cached").params
     assert read == [["c.txt"], read[1]] and "model.safetensors" in read[1]  # corpus, then backbone with weights
+    assert len(loaded) == 1  # the tokenizer's fingerprint, recorded like the hashes
     read.clear()
     assert TargetJob.resolve(cfg, "derived", str(corpus), str(out), inputs="cached").params == first and read == []
+    assert len(loaded) == 1
     assert TargetJob.resolve(cfg, "derived", str(corpus), str(out), inputs="refresh").params == first and len(read) == 2
+    assert len(loaded) == 2
     read.clear()
     os.utime(corpus, ns=(corpus.stat().st_atime_ns, corpus.stat().st_mtime_ns + 10**9))  # touched: read again
     assert TargetJob.resolve(cfg, "derived", str(corpus), str(out), inputs="cached").params == first

@@ -3,9 +3,10 @@ DeepSpeed JSON checked too; `t2t config --explain [SECTION]`: what every field m
 
 The explanation walks the dataclasses from `Config` (the docstrings are read by `t2t.config.field_docs`, each
 type read as the recipe loader reads it: `t2t.config.schema.field_type`), so a field added to the schema shows up
-here without touching this module; each field also says what changing it reruns (`t2t.fingerprints`); `stages[].targets` shows the fields every
-target kind has, then each kind registered in `t2t.targets.kinds.TARGET_KINDS` with its own parameters, and
-`stages[].objective` each objective registered in `t2t.objectives.OBJECTIVES` with its own settings.
+here without touching this module; each field also says what changing it reruns (`t2t.fingerprints`).
+`stages[].targets` shows the fields every target kind has, then each kind registered in
+`t2t.targets.kinds.TARGET_KINDS` with its own parameters, and `stages[].objective` each objective registered in
+`t2t.objectives.OBJECTIVES` with its own settings.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """A real two-node Slurm cluster on one machine, for the tests and by hand (tests/cluster/README.md).
 
 Two "hosts" are two network namespaces, `t2t-node1` (10.77.0.11) and `t2t-node2` (10.77.0.12), joined by veth
-pairs to a bridge in the root namespace (10.77.0.1), each with its own host name (a UTS namespace). munge (a fresh key), slurmctld (root namespace, on the
-bridge's address) and one slurmd per namespace run from Debian's `slurm-wlm`; each node resolves both node names
-through `/etc/netns/<namespace>/hosts`, which `ip netns exec` puts in place of /etc/hosts for what it starts, so a
-job step on node1 reaches node2 by name, as on a real cluster. The jobs share this machine's file system.
+pairs to a bridge in the root namespace (10.77.0.1), each with its own host name (a UTS namespace). munge (a fresh
+key), slurmctld (root namespace, on the bridge's address) and one slurmd per namespace run from Debian's
+`slurm-wlm`; each node resolves both node names through `/etc/netns/<namespace>/hosts`, which `ip netns exec` puts
+in place of /etc/hosts for what it starts, so a job step on node1 reaches node2 by name, as on a real cluster. The
+jobs share this machine's file system.
 
 Nothing is sent to any address but those of the namespaces made here. `stop` removes every daemon, namespace,
 link and file it made, also after a failed start.
