@@ -106,6 +106,25 @@ def test_stop_signals_are_recorded_not_fatal():
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_a_pre_timeout_signal_before_the_loop_is_kept_for_it(monkeypatch):
+    """Slurm's SIGUSR1 can reach a launched rank while it still loads (tests/test_slurm_cluster.py met it): it is
+    recorded, and the loop takes it as received, so the rank trains one step, checkpoints and exits."""
+    from t2t.train import signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    monkeypatch.setattr(signals, "_early", None)
+    monkeypatch.setattr(signals, "_loop_started", False)
+    try:
+        signals.install_rank_handlers()
+        os.kill(os.getpid(), signal.SIGUSR1)  # not fatal, not ignored
+        stop = StopSignals()
+        assert stop.received == signal.SIGUSR1
+        stop.restore()
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def test_metrics_log_drops_lines_after_the_resumed_step(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 7)))

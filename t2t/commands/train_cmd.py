@@ -39,22 +39,22 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    rank = int(os.environ.get("RANK", "0"))
+    if "RANK" in os.environ:  # started by a launcher: stop when it exits, report a lost peer before a late SIGTERM,
+        from t2t.train.signals import install_rank_handlers, stop_when_launcher_exits
+
+        install_rank_handlers()  # and keep a pre-timeout signal that comes while torch and the model still load
+        stop_when_launcher_exits(rank)
     from t2t.train import TrainingDiverged, train
     from t2t.train.rank import PeerLost, leave
 
     cfg = load_recipe(args)
     stage = stage_name(cfg, args.stage)
-    rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # one voice: the other ranks report warnings and errors only
         logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     # torch.distributed and transformers deprecation notices, repeated per collective, drown the real output
     warnings.filterwarnings("ignore", message=".*is deprecated.*", category=FutureWarning)
-    if "RANK" in os.environ:  # started by a launcher: stop when it exits, report a lost peer before a late SIGTERM
-        from t2t.train.signals import install_rank_handlers, stop_when_launcher_exits
-
-        install_rank_handlers()
-        stop_when_launcher_exits(rank)
     try:
         out = train(cfg, stage, args.resume)
     except TrainingDiverged as e:

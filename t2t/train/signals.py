@@ -27,6 +27,9 @@ LAUNCHER_PIDS = "T2T_LAUNCHER_PIDS"
 """Comma-separated pids of processes above the ranks whose exit must stop them (set by the t2t launchers)."""
 
 _loop_started = False
+_early: int | None = None
+"""Slurm's pre-timeout SIGUSR1 when it reached a launched rank before its training loop (`install_rank_handlers`):
+the loop takes it as received, so the rank finishes one step, checkpoints and exits."""
 
 
 class StopSignals:
@@ -38,7 +41,7 @@ class StopSignals:
     def __init__(self):
         global _loop_started
         _loop_started = True
-        self.received: int | None = None
+        self.received: int | None = _early
         self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
 
     def _handle(self, signum, frame) -> None:
@@ -52,12 +55,24 @@ class StopSignals:
 
 
 def install_rank_handlers() -> None:
-    """SIGTERM for a launched rank outside the training loop (`StopSignals` handles it inside).
+    """SIGTERM and SIGUSR1 for a launched rank outside the training loop (`StopSignals` handles them inside);
+    `t2t train` installs them first thing, before it imports torch.
 
-    Before the loop there is nothing to save: the rank dies of it as by default. After the loop it is
+    SIGTERM: before the loop there is nothing to save, and the rank dies of it as by default. After the loop it is
     ignored: the rank is about to report how the loop ended and exit, and a launcher that saw another rank
-    fail sends its SIGTERM exactly then (the report, e.g. that a peer was lost, must not die with it)."""
+    fail sends its SIGTERM exactly then (the report, e.g. that a peer was lost, must not die with it).
+
+    SIGUSR1: Slurm sends its pre-timeout signal once, up to 30 s early, and it can reach a rank that is still loading
+    (a requeued job that starts near its limit, a model that takes minutes to load). A real two-node Slurm showed
+    it: the ranks inherit the launchers' `trap '' USR1` and ignored it, and the job was killed at its limit instead
+    of checkpointing. Now it is recorded, and the loop stops after its first step."""
     signal.signal(signal.SIGTERM, _outside_loop)
+    signal.signal(signal.SIGUSR1, _record_early)
+
+
+def _record_early(signum, frame) -> None:
+    global _early
+    _early = signum
 
 
 def _outside_loop(signum, frame) -> None:
@@ -180,7 +195,7 @@ class PassOnStop:
 
     def __init__(self, proc):
         self.proc = proc
-        self.received: int | None = None
+        self.received: int | None = _early
         self._previous: dict = {}
 
     def __enter__(self) -> "PassOnStop":
