@@ -86,8 +86,7 @@ def backbone_revision(model_dir: Path, with_weights: bool, out: Path | None = No
     """(hash of the backbone's files, what it covers). Targets from the tokenizer depend only on config and
     tokenizer; targets the model derives on the weights too (for a 7B model that is ~15 GB read, so a check
     takes it from `out`'s record while the files are unchanged: `input_hash`)."""
-    names = ["config.json", *TOKENIZER_FILES]
-    files = [(n, model_dir / n) for n in names if (model_dir / n).is_file()]
+    files = config_and_tokenizer_files(model_dir)
     if with_weights:
         files += [(f.name, f) for f in sorted(model_dir.iterdir()) if f.name.endswith(WEIGHT_SUFFIXES)]
     covers = "config, tokenizer" + (", weights" if with_weights else "")
@@ -107,6 +106,11 @@ def tokenizer_record(model_dir: Path, padding_side: str, out: Path | None = None
         return dict(fingerprint=tokenizer_fingerprint(tokenizer), vocab_size=len(tokenizer),
                     name=str(getattr(tokenizer, "name_or_path", model_dir)))
 
+    return recorded("tokenizer", config_and_tokenizer_files(model_dir), out, inputs, load,
+                    code=f"transformers {version('transformers')}")
+
+
+def config_and_tokenizer_files(model_dir: Path) -> list[tuple[str, Path]]:
+    """(name, path) of the backbone's config.json and tokenizer files that are there."""
     names = ["config.json", *TOKENIZER_FILES]
-    files = [(n, model_dir / n) for n in names if (model_dir / n).is_file()]
-    return recorded("tokenizer", files, out, inputs, load, code=f"transformers {version('transformers')}")
+    return [(n, model_dir / n) for n in names if (model_dir / n).is_file()]

@@ -130,11 +130,15 @@ class LocalTaskMixin:
     def read(self):
         """The task's `dataset` in the layout its mteb abstract task expects."""
 
+    def read_pairs(self, column: str, key: str, cast) -> DatasetDict:
+        """The test split of a sentence-pair TSV (`sentence1`, `sentence2`, `column`), sampled, with `column`'s
+        values cast by `cast` under `key`: an STS score or a pair-classification label."""
+        rows = read_tsv(self.nth(0), ("sentence1", "sentence2", column))
+        rows = [rows[i] for i in sample_indices(len(rows), self.max_samples)]
+        return DatasetDict({"test": Dataset.from_dict({
+            "sentence1": [r[0] for r in rows], "sentence2": [r[1] for r in rows], key: [cast(r[2]) for r in rows]})})
+
 
 class LocalSTS(LocalTaskMixin, AbsTaskSTS):
     def read(self) -> DatasetDict:
-        rows = read_tsv(self.nth(0), ("sentence1", "sentence2", "score"))
-        rows = [rows[i] for i in sample_indices(len(rows), self.max_samples)]
-        return DatasetDict({"test": Dataset.from_dict({
-            "sentence1": [r[0] for r in rows], "sentence2": [r[1] for r in rows],
-            "score": [float(r[2]) for r in rows]})})
+        return self.read_pairs("score", "score", float)

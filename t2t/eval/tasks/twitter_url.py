@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 from mteb.abstasks import AbsTaskPairClassification
 from mteb.tasks.pair_classification.eng.twitter_url_corpus_pc import TwitterURLCorpus
 
-from t2t.eval.tasks.base import LocalTaskMixin, local_metadata, read_tsv, sample_indices
+from t2t.eval.tasks.base import LocalTaskMixin, local_metadata
 
 
 class LocalTwitterURLCorpus(LocalTaskMixin, AbsTaskPairClassification):
@@ -19,8 +19,4 @@ class LocalTwitterURLCorpus(LocalTaskMixin, AbsTaskPairClassification):
         "are not directly comparable."))
 
     def read(self) -> DatasetDict:
-        rows = read_tsv(self.nth(0), ("sentence1", "sentence2", "label"))
-        rows = [rows[i] for i in sample_indices(len(rows), self.max_samples)]
-        return DatasetDict({"test": Dataset.from_dict({
-            "sentence1": [r[0] for r in rows], "sentence2": [r[1] for r in rows],
-            "labels": [int(r[2]) for r in rows]})})
+        return self.read_pairs("label", "labels", int)
