@@ -131,3 +131,84 @@ def test_train_slurm_asks_for_the_pre_timeout_signal_and_requeue():
     script = (REPO / "launchers" / "train.slurm").read_text()
     assert "#SBATCH --signal=USR1@" in script and "#SBATCH --requeue" in script
     assert "trap \"\" USR1" in script and "scontrol requeue" in script and "--kill-on-bad-exit=1" in script
+
+
+def one_stage_recipe(tmp_path, model_dir):
+    """recipes/tiny.yaml cut to one 3-step stage of the session's tiny model on one rank, its targets and evaluation
+    (STSBenchmark) in the jobs' own processes."""
+    import yaml
+
+    recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
+    recipe.update(name="sw", run_dir="runs/sw")
+    recipe["model"] = dict(path=str(model_dir), pooling="mean", max_length=32)
+    recipe["data"].update(max_texts=200, shards_dir="shards/sw", loader_workers=0)
+    recipe["targets"].update(shard_size=100, workers=0)
+    recipe["train"].update(micro_batch_size=8, save_every=50, nproc=1, train_embeddings=False)
+    recipe["eval"].update(tasks=["STSBenchmark"], workers=0, out_dir="runs/sw/eval")
+    recipe["stages"] = recipe["stages"][:1]
+    recipe["stages"][0].update(steps=3, schedule="constant", warmup_steps=0)
+    path = tmp_path / "sw.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_a_slurm_sweep_runs_dependent_jobs_cancels_a_failed_steps_dependants_and_reruns_only_them(
+        slurm, tiny_model_dir, tmp_path, monkeypatch):
+    """`t2t sweep --backend slurm` on real Slurm: a 2×1 grid over the corpus, one job per step, chained by
+    `--dependency=afterok` and released by Slurm itself. The point whose corpus is empty fails at its targets, and
+    Slurm cancels exactly its training (`--kill-on-invalid-dep`); the table's job, after all of them, evaluates the
+    other point and names the failure. A rerun, the corpus filled, submits only the failed point's two steps."""
+    import gzip
+    import json
+    import sys
+
+    from conftest import CORPUS
+    from t2t.sweep.runner import Sweep
+
+    with gzip.open(CORPUS, "rt") as f:
+        (tmp_path / "a.txt").write_text("".join(next(f) for _ in range(200)))
+    (tmp_path / "b.txt").write_text("")
+    recipe = one_stage_recipe(tmp_path, tiny_model_dir)
+    env = rank_env(GPUS_PER_NODE="1", **slurm.env_overrides)
+    root = tmp_path / "runs" / "sw-sweep"
+
+    def submit() -> dict:
+        done = subprocess.run([sys.executable, "-m", "t2t.cli", "sweep", "--config", str(recipe), "--grid",
+                               "data.corpus=a.txt,b.txt", "--backend", "slurm", "--sbatch=--nodes=1",
+                               "--sbatch=--gpus-per-node=0", "--sbatch=--cpus-per-task=1"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads((root / "slurm.json").read_text())
+
+    # 1. Four step jobs and the table's; b's targets fail, and Slurm cancels b's training, which waited on them.
+    first = submit()
+    jobs = first["jobs"]
+    monkeypatch.chdir(tmp_path)
+    key = {(node.step, node.points[0]): node.key for node in Sweep.load(root).nodes.values()}
+    assert sorted(jobs) == sorted(key.values())
+    finish = wait_for(slurm, first["finish"], {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400)
+    state = {(step, point): job_fields(slurm, jobs[k]) for (step, point), k in key.items()}
+    a_targets, a_train = state["stage1:targets", "corpus=a.txt"], state["stage1:train", "corpus=a.txt"]
+    b_targets, b_train = state["stage1:targets", "corpus=b.txt"], state["stage1:train", "corpus=b.txt"]
+    assert a_targets["JobState"] == a_train["JobState"] == "COMPLETED", state
+    assert a_train["StartTime"] >= a_targets["EndTime"], state  # Slurm released it when its targets were done
+    assert b_targets["JobState"] == "FAILED", state
+    assert b_train["JobState"] == "CANCELLED" and b_train["Reason"] == "DependencyNeverSatisfied", state
+    assert finish["JobState"] == "FAILED" and finish["ExitCode"] == "1:0", finish  # one point failed
+    result = json.loads((root / "sweep.json").read_text())
+    assert result["rows"]["corpus=a.txt"]["status"] == "done"
+    assert result["rows"]["corpus=a.txt"]["scores"]["STSBenchmark"] is not None
+    failed = result["rows"]["corpus=b.txt"]
+    assert failed["status"] == "failed" and failed["failed_step"] == "stage1:targets", failed
+    assert "holds no texts" in failed["error"]
+
+    # 2. With b's corpus filled, a rerun submits b's two steps and the table's job, nothing of a.
+    (tmp_path / "b.txt").write_text((tmp_path / "a.txt").read_text())
+    second = submit()
+    assert sorted(second["jobs"]) == sorted([key["stage1:targets", "corpus=b.txt"], key["stage1:train", "corpus=b.txt"]])
+    finish = wait_for(slurm, second["finish"], {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400)
+    assert finish["JobState"] == "COMPLETED", (root / "logs" / "finish.log").read_text()[-3000:]
+    result = json.loads((root / "sweep.json").read_text())
+    assert result["progress"] == {"points": 2, "done": 2, "failed": 0}
+    assert "corpus=b.txt" in (root / "sweep.md").read_text()
