@@ -16,8 +16,7 @@
 # <out>/results. A head started without token authentication also needs RAY_AUTH_MODE=disabled here.
 # Several local Ray clusters on one machine confuse the job supervisor (it finds its cluster through
 # $RAY_TMPDIR/ray/ray_current_cluster, default /tmp): start each with its own RAY_TMPDIR.
-# Checked end to end against a local head (ray.init with a dashboard, RAY_TMPDIR of its own):
-# `--tasks BIOSSES STSBenchmark --workers 2 --max-samples 32` on a tiny export, job succeeded.
+# tests/test_cluster.py submits it to a real two-node Ray cluster (tests/cluster/README.md).
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then

@@ -4,7 +4,7 @@
 # file's tests stay together, so its module fixtures are built once), dealt in the order tests/conftest.py gives
 # them (slowest files first; xdist would otherwise reorder them by test count); `-n 0` runs everything here.
 source "$(dirname "$0")/env.sh"
-# tests/test_slurm_cluster.py runs a real two-node Slurm cluster on this machine (tests/cluster/README.md): Debian's
+# tests/test_cluster.py runs a real two-node Slurm and Ray cluster on this machine (tests/cluster/README.md): Debian's
 # Slurm and munge, installed here as root where they are missing; without them (or root) those tests fail, naming
 # what is missing.
 if [[ $(id -u) == 0 ]] && command -v apt-get > /dev/null && ! command -v slurmctld > /dev/null; then

@@ -65,10 +65,10 @@ def smollm2_dir(tmp_path_factory) -> Path:
 # 2-3 minutes are Slurm's waits (the pre-timeout signal, the requeue), which the other worker fills. pytest-xdist
 # deals files to its workers in collection order with `--no-loadscope-reorder`, which scripts/test.sh passes (by
 # default it deals the files with the most tests first).
-SLOW_FILES = ("test_slurm_cluster.py", "test_sweep.py", "test_signals.py", "test_pipeline.py", "test_targets_ray.py",
+SLOW_FILES = ("test_cluster.py", "test_sweep.py", "test_signals.py", "test_pipeline.py", "test_targets_ray.py",
               "test_train_faults.py", "test_train_run.py", "test_real_backbone.py", "test_targets_integrity.py", "test_eval_faithfulness.py",
               "test_stages.py", "test_eval_run.py", "test_llm2vec.py", "test_train_local.py",
-              "test_gguf.py", "test_plan.py", "test_eval_series.py", "test_rank_failures.py", "test_targets_cluster.py",
+              "test_gguf.py", "test_plan.py", "test_eval_series.py", "test_rank_failures.py",
               "test_train_sharding.py")
 
 

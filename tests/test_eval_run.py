@@ -103,17 +103,6 @@ def test_automatic_workers_stay_in_this_process_on_one_machine(tiny_export, tmp_
 
 
 @pytest.mark.slow
-def test_two_ray_workers_give_the_same_scores_as_one(one_worker_run, tiny_export, tmp_path):
-    _, one = one_worker_run
-    two = run_eval([str(tiny_export)], workers=2, cpus_per_worker=1, out_dir=str(tmp_path), max_samples=CAP,
-                   batch_size=16)
-    name = one["models"][0]["name"]
-    assert set(two["status"][name].values()) == {"ran"}
-    for task, score in one["scores"][name].items():
-        assert two["scores"][name][task] == pytest.approx(score, abs=1e-3), task
-
-
-@pytest.mark.slow
 def test_a_dead_ray_worker_fails_only_its_pair(monkeypatch):
     import os
 

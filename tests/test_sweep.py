@@ -189,7 +189,7 @@ def test_a_two_by_two_sweep_shares_steps_isolates_a_failure_and_reruns_only_what
 def test_a_slurm_command_that_does_not_answer_is_a_clear_error_not_a_hang(tmp_path, monkeypatch):
     """sbatch and squeue talk to the Slurm controller; one that is down must not hang the sweep for ever.
 
-    Stand-ins stay here (tests/test_slurm_cluster.py runs the sweep on real Slurm): a controller that takes the
+    Stand-ins stay here (tests/test_cluster.py runs the sweep on real Slurm): a controller that takes the
     connection and never answers cannot be made with the real cluster without hanging every other test using it."""
     import time
 

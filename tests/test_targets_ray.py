@@ -173,21 +173,6 @@ def test_up_to_date_means_every_shard_verifies(clean, tmp_path, monkeypatch):
     assert victim.read_bytes() == (out / victim.name).read_bytes() and is_complete(cfg, "stage1", out=str(copy))
 
 
-def test_worker_death_gives_the_clean_shard_set(tiny_model_dir, corpus, clean, tmp_path, monkeypatch):
-    _, clean_manifest, clean_out = clean
-    marker = tmp_path / "died"
-    monkeypatch.setenv(FAULT_ENV, f"shards:2:{marker}")
-    cfg = make_cfg(tiny_model_dir, corpus, tmp_path / "faulty")
-    faulty = run_targets(cfg, "stage1")
-    assert marker.is_file()  # the worker really died on its first attempt at shard 2
-    assert faulty["shards"] == clean_manifest["shards"]
-    assert shard_bytes(tmp_path / "faulty/stage1") == shard_bytes(clean_out)
-    assert read_shards(tmp_path / "faulty/stage1").keys() == read_shards(clean_out).keys()
-    before = snapshot(tmp_path / "faulty/stage1")
-    run_targets(cfg, "stage1")
-    assert snapshot(tmp_path / "faulty/stage1") == before
-
-
 def test_failed_job_resumes_from_the_ledger(tiny_model_dir, corpus, clean, tmp_path, monkeypatch):
     """A job whose worker dies with no retries left fails; finished shards stay, and a rerun does only the rest."""
     marker = tmp_path / "died"

@@ -6,7 +6,7 @@ loader process) and must log exactly the first run's losses for the steps after 
 objective gets the same treatment in one test: `t2t train --set stages.stage1.objective.name=simcse`, then a
 resumed run that must reproduce its losses, dropout masks included; so does MNTP, its token masks included. Stage 2 then trains stage 1's export by
 name alone (`--stage stage2`, no model.path override). The stop on SIGUSR1 and the
-requeued resume are tested on a real two-node Slurm cluster in test_slurm_cluster.py.
+requeued resume are tested on a real two-node Slurm cluster in test_cluster.py.
 """
 
 from __future__ import annotations

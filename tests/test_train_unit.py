@@ -107,7 +107,7 @@ def test_stop_signals_are_recorded_not_fatal():
 
 
 def test_a_pre_timeout_signal_before_the_loop_is_kept_for_it(monkeypatch):
-    """Slurm's SIGUSR1 can reach a launched rank while it still loads (tests/test_slurm_cluster.py met it): it is
+    """Slurm's SIGUSR1 can reach a launched rank while it still loads (tests/test_cluster.py met it): it is
     recorded, and the loop takes it as received, so the rank trains one step, checkpoints and exits."""
     from t2t.train import signals
 

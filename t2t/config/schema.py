@@ -124,7 +124,8 @@ class TargetsConfig:
     batch_size: int = 64
     """Texts per forward pass of the frozen model (target kinds that run the model)."""
     max_retries: int = 3
-    """How often Ray retries a chunk whose worker died."""
+    """How often Ray restarts a Ray worker that died (its process, or its whole node), each time running the chunk
+    it held again; past that the job fails, and a rerun resumes from the shards already written."""
 
 
 @dataclass(frozen=True)

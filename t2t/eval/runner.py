@@ -216,7 +216,8 @@ def _with_ray(todo, workers: int, batch_size: int, ray_address: str | None, gpus
         cpus = cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1) // workers))
         env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
         actor_cls = ray.remote(EvalWorker).options(
-            num_cpus=cpus, num_gpus=gpus_per_worker, max_restarts=1, max_task_retries=1,
+            # one restart per worker; unbounded task retries wait for it (see t2t.jobs.target_workers.ray_pool)
+            num_cpus=cpus, num_gpus=gpus_per_worker, max_restarts=1, max_task_retries=-1,
             runtime_env={"env_vars": env} if env else None)
         actors = [actor_cls.remote(batch_size, threads=cpus) for _ in range(min(workers, len(todo)))]
         try:

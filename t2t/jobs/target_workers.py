@@ -12,8 +12,10 @@ when it restarts a dead actor, and no result depends on state kept between calls
 
 Fault injection, for the worker-death tests only: with `T2T_FAULT_INJECT=PASS:INDEX:MARKER` in the driver's
 environment, the worker that first takes chunk INDEX of PASS (`shards`, or a corpus pass: `background`, `idf`)
-exits abruptly, once (MARKER records that it did). It is read here and nowhere else, and only Ray workers may
-die so: a worker in the driver's process refuses it.
+exits abruptly, once (MARKER records that it did). INDEX `*` is whatever chunk of PASS comes first, and a
+`:hang` after MARKER makes the worker hang there instead of exiting (for a test that then kills its node). Set in
+the environment of one node's `ray start` instead of the driver's, it reaches only that node's workers. It is
+read here and nowhere else, and only Ray workers may die so: a worker in the driver's process refuses it.
 """
 
 from __future__ import annotations
@@ -63,8 +65,11 @@ def ray_pool(p, workers: int) -> "RayPool":
     import ray
 
     t = p.cfg.targets
+    # Restarts bound the retries. Calls to a worker on a lost node fail at once until Ray declares the node dead
+    # (its health checks: seconds), and each such failure would use up a bounded task retry before the worker is
+    # restarted elsewhere; with unbounded task retries the chunk waits for the restarted worker instead.
     options = dict(num_cpus=1, num_gpus=t.gpus_per_worker if p.kind.runs_model else 0,
-                   max_restarts=t.max_retries, max_task_retries=t.max_retries)
+                   max_restarts=t.max_retries, max_task_retries=-1)
     if os.environ.get(FAULT_ENV):  # the tests' hook reaches the workers whatever Ray session they run in
         _fault(os.environ[FAULT_ENV])
         options["runtime_env"] = {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}
@@ -145,21 +150,27 @@ def _clocks() -> tuple[float, float]:
     return time.process_time(), time.perf_counter()
 
 
-def _fault(spec: str) -> tuple[str, int, str]:
+def _fault(spec: str) -> tuple[str, int | None, str, bool]:
+    """(pass, chunk index or None for any, marker file, hang instead of exiting)."""
+    hang = spec.endswith(":hang")
     try:
-        name, index, marker = spec.split(":", 2)
-        return name, int(index), marker
+        name, index, marker = spec.removesuffix(":hang").split(":", 2)
+        return name, None if index == "*" else int(index), marker, hang
     except ValueError:
-        raise UserError(f"{FAULT_ENV}={spec!r} must look like PASS:INDEX:MARKER_FILE") from None
+        raise UserError(f"{FAULT_ENV}={spec!r} must look like PASS:INDEX:MARKER_FILE[:hang]") from None
 
 
 def _maybe_die(pass_name: str, index: int) -> None:
-    """Exit this worker process abruptly if the fault hook names this chunk and has not fired yet."""
+    """Exit this worker process abruptly (or hang) if the fault hook names this chunk and has not fired yet."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
-    name, at, marker = _fault(spec)
-    if (name, at) != (pass_name, index) or Path(marker).exists():
+    name, at, marker, hang = _fault(spec)
+    if name != pass_name or at not in (None, index) or Path(marker).exists():
         return
-    Path(marker).write_text(f"worker {os.getpid()} died on {pass_name} chunk {index}\n")
+    Path(marker).write_text(f"worker {os.getpid()} on {os.uname().nodename} "
+                            f"{'hung' if hang else 'died'} on {pass_name} chunk {index}\n")
+    if hang:
+        while True:
+            time.sleep(60)  # until something kills it, or its node
     os._exit(1)  # no cleanup, no exception: what a killed or OOM-ed worker looks like to Ray

@@ -1,4 +1,5 @@
-"""A real two-node Slurm cluster on one machine, for the tests and by hand (tests/cluster/README.md).
+"""A real two-node Slurm cluster, and a Ray cluster on the same two nodes, on one machine, for the tests and by hand
+(tests/cluster/README.md).
 
 Two "hosts" are two network namespaces, `t2t-node1` (10.77.0.11) and `t2t-node2` (10.77.0.12), joined by veth
 pairs to a bridge in the root namespace (10.77.0.1), each with its own host name (a UTS namespace). munge (a fresh
@@ -7,21 +8,26 @@ key), slurmctld (root namespace, on the bridge's address) and one slurmd per nam
 in place of /etc/hosts for what it starts, so a job step on node1 reaches node2 by name, as on a real cluster. The
 jobs share this machine's file system.
 
+`Cluster.start_ray` adds Ray: `ray start --head` on node1 (GCS on 10.77.0.11:6379, the job API on :8265),
+`ray start --address` on node2, each node with its own temp dir and host name.
+
 Nothing is sent to any address but those of the namespaces made here. `stop` removes every daemon, namespace,
 link and file it made, also after a failed start.
 
-    python tests/cluster/cluster.py start DIR     # then: export SLURM_CONF=DIR/etc/slurm.conf; sinfo
+    python tests/cluster/cluster.py start DIR [--ray]   # then: export SLURM_CONF=DIR/etc/slurm.conf; sinfo
     python tests/cluster/cluster.py stop DIR
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +35,10 @@ BRIDGE = "t2tbr0"
 BRIDGE_ADDR = "10.77.0.1"
 NODES = {"node1": "10.77.0.11", "node2": "10.77.0.12"}
 """Node name → its address, each in its own network namespace `t2t-<name>`."""
+RAY_GCS_PORT = 6379
+RAY_JOBS_PORT = 8265
+RAY_CPUS = {"node1": 2, "node2": 1}
+"""What each node offers Ray: node1 room for a second worker, so that work from a lost node2 can move there."""
 NEEDED = ("ip", "munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "sinfo")
 """What must be installed (`apt-get install slurm-wlm munge iproute2`)."""
 
@@ -49,6 +59,8 @@ class Cluster:
         self.conf = self.root / "etc" / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket"
         self.daemons: list[subprocess.Popen] = []
+        self.ray_nodes: dict[str, subprocess.Popen] = {}
+        self.ray_dirs: dict[str, Path] = {}
 
     @property
     def env_overrides(self) -> dict[str, str]:
@@ -169,6 +181,78 @@ SlurmdLogFile={self.root / 'log' / 'slurmd-%n.log'}
         raise ClusterUnavailable(f"the nodes were not idle within {timeout:.0f} s (sinfo: {states or 'no answer'}); "
                                  f"see {self.root / 'log'}")
 
+    # ------------------------------------------------------------------ Ray
+
+    @property
+    def ray_address(self) -> str:
+        """The Ray job API, for `ray job submit` and launchers/submit_*.sh (RAY_ADDRESS)."""
+        return f"http://{NODES['node1']}:{RAY_JOBS_PORT}"
+
+    @property
+    def ray_env(self) -> dict[str, str]:
+        """This process's environment, submitting Ray jobs to this cluster."""
+        return dict(os.environ, RAY_ADDRESS=self.ray_address, RAY_AUTH_MODE="disabled")
+
+    def start_ray(self, node_env: dict[str, dict[str, str]] | None = None, timeout: float = 120) -> "Cluster":
+        """Ray on both nodes (`node_env`: extra environment for a node's Ray, which its workers inherit); returns
+        once both nodes are alive in the head's view."""
+        head = f"{NODES['node1']}:{RAY_GCS_PORT}"
+        for node, addr in NODES.items():
+            role = ["--head", f"--port={RAY_GCS_PORT}", "--include-dashboard=true", f"--dashboard-host={addr}",
+                    f"--dashboard-port={RAY_JOBS_PORT}"] if node == "node1" else [f"--address={head}"]
+            self.ray_nodes[node] = self.start_ray_node(node, role, (node_env or {}).get(node, {}))
+        deadline = time.monotonic() + timeout
+        alive = []
+        while time.monotonic() < deadline:
+            for node, proc in self.ray_nodes.items():
+                if proc.poll() is not None:
+                    raise ClusterUnavailable(f"ray start on {node} exited with {proc.returncode}; see "
+                                             f"{self.root / 'log' / f'ray-{node}.out'}")
+            alive = self.ray_alive()
+            if sorted(alive) == sorted(NODES.values()):
+                return self
+            time.sleep(1)
+        raise ClusterUnavailable(f"Ray's nodes were not both up within {timeout:.0f} s (alive: {alive}); see "
+                                 f"{self.root / 'log'}/ray-*.out")
+
+    def start_ray_node(self, node: str, role: list[str], env: dict[str, str]) -> subprocess.Popen:
+        # Ray's socket paths live under its temp dir and must stay short, so not under `root`.
+        self.ray_dirs[node] = Path(tempfile.mkdtemp(prefix=f"t2t-ray-{node}-"))
+        ray = Path(sys.executable).parent / "ray"
+        cmd = [str(ray), "start", "--block", *role, f"--node-ip-address={NODES[node]}", f"--num-cpus={RAY_CPUS[node]}",
+               "--num-gpus=0", f"--temp-dir={self.ray_dirs[node]}", "--disable-usage-stats"]
+        log = self.root / "log" / f"ray-{node}.out"
+        with log.open("w") as out:
+            return subprocess.Popen(["ip", "netns", "exec", namespace(node), "unshare", "--uts", "sh", "-c",
+                                     f'hostname {node} && exec "$@"', "sh", *cmd], stdout=out,
+                                    stderr=subprocess.STDOUT, env={**self.ray_env, **env}, start_new_session=True)
+
+    def ray_alive(self) -> list[str]:
+        """The addresses of the Ray nodes the head counts alive (empty while it does not answer)."""
+        probe = ("import ray.util.state as s; print(' '.join(n.node_ip for n in s.list_nodes("
+                 f"address='{NODES['node1']}:{RAY_GCS_PORT}') if n.state == 'ALIVE'))")
+        done = subprocess.run([sys.executable, "-c", probe], env=self.ray_env, capture_output=True, text=True)
+        return done.stdout.split() if done.returncode == 0 else []
+
+    def ray_actors(self, class_name: str) -> list[tuple[str, int]]:
+        """(node address, restarts) of every actor of `class_name` this Ray cluster has run, alive or dead, sorted."""
+        probe = ("import sys, ray.util.state as s; gcs = sys.argv[1]; "
+                 "where = {n.node_id: n.node_ip for n in s.list_nodes(address=gcs)}; "
+                 "print([(where[a.node_id], a.num_restarts) for a in s.list_actors("
+                 "address=gcs, filters=[('class_name', '=', sys.argv[2])], detail=True)])")
+        done = subprocess.run([sys.executable, "-c", probe, f"{NODES['node1']}:{RAY_GCS_PORT}", class_name],
+                              env=self.ray_env, capture_output=True, text=True, check=True)
+        return sorted(ast.literal_eval(done.stdout.strip()))
+
+    def kill_node(self, node: str) -> None:
+        """Kill every process in `node`'s namespace at once (its slurmd, its Ray, its job steps), as a power cut."""
+        pids = subprocess.run(["ip", "netns", "pids", namespace(node)], capture_output=True, text=True).stdout
+        for pid in pids.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     # ------------------------------------------------------------------ stop
 
     def stop(self) -> None:
@@ -190,19 +274,22 @@ SlurmdLogFile={self.root / 'log' / 'slurmd-%n.log'}
         self.daemons.clear()
         for pid_file in self.root.glob("state/*.pid"):  # daemons started by another process (`cluster.py start`)
             _kill(pid_file, signal.SIGTERM)
-        for node in NODES:  # job steps a slurmd left running in its namespace
-            pids = subprocess.run(["ip", "netns", "pids", namespace(node)], capture_output=True, text=True).stdout
-            for pid in pids.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        for node in NODES:  # job steps a slurmd left running in its namespace, what Ray left
+            self.kill_node(node)
+        for proc in self.ray_nodes.values():
+            proc.wait()
+        self.ray_nodes.clear()
+        for ray_dir in self.ray_dirs.values():
+            shutil.rmtree(ray_dir, ignore_errors=True)
         _kill(self.munge_socket.parent / "munged.pid", signal.SIGTERM)
         self.stop_network()
 
     @staticmethod
     def stop_network() -> None:
-        for node in NODES:
+        for i, node in enumerate(NODES, start=1):
+            # The kernel frees a namespace, and the veth in it, only some time after its last process died: delete
+            # the pair from this side now, so that a start right after a stop finds the names free.
+            subprocess.run(["ip", "link", "del", f"t2tveth{i}"], capture_output=True)
             subprocess.run(["ip", "netns", "del", namespace(node)], capture_output=True)
             shutil.rmtree(Path("/etc/netns") / namespace(node), ignore_errors=True)
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
@@ -222,12 +309,15 @@ def run(cmd: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("start", "stop"):
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in ("start", "stop") or sys.argv[3:] not in ([], ["--ray"]):
         sys.exit(__doc__)
     cluster = Cluster(Path(sys.argv[2]))
     if sys.argv[1] == "start":
         cluster.start()
         print(f"export SLURM_CONF={cluster.conf}")
+        if sys.argv[3:]:
+            cluster.start_ray()
+            print(f"export RAY_ADDRESS={cluster.ray_address} RAY_AUTH_MODE=disabled")
         # The daemons belong to this process's children: leave them running, detached, for use by hand.
         sys.exit(0)
     cluster.stop()

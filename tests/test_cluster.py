@@ -1,8 +1,9 @@
-"""t2t's Slurm launcher on a real two-node Slurm cluster (tests/cluster: slurmctld, two slurmd in two network
-namespaces, munge), not on stand-ins: what a job really gets from Slurm.
+"""t2t's launchers on a real two-node cluster (tests/cluster: two network namespaces, each a node with its own
+address and host name, with slurmd and then Ray on each), not on stand-ins: what a job really gets from Slurm and
+from Ray.
 
 The cluster is started once for this file; a machine without Slurm or root fails here with what is missing (the
-CI installs Slurm itself: .ci/run)."""
+CI installs Slurm itself: .ci/run). The Ray tests come last: the last one kills node2."""
 
 from __future__ import annotations
 
@@ -212,3 +213,98 @@ def test_a_slurm_sweep_runs_dependent_jobs_cancels_a_failed_steps_dependants_and
     result = json.loads((root / "sweep.json").read_text())
     assert result["progress"] == {"points": 2, "done": 2, "failed": 0}
     assert "corpus=b.txt" in (root / "sweep.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(slurm, tmp_path_factory):
+    """Ray on the two nodes, with Ray's own settings (a lost node is declared dead after its health checks fail for
+    about 15 s). node2's workers carry a fault hook: the first target worker there to take a shard hangs, once
+    (`hung` records it)."""
+    from t2t.jobs.target_workers import FAULT_ENV
+
+    slurm.hung = tmp_path_factory.mktemp("ray-fault") / "hung"
+    return slurm.start_ray({"node2": {FAULT_ENV: f"shards:*:{slurm.hung}:hang"}})
+
+
+def submit(cluster: Cluster, script: str, *args: str, cwd) -> str:
+    import sys
+
+    job = subprocess.run(["bash", str(REPO / "launchers" / script), *args], cwd=cwd, capture_output=True, text=True,
+                         env=dict(rank_env(**cluster.ray_env), T2T_PYTHON=sys.executable), timeout=300)
+    out = job.stdout + job.stderr
+    assert job.returncode == 0 and "succeeded" in out, out[-4000:]
+    return out
+
+
+@pytest.mark.slow
+def test_an_eval_job_spreads_its_tasks_over_both_nodes_and_scores_as_in_one_process(ray_cluster, tiny_model_dir,
+                                                                                      tmp_path, monkeypatch):
+    """launchers/submit_eval.sh through `ray job submit`: `--workers 0` is one Ray worker per CPU of the cluster,
+    on both nodes; the scores are those of the same evaluation in one process."""
+    import json
+
+    from t2t.config import ModelConfig
+    from t2t.eval import run_eval
+    from t2t.model import export, from_config
+
+    model = export(from_config(ModelConfig(path=str(tiny_model_dir))), tmp_path / "tiny-export")
+    tasks = ["STSBenchmark", "BIOSSES", "SciFact", "TwentyNewsgroupsClustering"]
+    submit(ray_cluster, "submit_eval.sh", "--model", str(model), "--tasks", *tasks, "--workers", "0",
+           "--max-samples", "32", "--batch-size", "16", "--out", str(tmp_path / "cluster"), cwd=tmp_path)
+    on_cluster = json.loads((tmp_path / "cluster" / "results.json").read_text())
+    assert {node for node, _ in ray_cluster.ray_actors("EvalWorker")} == set(NODES.values())
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    here = run_eval([str(model)], tasks=tasks, workers=0, max_samples=32, batch_size=16, out_dir=str(tmp_path / "here"))
+    assert on_cluster["scores"] == here["scores"] and len(here["scores"]["tiny-export"]) == len(tasks)
+
+
+@pytest.mark.slow
+def test_a_targets_job_on_both_nodes_survives_losing_node2_with_the_bytes_of_one_process(ray_cluster,
+                                                                                        tiny_model_dir, tmp_path):
+    """launchers/submit_targets.sh through `ray job submit`, two target workers: one on each node (one CPU each
+    to spare on node1, one on node2). node2's worker hangs on its first shard; then node2 dies whole (every process
+    in its namespace killed at once). Ray restarts that worker on node1 and the shard is written there: the job
+    succeeds, and its shards are, byte for byte, those of the same job computed in one process."""
+    import gzip
+
+    import yaml
+
+    from conftest import CORPUS
+    from t2t.config import load_config
+    from t2t.data.manifest import read_manifest
+    from t2t.jobs.targets import run_targets
+
+    with gzip.open(CORPUS, "rt") as f:
+        (tmp_path / "corpus.txt").write_text("".join(next(f) for _ in range(600)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"path": str(tiny_model_dir), "max_length": 48},
+                                      "data": {"corpus": str(tmp_path / "corpus.txt"),
+                                               "shards_dir": str(tmp_path / "cluster")},
+                                      "targets": {"shard_size": 50, "workers": 2}}))
+    job = subprocess.Popen(["bash", str(REPO / "launchers" / "submit_targets.sh"), str(recipe), "stage1"],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=dict(rank_env(**ray_cluster.ray_env), T2T_PYTHON=__import__("sys").executable))
+    try:
+        deadline = time.monotonic() + 120
+        while not ray_cluster.hung.exists():
+            assert job.poll() is None and time.monotonic() < deadline, job.communicate()[0][-4000:]
+            time.sleep(0.2)
+        assert "on node2 hung on shards chunk" in ray_cluster.hung.read_text()
+        ray_cluster.kill_node("node2")
+        out = job.communicate(timeout=180)[0]
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0 and "succeeded" in out, out[-4000:]
+    # node2's worker was restarted once, on node1; node1's never.
+    assert ray_cluster.ray_actors("TargetWorker") == [(NODES["node1"], 0), (NODES["node1"], 1)]
+    manifest = read_manifest(tmp_path / "cluster" / "stage1")
+    assert manifest["complete"] and manifest["samples"] == 600 and len(manifest["shards"]) == 12
+
+    here = run_targets(load_config(str(recipe), [f"data.shards_dir={tmp_path / 'here'}", "targets.workers=0"]), "stage1")
+    assert manifest["shards"] == here["shards"]  # each shard's name, size and sha256
+    for shard in (tmp_path / "here" / "stage1").glob("*.tar"):
+        assert shard.read_bytes() == (tmp_path / "cluster" / "stage1" / shard.name).read_bytes()
