@@ -5,8 +5,9 @@ that evaluates and writes the table once all have ended.
     other steps      sbatch [--dependency=afterok:J] --wrap "python -m t2t.sweep.node SWEEP STEP"
     the table        sbatch --dependency=afterany:<every job> --wrap "python -m t2t.sweep.node SWEEP --finish"
 
-J is the job of the step before it in the chain of the point that runs it; a step already done has no job,
-and one whose job is still queued or running (`squeue`) is not submitted twice. A failed job's dependents are
+J is the job of the step before it in the chain of the point that runs it; a step already done has no job
+(unless a step before it runs again), and one whose job is still queued or running (`squeue`) is not submitted
+twice. A failed job's dependents are
 cancelled by Slurm (`--kill-on-invalid-dep=yes`); the finish job names the failed step of each point. Every
 node sees the repository and the sweep directory on a shared filesystem, as for `launchers/train.slurm`.
 Arguments in `--sbatch` (e.g. `--sbatch=--partition=gpu --sbatch=--nodes=4`) go to every submission and
@@ -24,6 +25,7 @@ from pathlib import Path
 from t2t.data.files import write_json_atomic
 from t2t.errors import UserError
 from t2t.pipeline import step_parts
+from t2t.sweep.store import output_dir
 
 TRAIN_SLURM = Path(__file__).resolve().parents[2] / "launchers" / "train.slurm"
 
@@ -71,16 +73,23 @@ def submit(sweep, sbatch_args: list[str]) -> dict:
     jobs: dict[str, str] = {}
     common = [f"--chdir={os.getcwd()}", "--kill-on-invalid-dep=yes", *sbatch_args]
     for node in sweep.nodes.values():  # in chain order: a step's predecessor is always submitted before it
-        if store.settle(node):
+        rep = store.rep(node)
+        index = rep.chain.index(node)
+        before = jobs.get(rep.chain[index - 1].key) if index else None
+        # A step after one that runs now runs again after it, done or not: what it read is about to change.
+        if before is None and store.settle(node):
             continue
         entry = store.entry(node)
         if alive(entry.get("job")):
             jobs[node.key] = entry["job"]
             print(f"sweep: {node.step} of {', '.join(node.points)}: job {entry['job']} still in Slurm", flush=True)
             continue
-        rep = store.rep(node)
-        index = rep.chain.index(node)
-        before = jobs.get(rep.chain[index - 1].key) if index else None
+        if node.is_training:
+            # train.slurm trains in the representative's run directory, as a node job does after `Store.prepare`:
+            # not through the link to an earlier output in steps/, which stays until the new one replaces it.
+            out = output_dir(rep.cfg, node.step)
+            if out.is_symlink():
+                out.unlink()
         log = sweep.log_file(node)
         log.parent.mkdir(parents=True, exist_ok=True)
         args = [f"--job-name=t2t-sweep-{node.step.replace(':', '-')}", f"--output={log}", *common]

@@ -85,15 +85,20 @@ class Cluster:
             self._munge()
             self._slurm_conf()
             self._daemon(["slurmctld", "-D", "-f", str(self.conf)], self.root / "log" / "slurmctld.out")
-            for node in NODES:  # each node its own network and its own host name, as hosts have
-                self._daemon(["ip", "netns", "exec", namespace(node), "unshare", "--uts", "sh", "-c",
-                              f'hostname {node} && exec slurmd -D -N {node} -f "$0"', str(self.conf)],
-                             self.root / "log" / f"slurmd-{node}.out")
-            self._wait_idle(timeout)
+            for node in NODES:
+                self.start_slurmd(node)
+            self.wait_idle(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def start_slurmd(self, node: str) -> None:
+        """`slurmd -N node` in the node's namespace, with its own host name, as hosts have (again, after
+        `kill_node`: the node registers and returns to service by itself, `ReturnToService=2`)."""
+        self._daemon(["ip", "netns", "exec", namespace(node), "unshare", "--uts", "sh", "-c",
+                      f'hostname {node} && exec slurmd -D -N {node} -f "$0"', str(self.conf)],
+                     self.root / "log" / f"slurmd-{node}.out")
 
     def _network(self) -> None:
         self.stop_network()  # what a killed earlier run left behind
@@ -161,11 +166,12 @@ SlurmdLogFile={self.root / 'log' / 'slurmd-%n.log'}
         (self.root / "etc" / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\nCgroupAutomount=no\n")
 
     def _daemon(self, cmd: list[str], log: Path) -> None:
-        with log.open("w") as out:
+        with log.open("a") as out:
             self.daemons.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
                                                  start_new_session=True))
 
-    def _wait_idle(self, timeout: float) -> None:
+    def wait_idle(self, timeout: float) -> None:
+        """Until both nodes are idle in Slurm's view; fails at once if a daemon exited."""
         deadline = time.monotonic() + timeout
         states = ""
         while time.monotonic() < deadline:
@@ -246,12 +252,15 @@ SlurmdLogFile={self.root / 'log' / 'slurmd-%n.log'}
 
     def kill_node(self, node: str) -> None:
         """Kill every process in `node`'s namespace at once (its slurmd, its Ray, its job steps), as a power cut."""
-        pids = subprocess.run(["ip", "netns", "pids", namespace(node)], capture_output=True, text=True).stdout
-        for pid in pids.split():
+        pids = subprocess.run(["ip", "netns", "pids", namespace(node)], capture_output=True, text=True).stdout.split()
+        for pid in pids:
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for daemon in [d for d in self.daemons if str(d.pid) in pids]:  # its slurmd: gone, start_slurmd brings it back
+            daemon.wait()
+            self.daemons.remove(daemon)
 
     # ------------------------------------------------------------------ stop
 
