@@ -72,14 +72,24 @@ def test_a_job_whose_recipe_fails_validation_says_why_first_and_exits_2(slurm, t
 
 
 @pytest.mark.slow
-def test_slurms_pre_timeout_signal_stops_the_stage_and_the_requeued_job_resumes_it(slurm, tiny_model_dir, tmp_path):
+def test_a_stage_stopped_by_slurms_signal_and_by_a_dead_node_resumes_with_the_losses_of_one_uninterrupted_run(
+        slurm, tiny_model_dir, tmp_path):
     """launchers/train.slurm as Slurm runs it: 2 nodes x 1 rank of a LoRA ZeRO-3 stage, DeepSpeed's rendezvous
-    across the two addresses (the hostfile by node name). The time limit (2 min) brings Slurm's own SIGUSR1
-    (`--signal=USR1@60`; Slurm looks every 30 s and sends it up to that much early, so 30-60 s into the run, once
-    the ranks train) mid-stage; the ranks checkpoint and exit 0, and the job requeues itself. While it waits, the stage is cut to 4 steps past that checkpoint (`steps` never
-    stops a checkpoint from resuming) and its time limit raised, so the requeued run resumes and finishes whatever
-    this machine's speed. Every step is trained exactly once, with the losses of an uninterrupted run on two local
-    ranks, and the export merges the adapters."""
+    across the two addresses (the hostfile by node name).
+
+    1. The time limit (2 min) brings Slurm's own SIGUSR1 (`--signal=USR1@60`; Slurm looks every 30 s and sends it
+       up to that much early, so 30-60 s into the run) mid-stage: the ranks checkpoint and exit 0, and the job
+       requeues itself. While it waits, the stage is cut to 24 steps past that checkpoint (`steps` never stops a
+       checkpoint from resuming), to checkpoint every 2 steps, and its time limit raised, so the rest runs whatever
+       this machine's speed.
+    2. The requeued run resumes; once it has checkpointed past where it started, node2 dies whole (its slurmd, its
+       launcher and its rank killed at once). The rank on node1 says it lost its peer and exits; Slurm declares the
+       node down (SlurmdTimeout) and requeues the job.
+    3. That job is cancelled; node2's slurmd starts again, and a new submission resumes from the last checkpoint
+       and finishes.
+
+    Every step is trained once, with, bit for bit, the losses of the same stage run straight through on two local
+    ranks; nothing checkpointed is lost; the export merges the adapters."""
     import yaml
     from safetensors.torch import load_file
 
@@ -89,25 +99,31 @@ def test_slurms_pre_timeout_signal_stops_the_stage_and_the_requeued_job_resumes_
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "shards", tmp_path / "run",
                           lora={"r": 4, "alpha": 8}, save_every=1000, stage1=dict(steps=100_000, lr=1.0e-2))
     out = tmp_path / "job.out"
-    submitted = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1",
-                                "--time=2", "--signal=USR1@60", f"--output={out}", f"--chdir={REPO}",
-                                str(REPO / "launchers" / "train.slurm"), str(recipe), "stage1"],
-                               env=rank_env(GPUS_PER_NODE="1", **slurm.env_overrides), capture_output=True,
-                               text=True, check=True)
-    job = submitted.stdout.strip().split(";")[0]
+
+    def submit(*limits: str) -> str:
+        return subprocess.run(["sbatch", "--parsable", "--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1", *limits,
+                               f"--output={out}", f"--chdir={REPO}", str(REPO / "launchers" / "train.slurm"),
+                               str(recipe), "stage1"], env=rank_env(GPUS_PER_NODE="1", **slurm.env_overrides),
+                              capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+
+    job = submit("--time=2", "--signal=USR1@60")
+    stage, run = tmp_path / "run" / "stage1", tmp_path / "run"
+
+    def until_restarts(n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (fields := job_fields(slurm, job))["Restarts"] != str(n):
+            assert fields["JobState"] in ("PENDING", "RUNNING", "COMPLETING"), (fields, out.read_text()[-4000:])
+            assert time.monotonic() < deadline, out.read_text()[-4000:]
+            time.sleep(0.5)
 
     # 1. The signal stops the first run at a checkpoint; the job is requeued (waiting for its begin time).
-    deadline = time.monotonic() + 300
-    while (fields := job_fields(slurm, job))["Restarts"] == "0":
-        assert fields["JobState"] in ("PENDING", "RUNNING"), out.read_text()[-4000:]
-        assert time.monotonic() < deadline, out.read_text()[-4000:]
-        time.sleep(0.5)
-    stopped_at = len(metrics(tmp_path / "run"))
-    stage = tmp_path / "run" / "stage1"
+    until_restarts(1, timeout=300)
+    stopped_at = len(metrics(run))
     assert stopped_at >= 1 and (stage / "checkpoints" / f"step{stopped_at:08d}").is_dir(), out.read_text()[-4000:]
     assert "stopped before the end (time limit); requeueing" in out.read_text()
     settings = yaml.safe_load(recipe.read_text())
-    settings["stages"][0]["steps"] = steps = stopped_at + 4
+    settings["stages"][0]["steps"] = steps = stopped_at + 24
+    settings["train"]["save_every"] = 2  # for part 2 (a cadence: it does not stop a checkpoint from resuming)
     recipe.write_text(yaml.safe_dump(settings, sort_keys=False))
     subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], env=slurm.env, check=True)
     # While Slurm holds it, the same stage runs uninterrupted on two local ranks: the losses to continue.
@@ -118,19 +134,38 @@ def test_slurms_pre_timeout_signal_stops_the_stage_and_the_requeued_job_resumes_
                                       "--stage", "stage1", "--set", f"run_dir={tmp_path / 'reference'}"],
                                      cwd=REPO, env=rank_env(), stdout=log_file, stderr=subprocess.STDOUT)
 
-    # 2. The requeued run resumes from that checkpoint and finishes the stage.
+    # 2. The requeued run resumes and logs a step past its next checkpoint (so that one is complete); node2 dies.
+    deadline = time.monotonic() + 300
+    while len(metrics(run)) < stopped_at + 5:
+        assert job_fields(slurm, job)["JobState"] in ("PENDING", "RUNNING"), out.read_text()[-4000:]
+        assert time.monotonic() < deadline, out.read_text()[-4000:]
+        time.sleep(0.2)
+    slurm.kill_node("node2")
+    until_restarts(2, timeout=120)  # Slurm requeues a job whose node failed (it asks for --requeue)
+    assert "lost contact with another rank" in out.read_text(), out.read_text()[-4000:]
+    assert len(metrics(run)) < steps, "the stage ended before node2 was killed"
+
+    # 3. The job ends there, and once node2 is back a new submission of it resumes from the last checkpoint and
+    #    finishes the stage. (Left requeued, the job would start again the moment node2 returns, and its step there
+    #    was killed some 25 s later, most likely by the terminate request Slurm had queued for that node's part of
+    #    the job's earlier run, which has the same job id: tests/cluster/README.md.)
+    subprocess.run(["scancel", job], env=slurm.env, check=True)
+    slurm.start_slurmd("node2")
+    slurm.wait_idle(60)
+    job = submit("--time=10")
     fields = wait_for(slurm, job, {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL"}, timeout=300)
     assert reference.wait(timeout=300) == 0, reference_log.read_text()[-4000:]
     log = out.read_text()
-    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", log[-4000:]
-    assert f"resumed from {stage / 'checkpoints' / f'step{stopped_at:08d}'}" in log, log[-4000:]
+    assert fields["JobState"] == "COMPLETED", log[-4000:]
+    resumed = re.findall(r"resumed from \S*/step(\d+)", log)
+    assert [int(s) for s in resumed[:1]] == [stopped_at] and int(resumed[-1]) > stopped_at, log[-4000:]
     assert "t2t train stage1: finished; model in" in log, log[-4000:]
     hostfile = tmp_path / "run" / "slurm" / job / "hostfile"
     assert hostfile.read_text().splitlines() == ["node1 slots=1", "node2 slots=1"]
     assert "master node1:" in log and "--node_rank=0" in log and "--node_rank=1" in log
-    assert [m["step"] for m in metrics(tmp_path / "run")] == list(range(1, steps + 1))  # none lost or repeated
-    # Two hosts, stopped and requeued, give bit for bit the losses of two local ranks that ran straight through.
-    assert [m["loss"] for m in metrics(tmp_path / "run")] == [m["loss"] for m in metrics(tmp_path / "reference")]
+    assert [m["step"] for m in metrics(run)] == list(range(1, steps + 1))  # none lost or repeated
+    # Two hosts, stopped twice, give bit for bit the losses of two local ranks that ran straight through.
+    assert [m["loss"] for m in metrics(run)] == [m["loss"] for m in metrics(tmp_path / "reference")]
     for ckpt in sorted((stage / "checkpoints").glob("step*")):
         assert len(list(ckpt.glob("*optim_states.pt"))) == 2  # one ZeRO-3 partition per rank
     merged = load_file(stage / "model" / "model.safetensors")

@@ -155,6 +155,7 @@ ReturnToService=2
 JobRequeue=1
 MinJobAge=60
 KillWait=10
+SlurmdTimeout=15
 StateSaveLocation={self.root / 'state'}
 SlurmctldPidFile={self.root / 'state' / 'slurmctld.pid'}
 SlurmctldLogFile={self.root / 'log' / 'slurmctld.log'}
