@@ -215,9 +215,12 @@ SlurmdLogFile={self.root / 'log' / 'slurmd-%n.log'}
                 if proc.poll() is not None:
                     raise ClusterUnavailable(f"ray start on {node} exited with {proc.returncode}; see "
                                              f"{self.root / 'log' / f'ray-{node}.out'}")
-            alive = self.ray_alive()
-            if sorted(alive) == sorted(NODES.values()):
-                return self
+            # `ray start` says it blocks once its node is up; only then ask the head (a Python process each time)
+            logs = [(self.root / "log" / f"ray-{node}.out").read_text() for node in NODES]
+            if all("will now block forever" in log for log in logs):
+                alive = self.ray_alive()
+                if sorted(alive) == sorted(NODES.values()):
+                    return self
             time.sleep(1)
         raise ClusterUnavailable(f"Ray's nodes were not both up within {timeout:.0f} s (alive: {alive}); see "
                                  f"{self.root / 'log'}/ray-*.out")
@@ -225,6 +228,8 @@ SlurmdLogFile={self.root / 'log' / 'slurmd-%n.log'}
     def start_ray_node(self, node: str, role: list[str], env: dict[str, str]) -> subprocess.Popen:
         # Ray's socket paths live under its temp dir and must stay short, so not under `root`.
         self.ray_dirs[node] = Path(tempfile.mkdtemp(prefix=f"t2t-ray-{node}-"))
+        with (self.root / "ray-dirs").open("a") as listed:  # for a `stop` from another process
+            listed.write(f"{self.ray_dirs[node]}\n")
         ray = Path(sys.executable).parent / "ray"
         cmd = [str(ray), "start", "--block", *role, f"--node-ip-address={NODES[node]}", f"--num-cpus={RAY_CPUS[node]}",
                "--num-gpus=0", f"--temp-dir={self.ray_dirs[node]}", "--disable-usage-stats"]
@@ -289,8 +294,10 @@ SlurmdLogFile={self.root / 'log' / 'slurmd-%n.log'}
         for proc in self.ray_nodes.values():
             proc.wait()
         self.ray_nodes.clear()
-        for ray_dir in self.ray_dirs.values():
+        listed = self.root / "ray-dirs"
+        for ray_dir in {*self.ray_dirs.values(), *(listed.read_text().split() if listed.is_file() else [])}:
             shutil.rmtree(ray_dir, ignore_errors=True)
+        listed.unlink(missing_ok=True)
         _kill(self.munge_socket.parent / "munged.pid", signal.SIGTERM)
         self.stop_network()
 
