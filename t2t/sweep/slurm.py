@@ -7,9 +7,9 @@ that evaluates and writes the table once all have ended.
 
 J is the job of the step before it in the chain of the point that runs it; a step already done has no job
 (unless a step before it runs again), and one whose job is still queued or running (`squeue`) is not submitted
-twice. A failed job's dependents are
-cancelled by Slurm (`--kill-on-invalid-dep=yes`); the finish job names the failed step of each point. Every
-node sees the repository and the sweep directory on a shared filesystem, as for `launchers/train.slurm`.
+twice. A failed job's dependents are cancelled by Slurm (`--kill-on-invalid-dep=yes`); the finish job names the
+failed step of each point. Every node sees the repository and the sweep directory on a shared filesystem, as for
+`launchers/train.slurm`.
 Arguments in `--sbatch` (e.g. `--sbatch=--partition=gpu --sbatch=--nodes=4`) go to every submission and
 override the scripts' `#SBATCH` defaults.
 """
