@@ -51,16 +51,19 @@ from t2t.commands import stage_name
 from t2t.config import load_config
 from t2t.errors import UserError
 from t2t.run_paths import checkpoints_dir
+from t2t.train.checkpoint import refuse_to_start_over
 from t2t.train.ds_config import build_ds_config
 from t2t.train.launch import local_ranks
 try:
-    cfg = load_config(sys.argv[1], sys.argv[3:])
+    cfg = load_config(sys.argv[1], sys.argv[4:])
     stage = stage_name(cfg, sys.argv[2])
     build_ds_config(cfg)  # the DeepSpeed JSON exists and is usable: fail here, not in every rank
+    if sys.argv[3] == "never":  # before any rank starts and loads the model
+        refuse_to_start_over(checkpoints_dir(cfg, stage))
 except UserError as e:
     print(f"train_local.sh: error: {e}", file=sys.stderr)
     sys.exit(2)
-print(local_ranks(cfg.train.nproc)); print(stage); print(checkpoints_dir(cfg, stage))' "$RECIPE" "$STAGE" "${OVERRIDES[@]}" |
+print(local_ranks(cfg.train.nproc)); print(stage); print(checkpoints_dir(cfg, stage))' "$RECIPE" "$STAGE" "$RESUME" "${OVERRIDES[@]}" |
     tail -n 3)
 NPROC=${NPROC:-${CFG%%$'\n'*}}
 CFG=${CFG#*$'\n'}

@@ -249,6 +249,14 @@ def load_newest(engine, ckpt_dir: Path) -> tuple[str, dict] | None:
     return None
 
 
+def refuse_to_start_over(ckpt_dir: Path) -> None:
+    """`--resume never`: a UserError where the stage already holds checkpoints (launchers check it before they
+    start any rank, and each rank again)."""
+    if latest_tag(ckpt_dir) is not None:
+        raise UserError(f"{ckpt_dir} already holds checkpoints and --resume never was given: "
+                        "remove them, or resume with --resume auto")
+
+
 def resume(engine, ckpt_dir: Path, mode: str, recipe: dict | None = None) -> dict | None:
     """Load a checkpoint into the engine per `--resume` (auto|force|never|DIR); returns t2t's client state or None.
 
@@ -258,9 +266,7 @@ def resume(engine, ckpt_dir: Path, mode: str, recipe: dict | None = None) -> dic
     and an explicit DIR are the user's choice (e.g. the last good checkpoint with a lower lr after a
     divergence): the differences are logged."""
     if mode == "never":
-        if latest_tag(ckpt_dir) is not None:
-            raise UserError(f"{ckpt_dir} already holds checkpoints and --resume never was given: "
-                            "remove them, or resume with --resume auto")
+        refuse_to_start_over(ckpt_dir)
         return None
     if mode in ("auto", "force"):
         loaded = load_newest(engine, ckpt_dir)
