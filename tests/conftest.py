@@ -61,8 +61,9 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
 # The slowest test files first, by the CPU seconds each took in a serial run (2026-12-07: the 2-core CI machine is
 # CPU-bound with two workers, so the longest files start at once and the short ones fill the gaps, instead of one
-# long file starting last while the other worker idles). The real Slurm cluster's test goes first: most of its
-# 2-3 minutes are Slurm's waits (the pre-timeout signal, the requeue), which the other worker fills. pytest-xdist
+# long file starting last while the other worker idles). The real cluster's tests go first: much of their 6-7
+# minutes is Slurm's and Ray's waiting (the pre-timeout signal, a requeue, a lost node declared dead), which the
+# other worker fills. pytest-xdist
 # deals files to its workers in collection order with `--no-loadscope-reorder`, which scripts/test.sh passes (by
 # default it deals the files with the most tests first).
 SLOW_FILES = ("test_cluster.py", "test_sweep.py", "test_signals.py", "test_pipeline.py", "test_targets_ray.py",

@@ -195,7 +195,7 @@ class PassOnStop:
 
     def __init__(self, proc):
         self.proc = proc
-        self.received: int | None = _early
+        self.received: int | None = None
         self._previous: dict = {}
 
     def __enter__(self) -> "PassOnStop":
