@@ -80,6 +80,30 @@ def test_the_console_names_the_failed_ranks_own_exception(tmp_path):
     assert msg[1:] == ["rank 1: RuntimeError: shapes cannot be multiplied (4x64 and 32x64)", lost.strip()]
 
 
+def test_one_rank_started_without_torchrun_is_named_from_its_own_exit_code(tmp_path):
+    """launch_local starts one rank as `python -m t2t.cli train` (no torchrun, so no summary in the log): its exit
+    code says how it failed."""
+    from t2t.train.launch import rank_launcher
+
+    env = {"MASTER_PORT": "29500"}
+    assert rank_launcher(1, env) == [sys.executable]
+    assert env == {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    assert rank_launcher(2, {})[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+    none, log = tmp_path / "ckpt", tmp_path / "train.log"
+    text = rank_traceback(0, "RuntimeError: shapes cannot be multiplied (4x64 and 32x64)")
+    msg = failure_message("stage1", 1, text, none, log, lone=True).splitlines()
+    assert msg == [f"stage1: training failed: rank 0 exited with code 1; no checkpoint in {none} yet: a rerun "
+                   f"starts the stage over; see {log}",
+                   "rank 0: RuntimeError: shapes cannot be multiplied (4x64 and 32x64)"]
+    msg = failure_message("stage1", -9, "", none, log, lone=True)
+    assert msg.startswith("stage1: training failed: rank 0 died (signal 9, SIGKILL); no checkpoint"), msg
+    # exit 2 (bad input): the rank's own line says what to fix, and a rerun would not help
+    said = "t2t train: stages.stage1.lr must be positive\n"
+    assert failure_message("stage1", 2, said, none, log, lone=True).splitlines() == [
+        f"stage1: training failed: rank 0 exited with code 2; see {log}", said.strip()]
+
+
 def test_a_peer_that_does_not_answer_within_the_process_group_timeout_is_lost():
     from t2t.train.rank import lost_peer
 

@@ -89,6 +89,22 @@ def test_nan_loss_stops_before_the_optimizer_step(process_group):
     assert engine.steps == 0
 
 
+def test_deepspeeds_muon_module_is_imported_without_compiling_its_kernels():
+    """Every ZeRO engine imports DeepSpeed's Muon module for an isinstance check; imported by itself it wraps three
+    kernels in torch.compile, which loads TorchDynamo (1.7 s per rank start). engine.import_muon_uncompiled keeps
+    them eager, and leaves DeepSpeed's compile helper as it was."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, deepspeed; from deepspeed.runtime import compiler; helper = compiler.compile; "
+             "from t2t.train.engine import import_muon_uncompiled; import_muon_uncompiled(); "
+             "import deepspeed.runtime.zero.muon.muon_optimizer; "
+             "print('torch._dynamo' in sys.modules, compiler.compile is helper)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=dict(os.environ, DS_ACCELERATOR="cpu"))
+    assert done.returncode == 0 and done.stdout.split() == ["False", "True"], done.stdout + done.stderr[-2000:]
+
+
 def test_stop_signals_are_recorded_not_fatal():
     before = signal.getsignal(signal.SIGTERM)  # another in-process library (Ray) may own it already
     stop = StopSignals()

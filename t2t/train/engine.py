@@ -44,6 +44,8 @@ def init_distributed() -> tuple[int, int]:
     if "WORLD_SIZE" not in os.environ:  # started alone, not by deepspeed/torchrun/srun
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
+    elif os.environ["WORLD_SIZE"] == "1" and "MASTER_PORT" not in os.environ:  # launch_local's one rank
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     # Before anything allocates: zero.Init places each rank's shards on its current device.
     get_accelerator().set_device(int(os.environ["LOCAL_RANK"]))
@@ -172,5 +174,31 @@ def build_engine(cfg: Config, stage: StageConfig, model_dir: Path, ds: dict):
 
     embedder = build_model(cfg, model_dir, ds)
     optimizer, schedule = build_optimizer(embedder, cfg, stage, ds)
+    import_muon_uncompiled()
     engine, _, _, _ = deepspeed.initialize(model=embedder, optimizer=optimizer, lr_scheduler=schedule, config=ds)
     return engine, embedder
+
+
+def import_muon_uncompiled() -> None:
+    """Import DeepSpeed's Muon optimizer module with its kernels left uncompiled.
+
+    Every ZeRO engine imports that module, only to ask whether the optimizer is a Muon (`isinstance`), and the
+    module wraps three kernels in `torch.compile` as it is imported, which loads TorchDynamo's and Inductor's
+    machinery: 1.7 s of CPU at the start of every rank of every stage (bench/BENCHMARKS.md), for an optimizer t2t
+    never builds. Imported here first, with DeepSpeed's `compiler.compile()` helper giving its plain decorator,
+    those kernels stay eager functions; nothing else is compiled differently (the helper is restored at once)."""
+    import sys
+
+    from deepspeed.runtime import compiler
+
+    name = "deepspeed.runtime.zero.muon.muon_optimizer"
+    if name in sys.modules or not hasattr(compiler, "dummy_decorator"):
+        return
+    compile_helper = compiler.compile
+    compiler.compile = lambda: compiler.dummy_decorator
+    try:
+        __import__(name)
+    except ImportError:  # a DeepSpeed without Muon: nothing to save
+        pass
+    finally:
+        compiler.compile = compile_helper

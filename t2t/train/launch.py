@@ -5,15 +5,18 @@
                  log_file=Path("runs/train1.log"))
 
 runs `torchrun --standalone --nproc_per_node 2 -m t2t.cli train --config ... --stage stage1 --resume auto`
-(torchrun picks a free port, so concurrent runs do not collide). Output of every rank goes to
+(torchrun picks a free port, so concurrent runs do not collide). One rank (`nproc=1`, and the automatic choice
+on a CPU machine) is started as `python -m t2t.cli train ...` with the environment torchrun would give it: a
+launcher process in between would only add its start-up (2 s of CPU) to every stage. Output of every rank goes to
 `log_file`. A rerun resumes from the newest checkpoint. A stage is named as in the recipe's `stages`; each
 rank trains it from the model it starts from (`t2t.run_paths.for_stage`).
 
-Stopping: the first SIGTERM, SIGINT (Ctrl-C) or SIGHUP this process gets is passed on to torchrun once,
-as SIGTERM; torchrun sends it on to every rank, which finish their step and checkpoint, and waits for them
-(TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds, default here 120, before it kills them). Then `TrainingStopped`
-names the checkpoint a rerun resumes from. A second Ctrl-C kills torchrun and the ranks at once. torchrun
-runs in a session of its own, so a Ctrl-C in the terminal reaches it only through this process, once.
+Stopping: the first SIGTERM, SIGINT (Ctrl-C) or SIGHUP this process gets is passed on to torchrun (or the one
+rank) once, as SIGTERM; torchrun sends it on to every rank, which finish their step and checkpoint, and waits for
+them (TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds, default here 120, before it kills them; this process waits as long
+for one rank). Then `TrainingStopped` names the checkpoint a rerun resumes from. A second Ctrl-C kills torchrun
+and the ranks at once. torchrun (or the one rank) runs in a session of its own, so a Ctrl-C in the terminal
+reaches it only through this process, once.
 The ranks also stop by themselves when this process exits, even by SIGKILL (t2t/train/signals.py).
 
 A failure says which rank died or failed, and how (from torchrun's summary in the log), where a rerun resumes
@@ -87,6 +90,18 @@ def local_ranks(nproc: int) -> int:
     return 1
 
 
+def rank_launcher(nproc: int, env: dict) -> list[str]:
+    """The command that starts `nproc` ranks of `python -m ...` here: torchrun, or for one rank the interpreter
+    itself, with the rank's variables set in `env` as torchrun sets them (engine.init_distributed gives a world of
+    one its own free port); `RANK` in the environment is what tells `t2t train` it was launched (t2t/commands/
+    train_cmd.py), so it watches T2T_LAUNCHER_PIDS and keeps an early pre-timeout signal as under torchrun."""
+    if nproc == 1:
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+        env.pop("MASTER_PORT", None)  # one the parent was given belongs to the parent's own process group
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+
+
 def launch_local(config_path: str | None, overrides: list[str], stage: str, nproc: int, log_file: Path) -> None:
     """Train the stage named `stage` with `nproc` ranks on this machine (0: `local_ranks` chooses).
 
@@ -109,14 +124,14 @@ def launch_local(config_path: str | None, overrides: list[str], stage: str, npro
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT))
     env[LAUNCHER_PIDS] = ",".join(filter(None, [str(os.getpid()), os.environ.get(LAUNCHER_PIDS, "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "t2t.cli", *train_command(config_path, overrides, stage)]
+    cmd = rank_launcher(nproc, env) + ["-m", "t2t.cli", *train_command(config_path, overrides, stage)]
     ckpt_dir = checkpoints_dir(cfg, stage)
     with log_file.open("a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         start = log.tell()
-        # A session of its own: a Ctrl-C in the terminal reaches torchrun only through PassOnStop, once.
+        # A session of its own: a Ctrl-C in the terminal reaches torchrun (or the rank) only through PassOnStop,
+        # once.
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         with PassOnStop(proc) as stop:
             try:
@@ -131,7 +146,9 @@ def launch_local(config_path: str | None, overrides: list[str], stage: str, npro
                                                log_file), stop.received)
     if code != 0:
         text = _read_from(log_file, start)
-        raise TrainingFailed(failure_message(stage, code, text, ckpt_dir, log_file), _root_cause(text)[2] in (2, 3))
+        lone = nproc == 1
+        rank_code = code if lone else _root_cause(text)[2]
+        raise TrainingFailed(failure_message(stage, code, text, ckpt_dir, log_file, lone=lone), rank_code in (2, 3))
     if not stage_complete(cfg, stage):
         raise RuntimeError(f"{stage}: training stopped before its final export (interrupted?); "
                            f"{resume_hint(ckpt_dir)}; see {log_file}")
@@ -199,12 +216,12 @@ enough for a pydantic error's field and what it expected; the traceback and anyt
 _NOT_MESSAGE = re.compile(r"^(?:Traceback |During handling |The above exception |[WEI]\d{4} \d\d:|\d\d:\d\d:\d\d )")
 
 
-def failure_message(stage: str, code: int, log_text: str, ckpt_dir: Path, log_file: Path) -> str:
+def failure_message(stage: str, code: int, log_text: str, ckpt_dir: Path, log_file: Path, lone: bool = False) -> str:
     """What went wrong, from this run's part of the log: the rank that failed first and how (`rank 1 died
     (signal 9, SIGKILL)`), where a rerun resumes from, then why: that rank's final exception (`rank 0:
     ValueError: ...`) where it raised one, and the ranks' own `t2t train: ...` lines; the log's tail only when
-    none of these is there."""
-    cause, rank, rank_code = _root_cause(log_text)
+    none of these is there. `lone`: one rank started without torchrun, whose exit `code` is the rank's own."""
+    cause, rank, rank_code = _lone_cause(code) if lone else _root_cause(log_text)
     head = f"{stage}: training failed: {cause or f'the launcher exited with code {code}'}; "
     if rank_code not in (2, 3):  # a user error, a diverged loss: the rank's own line says what to do
         head += f"{resume_hint(ckpt_dir)}; "
@@ -274,6 +291,15 @@ def _root_cause(log_text: str) -> tuple[str | None, int | None, int | None]:
     return f"rank {rank} exited with code {code}", rank, code
 
 
+def _lone_cause(code: int) -> tuple[str, int, int]:
+    """`_root_cause` of one rank started without torchrun, from its own exit code (a Popen's: -N for signal N)."""
+    if code < 0:
+        from t2t.train.signals import signal_name
+
+        return f"rank 0 died (signal {-code}, {signal_name(-code)})", 0, code
+    return f"rank 0 exited with code {code}", 0, code
+
+
 def _before_launcher_traceback(log_text: str) -> str:
     """The log without torchrun's own closing traceback (ChildFailedError), which says nothing of the cause."""
     lines = log_text.splitlines()
@@ -335,5 +361,5 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-__all__ = ["launch_local", "local_ranks", "train_command", "TrainingStopped", "TrainingFailed", "failure_message",
-           "rank_exception", "SHUTDOWN_TIMEOUT", "LAUNCHER_EXIT_GRACE_S"]
+__all__ = ["launch_local", "local_ranks", "rank_launcher", "train_command", "TrainingStopped", "TrainingFailed",
+           "failure_message", "rank_exception", "SHUTDOWN_TIMEOUT", "LAUNCHER_EXIT_GRACE_S"]
