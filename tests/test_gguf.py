@@ -94,6 +94,24 @@ def test_overwrite_replaces_a_converted_model_but_not_a_file_added_to_it(smollm2
     assert files_not_written_by_import(smollm2_dir, older) == []
 
 
+def test_a_conversion_parses_its_file_once(tmp_path):
+    """transformers opens the GGUF three times to convert it; within a conversion each open of that file is the one
+    reader t2t made (its metadata parsed once), another file still gets its own, and gguf is left as it was."""
+    import gguf
+
+    from t2t.model.gguf import _one_reader, read_gguf
+
+    path, other = write_gguf(tmp_path / "m.gguf", "llama"), write_gguf(tmp_path / "o.gguf", "llama")
+    opener = gguf.GGUFReader
+    reader = read_gguf(path)
+    with _one_reader(path, reader):
+        from gguf import GGUFReader  # as transformers imports it, inside its loader
+
+        assert GGUFReader(str(path)) is reader and GGUFReader(str(tmp_path / "." / "m.gguf")) is reader
+        assert GGUFReader(str(other)) is not reader
+    assert gguf.GGUFReader is opener
+
+
 def test_unsupported_architecture_is_named(tmp_path):
     path = write_gguf(tmp_path / "enc.gguf", "bert")
     with pytest.raises(GGUFError, match=r"enc\.gguf: architecture 'bert' is not supported"):

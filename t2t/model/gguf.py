@@ -15,6 +15,7 @@ plain model of the same architecture and saves safetensors, tokenizer and config
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -22,6 +23,7 @@ import re
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from t2t.data.files import file_digest, replace_dir, temp_name
 from t2t.errors import UserError
@@ -66,13 +68,24 @@ def require_packages() -> None:
         raise GGUFError(f"loading GGUF files needs {', '.join(missing)}: pip install {' '.join(missing)}")
 
 
-def inspect_gguf(path: Path) -> dict:
-    """Architecture, name, quantization and tensor types of a GGUF file; a GGUFError if it is unreadable."""
+def read_gguf(path: Path):
+    """A `gguf.GGUFReader` of `path`; a GGUFError if it is unreadable."""
     require_packages()
     import gguf
 
     try:
-        reader = gguf.GGUFReader(str(path))
+        return gguf.GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - gguf raises ValueError/IndexError/AttributeError on damaged files
+        raise GGUFError(f"{path}: not a readable GGUF file (truncated or corrupt?): {type(e).__name__}: {e}") from None
+
+
+def inspect_gguf(path: Path, reader=None) -> dict:
+    """Architecture, name, quantization and tensor types of a GGUF file (read by `reader`, else opened here); a
+    GGUFError if it is unreadable."""
+    import gguf
+
+    reader = reader or read_gguf(path)
+    try:
         arch = reader.get_field("general.architecture").contents()
         file_type = reader.get_field("general.file_type")
         name = reader.get_field("general.name")
@@ -122,12 +135,14 @@ def convert(source: str | Path, out_dir: str | Path, overwrite: bool = False) ->
             raise GGUFError(f"{out} holds files `t2t import` did not write ({', '.join(foreign[:3])}"
                             f"{', …' if len(foreign) > 3 else ''}); --overwrite replaces only a converted model: "
                             "move them away, or convert into another directory")
-    info = inspect_gguf(path)
+    reader = read_gguf(path)
+    info = inspect_gguf(path, reader)
     log.info("converting %s (%s, %s) into %s", path.name, info["architecture"], info["quantization"], out)
     tmp = temp_name(out)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_hf_dir(path, tmp)
+        with _one_reader(path, reader):
+            _write_hf_dir(path, tmp)
         written = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
         record = dict(source=str(source), file=path.name, sha256=digest, size_bytes=path.stat().st_size, **info,
                       files=[*written, PROVENANCE])
@@ -153,6 +168,30 @@ HF_MODEL_FILE = re.compile(r"(config|generation_config|special_tokens_map|added_
                            r"\.json|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|merges\.txt|tokenizer\.model|"
                            r"chat_template\.jinja")
 """What `save_pretrained` of a model and its tokenizer writes (for import records that list no files)."""
+
+
+@contextlib.contextmanager
+def _one_reader(path: Path, reader) -> Iterator[None]:
+    """While converting `path`, every `gguf.GGUFReader(path)` is `reader`.
+
+    transformers opens the file three times (config, tokenizer, weights), each a fresh reader that parses every
+    metadata field again: 3.8 s of CPU each for SmolLM2's 49,152-token vocabulary, a third of the conversion. A
+    reader only reads (the tensors are a read-only memmap), so one serves all; other files get their own."""
+    import gguf
+
+    open_reader = gguf.GGUFReader
+    target = path.resolve()
+
+    def shared(file, *args, **kwargs):
+        if not args and not kwargs and Path(file).resolve() == target:
+            return reader
+        return open_reader(file, *args, **kwargs)
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = open_reader
 
 
 def _write_hf_dir(path: Path, tmp: Path) -> None:
