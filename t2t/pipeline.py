@@ -64,12 +64,16 @@ class StepFailed(RuntimeError):
 
 class Pipeline:
     def __init__(self, config_path: str | None, overrides: list[str], ray_address: str | None = None,
-                 check_runnable: bool = True, verify: bool = False):
+                 check_runnable: bool = True, verify: bool = False, deepspeed_checked: bool = False):
         self.config_path = str(config_path or DEMO_RECIPE)
         self.overrides = list(overrides)
         self.cfg: Config = load_config(self.config_path, self.overrides)
         self.check_runnable = check_runnable
         """Check here that this machine can run the recipe (`t2t plan --grid` plans for another one)."""
+        self.deepspeed_checked = deepspeed_checked
+        """DeepSpeed has parsed the recipe's JSON already: a sweep's driver does it for every point before it starts
+        any step job, so a step job that trains skips `check_with_deepspeed` (importing torch and DeepSpeed for it
+        cost 5 s of CPU in a process that then only waits for the ranks)."""
         if check_runnable:
             from t2t.train.ds_config import read_ds_config, resolve_ds_config_path
 
@@ -151,7 +155,8 @@ class Pipeline:
         with only the evaluation to redo, imports neither torch nor DeepSpeed for it."""
         if only_until in to_run:
             to_run = to_run[:to_run.index(only_until) + 1]
-        if self.check_runnable and any(step_parts(name)[1] == "train" for name in to_run):
+        if self.check_runnable and not self.deepspeed_checked and any(step_parts(name)[1] == "train"
+                                                                      for name in to_run):
             from t2t.train.ds_config import build_ds_config
 
             build_ds_config(self.cfg)
@@ -318,19 +323,19 @@ class Pipeline:
 
 
 def run_pipeline(config_path: str | None = None, overrides: list[str] = (), ray_address: str | None = None,
-                 until: str | None = None, verify: bool = False) -> Path:
+                 until: str | None = None, verify: bool = False, deepspeed_checked: bool = False) -> Path:
     """Run (or resume) the pipeline; returns the report path."""
-    pipeline = Pipeline(config_path, list(overrides), ray_address, verify=verify)
+    pipeline = Pipeline(config_path, list(overrides), ray_address, verify=verify, deepspeed_checked=deepspeed_checked)
     if until is not None and until not in pipeline.steps:
         raise UserError(f"--until must be one of {', '.join(pipeline.steps)}; got {until!r}")
     return pipeline.run(until)
 
 
 def run_and_tell(config_path: str | None, overrides: list[str], ray_address: str | None = None,
-                 until: str | None = None, verify: bool = False) -> int:
+                 until: str | None = None, verify: bool = False, deepspeed_checked: bool = False) -> int:
     """`t2t pipeline` (and a sweep's step job): run, say how it ended, return the exit code (1: a step failed)."""
     try:
-        report = run_pipeline(config_path, overrides, ray_address, until, verify)
+        report = run_pipeline(config_path, overrides, ray_address, until, verify, deepspeed_checked)
     except StepFailed as e:
         then = ("once that is fixed, the same command goes on from this step" if e.needs_a_fix
                 else "rerun the same command to resume")

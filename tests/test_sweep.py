@@ -85,6 +85,20 @@ def test_a_sweep_directory_belongs_to_one_grid(tmp_path, monkeypatch):
     assert json.loads((sweep.dir / "grid.json").read_text())["grid"] == {"stages.stage1.lr": ["1e-3", "1e-4"]}
 
 
+def test_a_step_job_leaves_the_deepspeed_check_to_the_sweeps_driver(tmp_path):
+    """The driver has DeepSpeed parse every point's JSON before any step starts (Sweep.check_with_deepspeed); a step
+    job that trains does not import torch and DeepSpeed again for it (5 s of CPU in a process that only waits for
+    the ranks), while `t2t pipeline` itself still checks."""
+    recipe = small_recipe(tmp_path)
+    probe = ("import sys; from t2t.pipeline import Pipeline; "
+             f"p = Pipeline({str(recipe)!r}, [], deepspeed_checked=sys.argv[1] == 'sweep'); "
+             "p.check_with_deepspeed(p.steps, None); print('deepspeed' in sys.modules)")
+    seen = {who: subprocess.run([sys.executable, "-c", probe, who], cwd=tmp_path, env=ENV, capture_output=True,
+                                text=True) for who in ("sweep", "pipeline")}
+    assert [(done.returncode, done.stdout.strip()) for done in seen.values()] == [(0, "False"), (0, "True")], \
+        [done.stderr[-2000:] for done in seen.values()]
+
+
 def sweep(tmp: Path, recipe: Path, *grid: str) -> subprocess.CompletedProcess:
     flags = [arg for g in grid for arg in ([g] if g.startswith("--") else ["--grid", g])]
     return subprocess.run([sys.executable, "-m", "t2t.cli", "sweep", "--config", str(recipe), *flags], cwd=tmp,

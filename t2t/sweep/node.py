@@ -31,7 +31,9 @@ def run_node(sweep, key: str, ray_address: str | None) -> int:
     store.prepare(node)
     point = store.rep(node)
     store.mark(node, status="running", point=point.name, log=str(log), started=time.time(), error="")
-    rc = run_verb("pipeline", lambda: run_and_tell(sweep.recipe, list(point.overrides), ray_address, node.step))
+    # The sweep's driver had DeepSpeed parse every point's JSON before it started any step (Sweep.check_with_deepspeed)
+    rc = run_verb("pipeline", lambda: run_and_tell(sweep.recipe, list(point.overrides), ray_address, node.step,
+                                                   deepspeed_checked=True))
     sys.stdout.flush()
     sys.stderr.flush()
     seconds = round(time.time() - store.entry(node)["started"], 1)
