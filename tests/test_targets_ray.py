@@ -59,8 +59,9 @@ def corpus(tmp_path_factory) -> Path:
 
 def make_cfg(model_dir: Path, corpus: Path, shards: Path, **targets) -> Config:
     """Two stages on the same tiny model: data-driven `stage1`, and `stage2` deriving targets from the model
-    itself (start: base). Keyword arguments set the `targets` job section or, by name, a kind's parameter."""
-    t = dict(shard_size=16, workers=2, batch_size=8, max_retries=2)
+    itself (start: base). Keyword arguments set the `targets` job section or, by name, a kind's parameter. One Ray
+    worker unless a test asks for more: each one's start (a process, torch, the model) costs seconds."""
+    t = dict(shard_size=16, workers=1, batch_size=8, max_retries=2)
     kind1 = {k: targets.pop(k) for k in ("stopwords", "max_target_tokens", "weighting") if k in targets}
     kind2 = {k: targets.pop(k) for k in ("tau", "delta", "top_k") if k in targets}
     t.update(targets)
@@ -82,7 +83,7 @@ def with_stage_targets(cfg: Config, stage: str, **params) -> Config:
 def clean(tiny_model_dir, corpus, tmp_path_factory) -> tuple[Config, dict, Path]:
     """One clean stage-1 run that the fault and resume tests compare against: (cfg, manifest, out dir)."""
     shards = tmp_path_factory.mktemp("clean")
-    cfg = make_cfg(tiny_model_dir, corpus, shards)
+    cfg = make_cfg(tiny_model_dir, corpus, shards, workers=2)
     return cfg, run_targets(cfg, "stage1"), shards / "stage1"
 
 
