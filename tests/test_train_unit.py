@@ -91,7 +91,7 @@ def test_nan_loss_stops_before_the_optimizer_step(process_group):
 
 def test_deepspeeds_muon_module_is_imported_without_compiling_its_kernels():
     """Every ZeRO engine imports DeepSpeed's Muon module for an isinstance check; imported by itself it wraps three
-    kernels in torch.compile, which loads TorchDynamo (1.7 s per rank start). engine.import_muon_uncompiled keeps
+    kernels in torch.compile, which loads TorchDynamo (1.2 s per rank start). engine.import_muon_uncompiled keeps
     them eager, and leaves DeepSpeed's compile helper as it was."""
     import subprocess
     import sys

@@ -184,7 +184,7 @@ def import_muon_uncompiled() -> None:
 
     Every ZeRO engine imports that module, only to ask whether the optimizer is a Muon (`isinstance`), and the
     module wraps three kernels in `torch.compile` as it is imported, which loads TorchDynamo's and Inductor's
-    machinery: 1.7 s of CPU at the start of every rank of every stage (bench/BENCHMARKS.md), for an optimizer t2t
+    machinery: 1.2 s of CPU at the start of every rank of every stage (bench/BENCHMARKS.md), for an optimizer t2t
     never builds. Imported here first, with DeepSpeed's `compiler.compile()` helper giving its plain decorator,
     those kernels stay eager functions; nothing else is compiled differently (the helper is restored at once)."""
     import sys

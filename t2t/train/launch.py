@@ -7,7 +7,7 @@
 runs `torchrun --standalone --nproc_per_node 2 -m t2t.cli train --config ... --stage stage1 --resume auto`
 (torchrun picks a free port, so concurrent runs do not collide). One rank (`nproc=1`, and the automatic choice
 on a CPU machine) is started as `python -m t2t.cli train ...` with the environment torchrun would give it: a
-launcher process in between would only add its start-up (2 s of CPU) to every stage. Output of every rank goes to
+launcher process in between would only add its start-up (1-1.5 s of CPU) to every stage. Output of every rank goes to
 `log_file`. A rerun resumes from the newest checkpoint. A stage is named as in the recipe's `stages`; each
 rank trains it from the model it starts from (`t2t.run_paths.for_stage`).
 
