@@ -68,6 +68,11 @@ def require_packages() -> None:
         raise GGUFError(f"loading GGUF files needs {', '.join(missing)}: pip install {' '.join(missing)}")
 
 
+def unreadable(path: Path, e: Exception) -> GGUFError:
+    """The error for a GGUF file that gguf could not parse (its header, a field, the tensor table)."""
+    return GGUFError(f"{path}: not a readable GGUF file (truncated or corrupt?): {type(e).__name__}: {e}")
+
+
 def read_gguf(path: Path):
     """A `gguf.GGUFReader` of `path`; a GGUFError if it is unreadable."""
     require_packages()
@@ -76,7 +81,7 @@ def read_gguf(path: Path):
     try:
         return gguf.GGUFReader(str(path))
     except Exception as e:  # noqa: BLE001 - gguf raises ValueError/IndexError/AttributeError on damaged files
-        raise GGUFError(f"{path}: not a readable GGUF file (truncated or corrupt?): {type(e).__name__}: {e}") from None
+        raise unreadable(path, e) from None
 
 
 def inspect_gguf(path: Path, reader=None) -> dict:
@@ -84,14 +89,15 @@ def inspect_gguf(path: Path, reader=None) -> dict:
     GGUFError if it is unreadable."""
     import gguf
 
-    reader = reader or read_gguf(path)
+    if reader is None:
+        reader = read_gguf(path)
     try:
         arch = reader.get_field("general.architecture").contents()
         file_type = reader.get_field("general.file_type")
         name = reader.get_field("general.name")
         tensor_types = Counter(t.tensor_type.name for t in reader.tensors)
     except Exception as e:  # noqa: BLE001 - gguf raises ValueError/IndexError/AttributeError on damaged files
-        raise GGUFError(f"{path}: not a readable GGUF file (truncated or corrupt?): {type(e).__name__}: {e}") from None
+        raise unreadable(path, e) from None
     quant = "unknown"
     if file_type is not None:
         try:
