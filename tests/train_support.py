@@ -94,11 +94,15 @@ def rank_env(**extra) -> dict:
 
 
 def torchrun(nproc: int, args: list[str], log: Path, timeout: float = 240, **popen) -> subprocess.CompletedProcess:
-    """`torchrun --standalone` `nproc` ranks of `python -m ...args`, output to `log`; raises with the log on failure."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    """`nproc` ranks of `python ...args` started as `t2t train` starts them (`rank_launcher`: `torchrun --standalone`,
+    or for one rank the interpreter itself, which saves torchrun's own start-up); output to `log`; raises with the
+    log on failure."""
+    from t2t.train.launch import rank_launcher
+
+    env = rank_env()
+    cmd = rank_launcher(nproc, env) + list(args)
     with log.open("w") as f:
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=rank_env(), timeout=timeout,
-                              cwd=REPO, **popen)
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout, cwd=REPO, **popen)
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{log.read_text()[-4000:]}")
     return done
