@@ -44,7 +44,7 @@ class EmbeddingIdentity:
     """How a text becomes a vector. Field order is the key order of every file it is written to."""
 
     pooling: str = "mean"
-    """`mean`, `last` or `eos` (t2t.model.embedder.pool)."""
+    """A registered pooling mode: `mean`, `last`, `eos` or `echo` (`t2t.pooling`)."""
     prompt: str = "{text}"
     """The template the text is put into, with `{text}`."""
     attention: str = "causal"

@@ -8,7 +8,7 @@ name given and the nearest registered one.
     POOLINGS = Registry[Pooling]("pooling mode", ConfigError)
     POOLINGS.register("mean", Pooling(...))
     POOLINGS.get("maen", key="model.pooling")
-    # ConfigError: model.pooling must be one of mean, last, eos; got 'maen'; did you mean 'mean'?
+    # ConfigError: model.pooling must be one of mean, last, eos, echo; got 'maen'; did you mean 'mean'?
 """
 
 from __future__ import annotations

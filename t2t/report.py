@@ -29,7 +29,13 @@ def plot_loss(rows: list[dict], title: str, out: Path, ylabel: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.2)
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["loss"] for r in rows], lw=1.2, label="loss")
+    parts = [k for k in rows[0] if k.startswith("loss_")]  # a `sum`'s parts, each its own (unweighted) mean
+    for key in parts:
+        ax.plot(steps, [r[key] for r in rows], lw=0.9, label=key.removeprefix("loss_"))
+    if parts:
+        ax.legend()
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -58,11 +64,11 @@ def write_report(cfg: Config, config_path: str, overrides: list[str]) -> Path:
         head, tail = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10):]
         first = sum(r["loss"] for r in head) / len(head)
         last = sum(r["loss"] for r in tail) / len(tail)
-        targets = stage.targets.kind if objective.reads_targets else "— (reads tokens only)"
+        targets = stage.targets.kind if objective.reads(stage.objective) else "— (reads tokens only)"
         lines.append(f"| {stage.name} | {stage.start} | {stage.objective.name} | {targets} | {rows[-1]['step']} "
                      f"| {stage.lr:g} | {first:.4f} | {last:.4f} | " + " | ".join(throughput(rows)) + " |")
         png = run_dir / f"loss_{stage.name}.png"
-        plot_loss(rows, f"{stage.name} training loss", png, objective.label)
+        plot_loss(rows, f"{stage.name} training loss", png, objective.loss_label(stage.objective))
         plots.append(f"![{stage.name} loss]({png.name})")
     lines += ["", "First/last loss are means over the first/last tenth of the logged steps. Throughput is over the "
               "logged steps after the first (which also warms up), tokens are real tokens (padding not counted), "

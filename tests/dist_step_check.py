@@ -8,8 +8,9 @@ Run by tests/test_train_sharding.py, once as 2 ranks and once as 1 process (the 
 `t2t` and `mntp`: 2 ranks × 2 micro-steps of 2 texts against 1 process × 1 micro-step of 8 (neither loss has
 in-batch negatives, so accumulation is exact too; mntp's masks are a function of each text, not of the split). `simcse`: 2 ranks × 1 micro-step of 4
 against 1 process × 1 micro-step of 8: the contrastive batch is one micro-step gathered over
-ranks, so only the rank split is exact. Its dropout is 0, making the two views deterministic.
-Both objectives run in one launch, each on a freshly built engine, to pay the start-up once.
+ranks, so only the rank split is exact. Its dropout is 0, making the two views deterministic. `sum` (t2t + 0.5 ×
+simcse) as simcse: each part divided by its own count over the global batch, which differs between the parts and
+is not any one rank's. All objectives run in one launch, each on a freshly built engine, to pay the start-up once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 import webdataset as wds
 
 GLOBAL_BATCH = 8
-MICRO_STEPS = {"t2t": 2, "simcse": 1, "mntp": 2}  # with 2 ranks; a lone process takes the global batch in one micro-step
+MICRO_STEPS = {"t2t": 2, "simcse": 1, "mntp": 2, "sum": 1}  # with 2 ranks; a lone process: the batch in one micro-step
+SUM = "{name: sum, parts: [{name: t2t, weight: 1.0}, {name: simcse, weight: 0.5, dropout: 0}]}"
 
 
 def one_step(recipe: str, objective_name: str, samples: list, rank: int, world: int) -> dict:
@@ -40,6 +42,7 @@ def one_step(recipe: str, objective_name: str, samples: list, rank: int, world: 
     per_micro = GLOBAL_BATCH // (world * micro_steps)
     attention = "bidirectional" if objective_name == "mntp" else "causal"
     cfg = load_config(recipe, [f"train.micro_batch_size={per_micro}", f"train.grad_accum_steps={micro_steps}",
+                               f"stages.stage1.objective={SUM}" if objective_name == "sum" else
                                f"stages.stage1.objective.name={objective_name}",
                                *(["stages.stage1.objective.dropout=0"] if objective_name == "simcse" else []),
                                f"model.attention={attention}"])
@@ -63,7 +66,7 @@ def one_step(recipe: str, objective_name: str, samples: list, rank: int, world: 
             grads[name] = None if g is None else g.detach().clone().cpu()
 
     result = train_step(engine, objective, micro, world, before_update=read_gradients)
-    return dict(loss=result.loss, counted=result.counted, grads=grads)
+    return dict(loss=result.loss, counted=result.counted, parts=result.parts, grads=grads)
 
 
 def main(recipe: str, out: str) -> None:

@@ -126,8 +126,21 @@ def test_inconsistent_combination(tmp_path):
         load_config(write(tmp_path, "model: {path: m, gguf: a.gguf, tiny: {tokenizer_corpus: c}}\n"))
     with pytest.raises(ConfigError, match=r"model\.prompt must contain \{text\}"):
         load_config(write(tmp_path, "model: {path: m, prompt: 'no placeholder'}\n"))
+    with pytest.raises(ConfigError, match=r": model\.prompt must contain \{text\} exactly 2 times for model\.pooling "
+                                          r"echo \(it pools over the last copy\); got 1 in 'Text: \{text\}'$"):
+        load_config(write(tmp_path, "model: {path: m, pooling: echo, prompt: 'Text: {text}'}\n"))
+    with pytest.raises(ConfigError, match=r"model\.prompt must contain \{text\}; got 'Echo:'"):
+        load_config(write(tmp_path, "model: {path: m, pooling: echo, prompt: 'Echo:'}\n"))
     with pytest.raises(ConfigError, match=r"train\.train_embeddings applies to full-parameter training"):
         load_config(write(tmp_path, "model: {path: m}\ntrain: {lora: {}, train_embeddings: true}\n"))
+
+
+def test_echo_pooling_defaults_to_the_echo_prompt(tmp_path):
+    from t2t.pooling import ECHO_PROMPT
+
+    assert load_config(write(tmp_path, "model: {path: m, pooling: echo}\n")).model.template == ECHO_PROMPT
+    own = "model: {path: m, pooling: echo, prompt: 'Document: {text} Again: {text}'}\n"
+    assert load_config(write(tmp_path, own)).model.template.count("{text}") == 2
 
 
 def test_config_error_is_value_error_and_names_file(tmp_path):
@@ -211,18 +224,20 @@ def test_unknown_objective_and_kind_name_the_registered_ones(tmp_path, capsys):
         load_config(p, ["stages.stage1.objective=simcse"])
 
 
-def test_an_objective_owns_its_settings_and_simcse_needs_mean_pooling(tmp_path, capsys):
+def test_an_objective_owns_its_settings_and_simcse_takes_the_recipes_pooling(tmp_path, capsys):
+    """SimCSE from the Text2Token start (causal, PromptEOL, `last` pooling) loads as LLM2Vec's mean pooling does: the
+    objective forces no pooling."""
     from t2t.cli import main
     from t2t.objectives import SimCSEObjective, Text2TokenObjective
 
-    p = write(tmp_path, "model: {path: m, pooling: last}\n" + TWO_STAGES)
+    p = write(tmp_path, "model: {path: m, pooling: last, attention: causal}\n" + TWO_STAGES)
     simcse = "stages.stage1.objective.name=simcse"
-    with pytest.raises(ConfigError, match=r"stages\.stage1\.objective simcse needs model\.pooling=mean \(it is last\)"):
-        load_config(p, [simcse])
-    assert main(["config", "--config", str(p), "--set", simcse]) == 2
-    assert "needs model.pooling=mean" in capsys.readouterr().err
-    cfg = load_config(p, [simcse, "stages.stage1.objective.temperature=0.1", "model.pooling=mean"])
-    assert [s.objective for s in cfg.stages] == [SimCSEObjective(temperature=0.1), Text2TokenObjective()]
+    assert main(["config", "--config", str(p), "--set", simcse]) == 0
+    assert "pooling: last" in capsys.readouterr().out
+    for pooling in ("last", "mean"):
+        cfg = load_config(p, [simcse, "stages.stage1.objective.temperature=0.1", f"model.pooling={pooling}"])
+        assert [s.objective for s in cfg.stages] == [SimCSEObjective(temperature=0.1), Text2TokenObjective()]
+        assert (cfg.model.pooling, cfg.model.attention) == (pooling, "causal")
     with pytest.raises(ConfigError, match=r"unknown key stages\.stage2\.objective\.temperature"):
         load_config(p, ["model.pooling=mean", "stages.stage2.objective.temperature=0.1"])  # t2t has no temperature
 

@@ -67,7 +67,7 @@ def test_explain_prints_every_field_of_every_section(capsys):
     for kind in TARGET_KINDS:
         assert f"== stages.targets with kind: {kind} ==" in out
     # Type and default, the way a recipe writes them.
-    assert '\nmodel.pooling: mean | last | eos = "mean"\n' in out
+    assert '\nmodel.pooling: mean | last | eos | echo = "mean"\n' in out
     assert "\nstages[].lr: float = 5e-05\n" in out
     assert "\nmodel.tiny: section (below) | null = null\n" in out
     assert "\nstages: list of stages = [stage1 (data-driven, from base), stage2 (model-derived, from stage1)]\n" in out

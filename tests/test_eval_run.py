@@ -218,6 +218,24 @@ def test_each_checkpoint_gets_its_own_revision(tiny_export, tmp_path):
     assert all(table["status"][n] == {"BIOSSES": "ran"} for n in names)
 
 
+def test_echos_cut_rule_keys_its_eval_results_only(tiny_model_dir, tiny_export, monkeypatch):
+    """Echo pooling's cut rule is part of its cache key, so a change to the rule redoes its results, and only
+    theirs: the other modes' keys stay what they were."""
+    import dataclasses
+
+    import t2t.eval.models as M
+    from t2t.config import ModelConfig
+    from t2t.model import EmbeddingIdentity
+    from t2t.pooling import ECHO_PROMPT
+
+    mean = EmbeddingIdentity.of(ModelConfig(path=str(tiny_model_dir)))
+    echo = dataclasses.replace(mean, pooling="echo", prompt=ECHO_PROMPT)
+    before = [M.content_hash(tiny_export), M.content_hash(tiny_model_dir, mean), M.content_hash(tiny_model_dir, echo)]
+    monkeypatch.setattr(M, "SPAN_CUT_RULE", "another rule")
+    after = [M.content_hash(tiny_export), M.content_hash(tiny_model_dir, mean), M.content_hash(tiny_model_dir, echo)]
+    assert after[:2] == before[:2] and after[2] != before[2]
+
+
 def test_a_plain_hf_dir_is_evaluated_with_the_recipe_settings(tiny_model_dir, tiny_export, tmp_path, capsys):
     """A directory without t2t_config.json embeds with the recipe's model settings: the scores of the export made
     with them, cached under a revision that includes them (two poolings never share results); an export keeps its

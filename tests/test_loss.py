@@ -152,3 +152,38 @@ def test_simcse_counts_every_text_and_identical_views_still_have_negatives():
     logits = a @ a.T / 0.05
     assert parts.total.item() == pytest.approx(F.cross_entropy(logits, torch.arange(4), reduction="sum").item(),
                                                rel=1e-5)
+
+
+def test_echo_pool_mask_reaches_the_embedder_through_both_losses_and_the_probe(tiny_model_dir):
+    """An echo batch, collated as the training stream collates it, carries its pool_mask into the embedder:
+    text2token's logits are those of the echo embeddings, SimCSE stacks the mask with the rows it doubles, and
+    the checkpoint probe (random tokens, no prompt) has one too, which other modes ignore."""
+    from t2t.data.stream import collate
+    from t2t.model import Embedder, EmbeddingIdentity, load_lm, load_tokenizer
+    from t2t.pooling import ECHO_PROMPT
+    from t2t.train.checks import probe_batch
+
+    tok = load_tokenizer(tiny_model_dir)
+    emb = Embedder(load_lm(tiny_model_dir), tok, EmbeddingIdentity(pooling="echo", prompt=ECHO_PROMPT)).eval()
+    texts = ["The river floods every spring.", "a lake", "She plays the violin in a string quartet."]
+    ids, w, mask, dense = random_targets(3, emb.lm.config.vocab_size, 4)
+    batch = collate([(str(i), t, ids[i][mask[i]].numpy(), w[i][mask[i]].numpy()) for i, t in enumerate(texts)],
+                    tok, emb.settings)
+    with torch.no_grad():
+        h, z = emb(**emb.tokenize(texts))
+    parts = text2token_loss(emb, batch)
+    assert parts.total.item() / parts.count == pytest.approx(dense_mean_kl(z, dense).item(), rel=1e-5)
+    parts.total.backward()
+    assert emb.lm.get_input_embeddings().weight.grad.abs().sum() > 0
+
+    parts = simcse_loss(emb, batch, temperature=0.05)  # eval mode: no dropout, two equal views of each text
+    a = F.normalize(h, dim=-1)
+    expected = F.cross_entropy(a @ a.T / 0.05, torch.arange(3), reduction="sum").item()
+    assert parts.total.item() == pytest.approx(expected, rel=1e-4)
+
+    probe = probe_batch(emb.lm.config.vocab_size, 16, seed=0)
+    with torch.no_grad():
+        pooled, _ = emb(**probe)
+        assert pooled.shape == (4, h.shape[1]) and torch.isfinite(pooled).all()
+        mean = Embedder(emb.lm, tok, EmbeddingIdentity(pooling="mean"))
+        assert torch.equal(mean(**probe)[0], mean(probe["input_ids"], probe["attention_mask"])[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -13,6 +14,7 @@ from transformers import LlamaConfig, MistralConfig, Qwen2Config, AutoModelForCa
 from t2t.data.tokens import tokenize_texts
 from t2t.model import Embedder, EmbeddingIdentity, export, load, load_lm, load_tokenizer, pool, set_attention
 from t2t.errors import UserError
+from t2t.pooling import ECHO_PROMPT
 
 FAMILIES = {
     "llama": LlamaConfig,
@@ -59,9 +61,9 @@ def test_pooling_ignores_padding_either_side():
     assert torch.equal(pool(hidden, left, "eos")[1], hidden[1, 3])
 
 
-@pytest.mark.parametrize("pooling", ["mean", "last", "eos"])
+@pytest.mark.parametrize("pooling", ["mean", "last", "eos", "echo"])
 def test_batch_independent_embeddings(tiny_model_dir, pooling):
-    prompt = '"{text}" means:' if pooling == "last" else "{text}"
+    prompt = {"last": '"{text}" means:', "echo": ECHO_PROMPT}.get(pooling, "{text}")
     emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbeddingIdentity(pooling=pooling, prompt=prompt))
     texts = ["short", "a considerably longer sentence about the history of the city", "mid length text"]
     together = emb.encode(texts, batch_size=3)
@@ -109,6 +111,80 @@ def test_a_text_too_long_is_cut_inside_the_prompt(tokenizer, request):
     assert mean["input_ids"][0].tolist() == tok(long_text)["input_ids"][:limit]  # no tail: the plain head cut
 
 
+ECHO_TEXTS = ["The cat sat on the mat.", "a", "Paris is the capital of France and a city"]
+
+
+def pooled_text(tok, batch: dict, row: int) -> str:
+    """The text the pool mask of `row` marks, decoded (a straddling token's prompt space stripped)."""
+    return tok.decode(batch["input_ids"][row][batch["pool_mask"][row].bool()]).strip()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("tokenizer", ["tiny_model_dir", "tiny_sp_model_dir"])
+def test_echo_pool_mask_marks_the_second_copy_only(tokenizer, side, request):
+    tok = load_tokenizer(request.getfixturevalue(tokenizer), side)
+    batch, cut = tokenize_texts(tok, EmbeddingIdentity(pooling="echo", prompt=ECHO_PROMPT, padding_side=side),
+                                ECHO_TEXTS)
+    assert cut == 0 and batch["pool_mask"].shape == batch["attention_mask"].shape
+    for row, text in enumerate(ECHO_TEXTS):
+        mask, real = batch["pool_mask"][row], batch["attention_mask"][row]
+        assert pooled_text(tok, batch, row) == text
+        assert (mask <= real).all()  # never on padding
+        marked = mask.nonzero().flatten()
+        assert (marked == torch.arange(marked[0], marked[-1] + 1)).all()  # one run of tokens
+        first = int(marked[0])
+        before = tok.decode(batch["input_ids"][row][:first][real[:first].bool()], skip_special_tokens=True)
+        assert before.strip() == f"Rewrite the sentence: {text}, rewritten sentence:"  # the first copy is context
+    plain, _ = tokenize_texts(tok, EmbeddingIdentity(padding_side=side), ECHO_TEXTS)
+    assert set(plain) == {"input_ids", "attention_mask"}  # other modes' batches are as they were
+
+
+@pytest.mark.parametrize("tokenizer", ["tiny_model_dir", "tiny_sp_model_dir"])
+def test_echo_cuts_the_text_alike_in_both_copies(tokenizer, request):
+    """A text too long is cut to its longest prefix (at a token end) with which the whole prompt fits; both copies
+    hold that prefix. Checked against a linear search over every token end of the text."""
+    tok = load_tokenizer(request.getfixturevalue(tokenizer))
+    limit = len(tok(ECHO_PROMPT.replace("{text}", "a lake"))["input_ids"]) + 9
+    settings = EmbeddingIdentity(pooling="echo", prompt=ECHO_PROMPT, max_length=limit)
+    long_text = "the river flows past the old mill and under the stone bridge " * 4
+    batch, cut = tokenize_texts(tok, settings, [long_text, "a lake"])
+    assert cut == 1 and batch["input_ids"].shape[1] <= limit
+    ends = [e for _, e in tok(long_text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+    fitting = [e for e in ends if len(tok(ECHO_PROMPT.replace("{text}", long_text[:e]))["input_ids"]) <= limit]
+    prefix = long_text[:max(fitting)]
+    assert len(prefix.split()) >= 3  # a real cut, not an empty text
+    row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    assert row == tok(ECHO_PROMPT.replace("{text}", prefix))["input_ids"]  # the same prefix in both copies
+    assert pooled_text(tok, batch, 0) == prefix.strip()
+
+    with pytest.raises(UserError, match=r"^model\.max_length 8 is too short for the echo prompt .*: with an empty "
+                                        r"text it is already \d+ tokens$"):
+        tokenize_texts(tok, dataclasses.replace(settings, max_length=8), [long_text])
+
+
+def test_echo_needs_a_fast_tokenizer():
+    from types import SimpleNamespace
+
+    with pytest.raises(UserError, match=r"echo pooling needs a fast tokenizer"):
+        tokenize_texts(SimpleNamespace(is_fast=False), EmbeddingIdentity(pooling="echo", prompt=ECHO_PROMPT), ["a"])
+
+
+def test_echo_embedding_is_the_mean_over_the_second_copy(tiny_model_dir):
+    emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir),
+                   EmbeddingIdentity(pooling="echo", prompt=ECHO_PROMPT))
+    batch = emb.tokenize(ECHO_TEXTS)
+    with torch.no_grad():
+        h, z = emb(**batch)
+        hidden = emb.lm.get_decoder()(input_ids=batch["input_ids"],
+                                      attention_mask=batch["attention_mask"]).last_hidden_state
+        with pytest.raises(ValueError, match="echo pooling needs the batch's pool_mask"):
+            emb(batch["input_ids"], batch["attention_mask"])  # a caller that drops it is a bug, not mean pooling
+    for row in range(len(ECHO_TEXTS)):
+        manual = hidden[row][batch["pool_mask"][row].bool()].mean(0)
+        torch.testing.assert_close(h[row], manual, atol=1e-5, rtol=1e-5)
+    assert np.abs(emb.encode(ECHO_TEXTS) - h.numpy()).max() < 1e-5
+
+
 def test_forward_logits_are_fp32_from_the_head(tiny_model_dir):
     lm = load_lm(tiny_model_dir, dtype="bfloat16")
     emb = Embedder(lm, load_tokenizer(tiny_model_dir), EmbeddingIdentity())
@@ -126,6 +202,7 @@ def test_forward_logits_are_fp32_from_the_head(tiny_model_dir):
         (EmbeddingIdentity(pooling="last", prompt='This sentence : "{text}" means in one word:"'), True),
         (EmbeddingIdentity(pooling="mean", attention="bidirectional"), True),
         (EmbeddingIdentity(pooling="eos"), True),
+        (EmbeddingIdentity(pooling="echo", prompt=ECHO_PROMPT), True),
     ],
 )
 def test_export_matches_sentence_transformers(tiny_model_dir, tmp_path, settings, trust):

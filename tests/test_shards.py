@@ -197,14 +197,17 @@ def test_an_up_to_date_check_reads_a_corpus_or_backbone_again_only_when_it_chang
 
 def test_model_derived_targets_record_how_texts_were_cut(tiny_model_dir, stage2_manifest, tmp_path):
     """Model-derived params record the cut rule: targets made under an older one (PromptEOL's tail lost, no
-    `text_cut`) differ from the job's params now, so they are not complete and are redone."""
+    `text_cut`) differ from the job's params now, so they are not complete and are redone. Echo pooling's targets
+    add its own rule (the text cut alike in both copies); other modes record the string they always have."""
     from t2t.data.target_job import TargetJob
-    from t2t.data.tokens import CUT_RULE
+    from t2t.data.tokens import CUT_RULE, SPAN_CUT_RULE
 
     cfg, manifest = stage2_manifest
-    assert manifest["params"]["text_cut"] == CUT_RULE
+    assert manifest["params"]["text_cut"] == CUT_RULE == "prompt tail kept when a text is cut"
     corpus = tmp_path / "c.txt"
     corpus.write_text("one text\n")
+    echo = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pooling="echo", prompt=None))
+    assert TargetJob.resolve(echo, "derived", str(corpus)).params["text_cut"] == f"{CUT_RULE}; {SPAN_CUT_RULE}"
     words = dataclasses.replace(cfg, stages=[StageConfig(name="words", start="base")])  # data-driven reads no model
     assert "text_cut" not in TargetJob.resolve(words, "words", str(corpus)).params
 

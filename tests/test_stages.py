@@ -103,7 +103,7 @@ def three_stages(tmp: Path, tiny_recipe: Path) -> Path:
     recipe["model"]["path"] = "runs/three/base"
     recipe["model"]["tiny"].update(tokenizer_corpus=str(CORPUS), vocab_size=1000, tokenizer_train_texts=2000,
                                    hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
-    recipe["model"]["pooling"] = "mean"  # the SimCSE stage needs it
+    recipe["model"]["pooling"] = "mean"  # said, not implied: the SimCSE stage embeds with it (LLM2Vec's pooling)
     recipe["data"].update(corpus=str(CORPUS), max_texts=400, shards_dir="shards/three", loader_workers=0)
     recipe["targets"].update(shard_size=100, workers=0)
     recipe["train"].update(micro_batch_size=8, save_every=50, nproc=1)
@@ -194,5 +194,5 @@ def test_a_pooling_mode_registered_outside_t2t_is_a_recipe_entry(tiny_model_dir)
         assert (h >= h_mean - 1e-6).all()  # the max over tokens is at least their mean
     finally:
         POOLINGS.unregister("max")
-    with pytest.raises(ConfigError, match=r"model\.pooling must be one of mean, last, eos; got 'max'"):
+    with pytest.raises(ConfigError, match=r"model\.pooling must be one of mean, last, eos, echo; got 'max'"):
         load_config(None, [f"model.path={tiny_model_dir}", "model.pooling=max"])

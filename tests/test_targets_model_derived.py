@@ -93,6 +93,18 @@ def test_builder_logits_match_the_student_and_keep_text_order(embedder, student_
     np.testing.assert_allclose(total, student_logits.astype(np.float64).sum(0), rtol=1e-5, atol=1e-4)
 
 
+def test_echo_targets_come_from_the_echo_embeddings(tiny_model_dir):
+    """With echo pooling the builder's batches carry their pool_mask: each text's z is that of the text alone, cut
+    texts included (max_length 40 cuts the long ones, alike in both copies)."""
+    echo = from_config(ModelConfig(path=str(tiny_model_dir), pooling="echo", max_length=40))
+    with torch.no_grad():
+        alone = np.stack([echo(**echo.tokenize([t]))[1][0].numpy() for t in TEXTS])
+    builder = ModelDerivedBuilder(echo, ModelDerivedTargets(), batch_size=4)
+    for idx, z in builder.logits(TEXTS):
+        np.testing.assert_allclose(z.numpy(), alone[idx], rtol=1e-4, atol=1e-4)
+    assert echo.truncated_texts > 0
+
+
 def test_truncated_texts_are_counted(embedder):
     builder = ModelDerivedBuilder(embedder, ModelDerivedTargets(), batch_size=4)
     _, _, truncated = builder.background_sum([" ".join(["word"] * 100), "short"])

@@ -1,7 +1,8 @@
 """ZeRO-3 sharding is exact: 2 ranks give the loss and gradients of 1 process on the same global batch.
 
 `t2t` and `mntp`: 2 ranks × 2 micro-steps. `simcse`: 2 ranks × 1 micro-step, its in-batch negatives
-gathered over the ranks with gradients (see tests/dist_step_check.py for why not 2 micro-steps).
+gathered over the ranks with gradients (see tests/dist_step_check.py for why not 2 micro-steps). `sum` (t2t + 0.5 ×
+simcse): as simcse, each part normalised by its own count over the global batch.
 """
 
 from __future__ import annotations
@@ -33,11 +34,17 @@ def two_and_one(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective, counted", [("t2t", 7), ("simcse", 8), ("mntp", None)])
+@pytest.mark.parametrize("objective, counted", [("t2t", 7), ("simcse", 8), ("mntp", None),
+                                                ("sum", {"t2t": 7, "simcse": 8})])
 def test_two_ranks_match_one_process(two_and_one, objective, counted):
     two, one = (r[objective] for r in two_and_one)
     # t2t: 8 texts, one with an empty target; simcse counts every text; mntp the masked tokens of all 8
-    assert two["counted"] == one["counted"] == (counted or one["counted"]) > 0
+    if objective == "sum":  # each part its own count, and its own mean loss
+        assert {k: n for k, (_, n) in two["parts"].items()} == {k: n for k, (_, n) in one["parts"].items()} == counted
+        for k, (loss, _) in one["parts"].items():
+            assert two["parts"][k][0] == pytest.approx(loss, rel=1e-6)
+    else:
+        assert two["counted"] == one["counted"] == (counted or one["counted"]) > 0
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
     assert two["grads"].keys() == one["grads"].keys() and len(one["grads"]) > 10
     for name, g in one["grads"].items():

@@ -199,8 +199,50 @@ def test_simcse_settings_are_validated():
     for key, value in (("stages.stage1.objective.temperature", 0), ("stages.stage1.objective.dropout", 1.0)):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(None, ["model.path=m", simcse, f"{key}={value}"])
-    with pytest.raises(ConfigError, match=r"stages\.stage1\.objective simcse needs model\.pooling=mean \(it is last\)"):
-        load_config(None, ["model.path=m", simcse, "model.pooling=last"])
+
+
+class EmbedderEngine(torch.nn.Module):
+    """The slice of a DeepSpeed engine train_step uses, around a real embedder: its backward divides by the
+    micro-steps of a step, as DeepSpeed's does."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, embedder, micro_steps: int = 1):
+        super().__init__()
+        self.module, self.micro_steps = embedder, micro_steps
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def backward(self, loss):
+        (loss / self.micro_steps).backward()
+
+    def step(self):
+        pass
+
+    def get_lr(self):
+        return [1e-3]
+
+
+def test_simcse_trains_from_the_text2token_start(tiny_model_dir, process_group):
+    """Causal attention, PromptEOL and `last` pooling: a recipe that loads, and a SimCSE step on a tiny model whose
+    two views differ and whose gradient reaches the backbone."""
+    from t2t.model import from_config
+
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", "model.pooling=last", "model.attention=causal",
+                             "model.max_length=32", "stages.stage1.objective.name=simcse"])
+    assert "means in one word" in cfg.model.template  # PromptEOL, the `last` pooling's own prompt
+    embedder = from_config(cfg.model)
+    objective = objective_for(cfg.stage("stage1").objective)
+    objective.prepare(embedder)
+    embedder.train()
+    batch = embedder.tokenize(["The river flows through the old town.", "Quantum physics is hard.", "Rain fell.",
+                               "The market opens at dawn."])
+    assert (embedder(**batch)[0] - embedder(**batch)[0]).abs().max() > 1e-3  # the last position's two views differ
+    result = train_step(EmbedderEngine(embedder), objective, [batch], world_size=1)
+    assert result.counted == 4 and 0 < result.loss < float("inf")
+    layer = embedder.lm.model.layers[0].self_attn.q_proj.weight
+    assert layer.grad is not None and layer.grad.abs().sum() > 0
 
 
 def test_stage_complete_needs_the_export(tmp_path, tiny_model_dir):

@@ -145,7 +145,22 @@ def _walk_named(base: type, named, stage_path: str, stage_shown: str, out: list[
             if f.name not in shared:
                 section.entries.append(Entry(f"{shown}.{f.name}", _type_text(hints[f.name], spec, f.name),
                                              _default_text(f), docs.get(f.name, "")))
+                section.entries += _item_entries(hints[f.name], f"{shown}.{f.name}[]")
         out.append(section)
+
+
+def _item_entries(tp: Any, shown: str) -> list[Entry]:
+    """The fields of the mappings a list field holds, one entry each (`stages[].objective.parts[].weight`); none for a
+    list of values."""
+    from t2t.config import field_docs
+    from t2t.config.schema import field_type
+
+    kind, item = field_type(tp)
+    if kind != "list" or not dataclasses.is_dataclass(item):
+        return []
+    docs, hints = field_docs(item), typing.get_type_hints(item)
+    return [Entry(f"{shown}.{f.name}", _type_text(hints[f.name], item, f.name), _default_text(f), docs.get(f.name, ""))
+            for f in dataclasses.fields(item)]
 
 
 def _dataclass_of(tp: Any) -> type | None:
@@ -178,7 +193,11 @@ def _type_text(tp: Any, owner: type, name: str) -> str:
     if kind == "choice":
         return " | ".join(map(str, arg))
     if kind == "list":
-        return "list of stages" if arg is StageConfig else f"list of {_type_text(arg, owner, name)}"
+        if arg is StageConfig:
+            return "list of stages"
+        if dataclasses.is_dataclass(arg):
+            return "list of mappings (fields below)"
+        return f"list of {_type_text(arg, owner, name)}"
     return arg.__name__
 
 

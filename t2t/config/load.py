@@ -207,9 +207,13 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     if not m.path:
         raise ConfigError("model.path is required (a local model directory, or where to build model.tiny)")
-    POOLINGS.get(m.pooling, "model.pooling")
+    pooling = POOLINGS.get(m.pooling, "model.pooling")
     if "{text}" not in m.template:
         raise ConfigError(f"model.prompt must contain {{text}}; got {m.template!r}")
+    copies = m.template.count("{text}")
+    if pooling.text_copies is not None and copies != pooling.text_copies:
+        raise ConfigError(f"model.prompt must contain {{text}} exactly {pooling.text_copies} times for "
+                          f"model.pooling {m.pooling} (it pools over the last copy); got {copies} in {m.template!r}")
     if m.max_length < 8:
         raise ConfigError(f"model.max_length must be at least 8, got {m.max_length}")
     if m.tiny is not None and m.gguf:
@@ -272,7 +276,7 @@ def validate(cfg: Config) -> None:
 
 def validate_stages(cfg: Config) -> None:
     """Names unique and usable as paths, each stage starting from `base` or an earlier stage, settings in range,
-    each objective fitting the model (simcse: mean pooling; mntp: bidirectional attention)."""
+    each objective fitting the model (mntp, and a `sum` with it: bidirectional attention)."""
     if not cfg.stages:
         raise ConfigError("stages is empty; a recipe trains at least one stage")
     seen: list[str] = []
@@ -296,8 +300,8 @@ def validate_stages(cfg: Config) -> None:
         TARGET_KINDS.get(s.targets.kind, f"{key}.targets.kind")  # spec_from checked it; a default-built spec is empty
         objective = OBJECTIVES.get(s.objective.name, f"{key}.objective.name")
         objective.validate(s.objective, f"{key}.objective")
-        for field_name, needed in (("pooling", objective.pooling), ("attention", objective.attention)):
-            if needed is not None and getattr(cfg.model, field_name) != needed:
+        for field_name, needed in objective.needs(s.objective).items():
+            if getattr(cfg.model, field_name) != needed:
                 raise ConfigError(f"{key}.objective {s.objective.name} needs model.{field_name}={needed} "
                                   f"(it is {getattr(cfg.model, field_name)})")
         seen.append(s.name)

@@ -64,9 +64,12 @@ class ModelConfig:
     """`causal` (as pretrained) or `bidirectional` (padding-only mask)."""
     pooling: str = "mean"
     """A registered pooling mode (`t2t.pooling`): `mean` over non-pad positions, `last` position of the prompted
-    text, or an appended `eos`."""
+    text, an appended `eos`, or `echo` (echo embeddings, Springer et al. 2024): the prompt holds the text twice and
+    the mean is over the tokens of the second copy only, which under causal attention have seen the whole text; a
+    text too long is cut alike in both copies."""
     prompt: str | None = None
-    """Template with `{text}`; default: the pooling mode's (PromptEOL for `last`, plain `{text}` otherwise)."""
+    """Template with `{text}`; default: the pooling mode's (PromptEOL for `last`, `Rewrite the sentence: {text},
+    rewritten sentence: {text}` for `echo`, which needs `{text}` exactly twice; plain `{text}` otherwise)."""
     padding_side: Literal["left", "right"] = "left"
     """Which side the tokenizer pads. Pooling finds the real positions either way; `left` keeps a batch's last
     tokens aligned, which is what generation-style prompts (PromptEOL) were written for."""
@@ -184,8 +187,9 @@ class StageConfig:
     and, for model-derived targets, computes its targets with."""
     objective: ObjectiveSpec = field(default_factory=Text2TokenObjective)
     """The stage's training objective: `name` (registered in `t2t.objectives`: `t2t`, KL to the target tokens;
-    `simcse`, unsupervised contrastive; `mntp`, LLM2Vec's masked next-token prediction) and its own settings, e.g.
-    `{name: simcse, temperature: 0.05, dropout: 0.1}`. simcse and mntp read only the texts of the stage's shards."""
+    `simcse`, unsupervised contrastive; `mntp`, LLM2Vec's masked next-token prediction; `sum`, several of them with
+    weights) and its own settings, e.g. `{name: simcse, temperature: 0.05, dropout: 0.1}`. simcse and mntp read only
+    the texts of the stage's shards."""
     targets: TargetsSpec = field(default_factory=DataDrivenTargets)
     """The stage's targets: `kind` (registered in `t2t.targets.kinds`), the corpus, and the kind's parameters."""
     steps: int = 100

@@ -17,7 +17,7 @@
       corpus_sha256   hash of the corpus files' names and contents
       max_texts       the cap on texts read in effect (0 = all)
       shard_size      samples per shard
-      text_cut        kinds that run the model: how a text too long was cut (`t2t.data.tokens.CUT_RULE`)
+      text_cut        kinds that run the model: how a text too long was cut (`t2t.data.tokens.cut_rule`)
     tokenizer_name  where the tokenizer was loaded from
     backbone        {path, revision_covers}
     corpus          {path, files: [{name, bytes}], counters: {read, skipped_empty, invalid_utf8, truncated}}

@@ -62,7 +62,7 @@ class TargetJob:
                 inputs: INPUTS = "read") -> "TargetJob":
         """Resolve paths, load the tokenizer and compute the params that decide stage `stage`'s targets (the
         corpus and backbone hashed as `inputs` says)."""
-        from t2t.data.tokens import CUT_RULE
+        from t2t.data.tokens import cut_rule
 
         cfg = for_stage(recipe, stage)
         spec = cfg.stage(stage).targets
@@ -86,7 +86,7 @@ class TargetJob:
                       corpus_sha256=corpus_sha, max_texts=texts_limit(cfg, stage),
                       shard_size=cfg.targets.shard_size)
         if kind.runs_model:  # the model read texts cut by this rule; targets made under an older one are redone
-            params["text_cut"] = CUT_RULE
+            params["text_cut"] = cut_rule(cfg.model.pooling)
         params = json.loads(json.dumps(params))  # the form it has when read back from manifest.json
         return cls(cfg, stage, kind, spec, Path(corpus), out_dir, model_dir,
                    tokenizer["name"], params, corpus_listing, covers)

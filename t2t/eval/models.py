@@ -37,11 +37,12 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 
 from t2t.data.files import hash_into
-from t2t.data.tokens import CUT_RULE
+from t2t.data.tokens import CUT_RULE, SPAN_CUT_RULE
 from t2t.errors import UserError
 from t2t.eval.tfidf import TFIDF_CONFIG, check_tfidf_dir, load_tfidf
 from t2t.identity import EmbeddingIdentity
 from t2t.model.io import T2T_CONFIG, check_model_dir, load, no_settings_error
+from t2t.pooling import POOLINGS
 from t2t.registry import Registry
 
 ST_MODULES = "modules.json"
@@ -92,23 +93,27 @@ def content_hash(path: Path, settings: EmbeddingIdentity | None = None) -> str:
     h = hashlib.sha256()
     if settings is not None:
         h.update(json.dumps(settings.as_dict(with_dtype=False)).encode() + b"\0")  # dtype: experiment_kwargs
-    if _prompt(path, settings).rsplit("{text}", 1)[-1]:
+    if _setting(path, settings, "prompt", "{text}").rsplit("{text}", 1)[-1]:
         # Such a model (PromptEOL) encodes a cut text differently since the cut keeps its tail: results
         # cached before that are not reused. Other prompts encode as they did.
         h.update(CUT_RULE.encode())
+    pooling = _setting(path, settings, "pooling", "mean")
+    if pooling in POOLINGS and POOLINGS.get(pooling).span:
+        h.update(SPAN_CUT_RULE.encode())  # echo's own cut rule: should it change, its cached results are redone
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f"{f.relative_to(path)}\0{f.stat().st_size}\0".encode())
         hash_into(h, f)
     return h.hexdigest()
 
 
-def _prompt(path: Path, settings: EmbeddingIdentity | None) -> str:
-    """The prompt template a directory embeds with ("{text}" for kinds that have none)."""
+def _setting(path: Path, settings: EmbeddingIdentity | None, name: str, default: str) -> str:
+    """A setting (`prompt`, `pooling`) a directory embeds with: the recipe's `settings`, its t2t_config.json's, or
+    `default` for kinds that have none."""
     if settings is not None:
-        return settings.prompt
+        return getattr(settings, name)
     if (path / T2T_CONFIG).is_file():
-        return json.loads((path / T2T_CONFIG).read_text()).get("prompt", "{text}")
-    return "{text}"
+        return json.loads((path / T2T_CONFIG).read_text()).get(name, default)
+    return default
 
 
 def model_kind(path: Path, settings: EmbeddingIdentity | None = None) -> str:

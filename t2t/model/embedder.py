@@ -69,10 +69,17 @@ def set_attention(lm: nn.Module, mode: str) -> None:
         raise UserError(f"{type(lm).__name__} has no attention layers with an is_causal switch")
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool final hidden states (B, L, d) over the non-pad positions given by `attention_mask` (B, L), with the
-    registered pooling mode `pooling` (`t2t.pooling`)."""
-    return pooling_mode(pooling).pool(hidden, attention_mask)
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
+         pool_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Pool final hidden states (B, L, d) with the registered pooling mode `pooling` (`t2t.pooling`): over the
+    non-pad positions given by `attention_mask` (B, L), or for a `span` mode (echo) over the positions of the
+    batch's `pool_mask` (B, L), which other modes ignore."""
+    mode = pooling_mode(pooling)
+    if not mode.span:
+        return mode.pool(hidden, attention_mask)
+    if pool_mask is None:  # a caller dropped the tokenized batch's pool_mask: mean-pooling instead would hide it
+        raise ValueError(f"{pooling} pooling needs the batch's pool_mask (made by tokenize_texts); none was passed")
+    return mode.pool(hidden, pool_mask)
 
 
 class Embedder(nn.Module):
@@ -92,20 +99,24 @@ class Embedder(nn.Module):
 
     # ------------------------------------------------------------------ tensors
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pooled last-layer hidden states h(x), shape (B, d)."""
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              pool_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled last-layer hidden states h(x), shape (B, d). `pool_mask`: the tokenized batch's, which a `span`
+        pooling mode (echo) needs and other modes ignore."""
         out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return pool(out.last_hidden_state, attention_mask, self.settings.pooling)
+        return pool(out.last_hidden_state, attention_mask, self.settings.pooling, pool_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                positions: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                positions: tuple[torch.Tensor, torch.Tensor] | None = None,
+                pool_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (h, z): pooled states (B, d) and fp32 logits (B, |V|), the head called inside this forward.
+        `pool_mask` as for `embed`.
 
         With `positions` (rows, columns), h is instead the last hidden states at those N token positions (N, d) and
         z their logits (N, |V|): token-level objectives (mntp) go through the same forward, and so through
         DeepSpeed's engine, without ever computing the head at every position."""
         if positions is None:
-            h = self.embed(input_ids, attention_mask)
+            h = self.embed(input_ids, attention_mask, pool_mask)
         else:
             out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             h = out.last_hidden_state[positions]
@@ -117,7 +128,8 @@ class Embedder(nn.Module):
         return format_text(self.tokenizer, self.settings, text)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Prompt, tokenize, truncate at `max_length` (counting cut texts) and pad a batch."""
+        """Prompt, tokenize, truncate at `max_length` (counting cut texts) and pad a batch: the keyword arguments of
+        `embed` and `forward` (input_ids, attention_mask, and pool_mask for a `span` pooling mode)."""
         batch, cut = tokenize_texts(self.tokenizer, self.settings, texts)
         self.truncated_texts += cut
         return batch

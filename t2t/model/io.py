@@ -6,7 +6,7 @@ An exported directory is an ordinary Hugging Face causal-LM directory plus:
 - sentence-transformers files. When the embedding is expressible with sentence-transformers'
   own modules (causal attention, no prompt, mean or last-token pooling) they are a
   `Transformer` + `Pooling` pair, and `SentenceTransformer(dir)` needs nothing else.
-  Otherwise (a prompt with a suffix, bidirectional attention, `eos` pooling) the single module
+  Otherwise (a prompt with a suffix, bidirectional attention, `eos` or `echo` pooling) the single module
   is `t2t.model.st_module.T2TModule`, loaded with `SentenceTransformer(dir, trust_remote_code=True)`.
 """
 

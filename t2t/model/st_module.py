@@ -1,7 +1,7 @@
 """A sentence-transformers input module that embeds exactly like `t2t.model.load(dir)`.
 
 Used by exports whose embedding sentence-transformers' stock modules cannot express (a
-prompt with a suffix such as PromptEOL, bidirectional attention, `eos` pooling). It wraps
+prompt with a suffix such as PromptEOL, bidirectional attention, `eos` or `echo` pooling). It wraps
 the same `Embedder`, so both paths share one implementation of prompt, padding and pooling.
 Load such a directory with `SentenceTransformer(dir, trust_remote_code=True)`.
 """
@@ -29,7 +29,8 @@ class T2TModule(InputModule):
         return self.embedder.tokenize(texts)
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
-        features["sentence_embedding"] = self.embedder.embed(features["input_ids"], features["attention_mask"])
+        features["sentence_embedding"] = self.embedder.embed(features["input_ids"], features["attention_mask"],
+                                                             features.get("pool_mask"))  # echo pooling's
         return features
 
     def get_embedding_dimension(self) -> int:

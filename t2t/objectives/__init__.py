@@ -7,6 +7,7 @@ from t2t.objectives.base import (OBJECTIVES, ObjectiveKind, ObjectiveSpec, objec
 from t2t.objectives.text2token import Text2TokenObjective  # isort: skip
 from t2t.objectives.simcse import SimCSEObjective  # isort: skip
 from t2t.objectives.mntp import MNTPObjective  # isort: skip
+from t2t.objectives.sum import SumObjective  # isort: skip
 
 __all__ = ["OBJECTIVES", "ObjectiveKind", "ObjectiveSpec", "objective_from", "objective_kind", "register_objective",
-           "Text2TokenObjective", "SimCSEObjective", "MNTPObjective"]
+           "Text2TokenObjective", "SimCSEObjective", "MNTPObjective", "SumObjective"]

@@ -22,16 +22,22 @@ class ObjectiveSpec:
     """What every objective's section has: its name."""
 
     name: str = "t2t"
-    """The objective (`t2t`, `simcse`, `mntp`); its own settings sit beside the name."""
+    """The objective (`t2t`, `simcse`, `mntp`, `sum`); its own settings sit beside the name."""
 
 
 class ObjectiveKind:
-    """One objective: its settings' dataclass, their check, what it needs of the model, its loss's builder."""
+    """One objective: its settings' dataclass, their check, what it needs of the model, its loss's builder.
+
+    The class attributes say it for the objective whatever its settings; the methods taking the `spec` are what the
+    recipe loader, the trainer and the report ask, so that an objective made of others (`sum`) answers from its
+    parts."""
 
     name: ClassVar[str]
     spec: ClassVar[type[ObjectiveSpec]]
     label: ClassVar[str]
     """The y-axis label of its loss curve in the pipeline's report."""
+    short_label: ClassVar[str] = ""
+    """Its loss in a word or two, for the label of a `sum` with it (empty: `label`)."""
     builder: ClassVar[str]
     """`module:function` building the trainer's Objective from `(spec, seed)` (imports torch)."""
     pooling: ClassVar[str | None] = None
@@ -41,8 +47,24 @@ class ObjectiveKind:
     reads_targets: ClassVar[bool] = True
     """Whether its loss reads the shards' target distributions (else only the texts)."""
 
+    def spec_from(self, raw: dict, build: Callable[[type, Any, str], Any], key: str) -> ObjectiveSpec:
+        """Its typed spec from a section naming it (`build` is the recipe loader's `from_dict`), not yet validated."""
+        return build(self.spec, raw, f"{key}.")
+
     def validate(self, spec: ObjectiveSpec, key: str) -> None:
         """A ConfigError naming `key.field` for a setting out of range."""
+
+    def needs(self, spec: ObjectiveSpec) -> dict[str, str]:
+        """The model settings it needs, `{"pooling": ..., "attention": ...}` where it needs one."""
+        return {k: v for k, v in (("pooling", self.pooling), ("attention", self.attention)) if v is not None}
+
+    def loss_label(self, spec: ObjectiveSpec) -> str:
+        """The y-axis label of its loss curve."""
+        return self.label
+
+    def reads(self, spec: ObjectiveSpec) -> bool:
+        """Whether its loss reads the shards' target distributions."""
+        return self.reads_targets
 
     def build(self, spec: ObjectiveSpec, seed: int) -> Any:
         module, name = self.builder.split(":")
@@ -66,6 +88,6 @@ def objective_from(raw: Any, build: Callable[[type, Any, str], Any], key: str) -
         raise ConfigError(f"{key} must be a mapping with a name, e.g. {{name: {raw if isinstance(raw, str) else 't2t'}}}; "
                           f"got {raw!r}")
     kind = objective_kind(raw.get("name", "t2t"), f"{key}.name")
-    spec = build(kind.spec, raw, f"{key}.")
+    spec = kind.spec_from(raw, build, key)
     kind.validate(spec, key)
     return spec

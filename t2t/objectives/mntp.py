@@ -14,7 +14,7 @@ class MNTPObjective(ObjectiveSpec):
     """Masked next-token prediction: reads only the texts of the stage's shards; bidirectional attention."""
 
     name: str = "mntp"
-    """The objective (`t2t`, `simcse`, `mntp`); its own settings sit beside the name."""
+    """The objective (`t2t`, `simcse`, `mntp`, `sum`); its own settings sit beside the name."""
     probability: float = 0.2
     """Share of each text's tokens that are selected and predicted (LLM2Vec: 0.2 for Llama-family models); 80% of
     them become `mask_token`, 10% a random token, 10% stay."""
@@ -26,6 +26,7 @@ class MNTP(ObjectiveKind):
     name = "mntp"
     spec = MNTPObjective
     label = "CE at masked tokens (MNTP)"
+    short_label = "MNTP CE"
     builder = "t2t.train.loss:mntp_objective"
     attention = "bidirectional"
     reads_targets = False

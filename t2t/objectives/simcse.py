@@ -1,5 +1,9 @@
 """`simcse`: unsupervised SimCSE (Gao et al., 2021), as LLM2Vec's second step: two dropout views of each text,
-InfoNCE over the contrastive batch of all ranks (the loss: `t2t.train.loss.simcse_loss`)."""
+InfoNCE over the contrastive batch of all ranks (the loss: `t2t.train.loss.simcse_loss`).
+
+It contrasts the pooled embedding whatever the recipe's `model.pooling`, prompt and attention are: LLM2Vec's
+recipe sets mean pooling and bidirectional attention itself (recipes/llm2vec.yaml); from the Text2Token start it
+runs causal, with PromptEOL and `last` pooling."""
 
 from __future__ import annotations
 
@@ -12,10 +16,11 @@ from t2t.objectives.base import ObjectiveKind, ObjectiveSpec, register_objective
 
 @dataclass
 class SimCSEObjective(ObjectiveSpec):
-    """Unsupervised SimCSE: reads only the texts of the stage's shards; mean pooling."""
+    """Unsupervised SimCSE: reads only the texts of the stage's shards; embeds them as the recipe's `model` says
+    (any pooling, prompt and attention: LLM2Vec's is mean pooling, bidirectional)."""
 
     name: str = "simcse"
-    """The objective (`t2t`, `simcse`, `mntp`); its own settings sit beside the name."""
+    """The objective (`t2t`, `simcse`, `mntp`, `sum`); its own settings sit beside the name."""
     temperature: float = 0.05
     """Cosine similarities are divided by it."""
     dropout: float = 0.1
@@ -26,8 +31,8 @@ class SimCSE(ObjectiveKind):
     name = "simcse"
     spec = SimCSEObjective
     label = "InfoNCE (SimCSE)"
+    short_label = "InfoNCE"
     builder = "t2t.train.loss:simcse_objective"
-    pooling = "mean"
     reads_targets = False
 
     def validate(self, spec: SimCSEObjective, key: str) -> None:

@@ -13,13 +13,14 @@ class Text2TokenObjective(ObjectiveSpec):
     """Text2Token: the stage's targets, predicted from the pooled embedding. No settings of its own."""
 
     name: str = "t2t"
-    """The objective (`t2t`, `simcse`, `mntp`); its own settings sit beside the name."""
+    """The objective (`t2t`, `simcse`, `mntp`, `sum`); its own settings sit beside the name."""
 
 
 class Text2Token(ObjectiveKind):
     name = "t2t"
     spec = Text2TokenObjective
     label = "KL(target ‖ student)"
+    short_label = "KL"
     builder = "t2t.train.loss:text2token_objective"
 
 

@@ -131,8 +131,8 @@ class ModelDerivedBuilder:
         batches = []
         for start in range(0, len(texts), size):
             idx = order[start:start + size]
-            batch = self.embedder.tokenize([texts[i] for i in idx])
-            h, z = self.embedder(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            batch = self.embedder.tokenize([texts[i] for i in idx])  # with echo pooling's pool_mask
+            h, z = self.embedder(**{k: v.to(device) for k, v in batch.items()})
             if keep:
                 batches.append((idx, h))
             yield idx, z

@@ -1,4 +1,5 @@
-"""Training: Text2Token (sparse-target KL) and SimCSE objectives, DeepSpeed ZeRO-3 loop, checkpoint/resume, export.
+"""Training: Text2Token (sparse-target KL), SimCSE, MNTP and weighted sums of them, DeepSpeed ZeRO-3 loop,
+checkpoint/resume, export.
 
 One rank per process, started by a launcher (or alone as world size 1):
 
@@ -6,7 +7,8 @@ One rank per process, started by a launcher (or alone as world size 1):
     torchrun --standalone --nproc_per_node 2 -m t2t.cli train --config recipes/demo.yaml --stage 1
     t2t export --config recipes/demo.yaml --stage 1            # newest checkpoint → runs/demo/stage1/model
 
-The SimCSE baseline trains on the same shards (their texts only):
+The SimCSE baseline trains on the same shards (their texts only), here with LLM2Vec's mean pooling (the
+objective takes whatever `model.pooling` says: without the override, the demo's PromptEOL `last`):
 
     torchrun --standalone --nproc_per_node 2 -m t2t.cli train --config recipes/demo.yaml --stage 1 \
         --set stages.stage1.objective.name=simcse --set model.pooling=mean --set run_dir=runs/demo-simcse

@@ -36,7 +36,8 @@ def probe_batch(vocab_size: int, max_length: int, seed: int) -> dict:
     and in every run of the recipe (its own generator: the global RNG, and so training, is untouched)."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab_size, (PROBE_TEXTS, max_length), generator=generator)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    # No prompt around these tokens: a span pooling mode (echo) pools the whole row; other modes ignore pool_mask.
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pool_mask": torch.ones_like(ids)}
 
 
 def problem_after_update(engine, objective, batch: dict, probe: dict) -> str | None:
@@ -54,8 +55,9 @@ def problem_after_update(engine, objective, batch: dict, probe: dict) -> str | N
     engine.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            parts = objective.loss(model, to_device(batch, engine.device))
-            batch_bad = any(not bool(torch.isfinite(t).all()) for t in (parts.total, *outputs) if t is not None)
+            batch = to_device(batch, engine.device)
+            totals = [term.loss(model, batch).total for term, _ in objective.terms]  # each part of a `sum`
+            batch_bad = any(not bool(torch.isfinite(t).all()) for t in (*totals, *outputs) if t is not None)
             pooled, _ = engine(**to_device(probe, engine.device))
             probe_bad = not bool(torch.isfinite(pooled).all())
             probe_flat = not probe_bad and bool((pooled == pooled[:1]).all())

@@ -1,6 +1,7 @@
 """The losses of the training objectives (a stage's `objective` section, `t2t.objectives`): `t2t` (Text2Token),
 `simcse` (the unsupervised contrastive baseline) and `mntp` (LLM2Vec's masked next-token prediction, in
-t2t/train/mntp.py); each objective's builder here turns its section into the trainer's `Objective`.
+t2t/train/mntp.py); each objective's builder here turns its section into the trainer's `Objective`, and `sum`'s
+into a `WeightedSum` of its parts' (each normalised by its own count: t2t/objectives/sum.py).
 
 **t2t**: forward KL from a sparse target t(x) to softmax(z(x)) (docs/DESIGN.md §1).
 
@@ -51,7 +52,7 @@ import torch.nn.functional as F
 from t2t.errors import UserError
 from t2t.objectives import ObjectiveSpec, objective_kind
 from t2t.train.mntp import MaskedNextToken, mntp_loss, selected_tokens
-from t2t.train.objective import LossParts, Objective  # noqa: F401 - part of t2t.train.loss
+from t2t.train.objective import LossParts, Objective, WeightedSum  # noqa: F401 - part of t2t.train.loss
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,18 @@ def counted_texts(batch: dict) -> int:
     return int(batch["target_mask"].any(dim=1).sum())
 
 
+def pool_inputs(batch: dict, copies: int = 1) -> dict:
+    """The tokenized batch's `pool_mask` (echo pooling's) as the embedder's keyword argument, stacked `copies` times
+    like the rows it goes with; {} for the other modes, whose batches have none, so their call stays
+    model(input_ids, attention_mask)."""
+    if "pool_mask" not in batch:
+        return {}
+    return {"pool_mask": torch.cat([batch["pool_mask"]] * copies) if copies > 1 else batch["pool_mask"]}
+
+
 def text2token_loss(model: Callable, batch: dict) -> LossParts:
     """Forward the embedder (LM head inside) and sum the sparse KL over texts with a non-empty target."""
-    _, z = model(batch["input_ids"], batch["attention_mask"])
+    _, z = model(batch["input_ids"], batch["attention_mask"], **pool_inputs(batch))
     kl = sparse_kl(z, batch["target_ids"], batch["target_w"], batch["target_mask"])
     return LossParts(total=kl.sum(), count=counted_texts(batch))
 
@@ -128,7 +138,7 @@ def simcse_loss(model: Callable, batch: dict, temperature: float) -> LossParts:
     `model` returns (h, z); only the pooled h is used (the LM-head logits z are left unused).
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    h, _ = model(torch.cat([ids, ids]), torch.cat([mask, mask]))
+    h, _ = model(torch.cat([ids, ids]), torch.cat([mask, mask]), **pool_inputs(batch, copies=2))
     first, second = F.normalize(h.float(), dim=-1).chunk(2)
     second_all, offset = gather_with_grad(second)
     logits = first @ second_all.T / temperature  # (B, world × B) cosine similarities / τ
@@ -173,6 +183,12 @@ def mntp_objective(spec, seed: int) -> Objective:
     return Objective("mntp", mntp_loss, selected_tokens, state.prepare, state.prepare_batch)
 
 
-def objective_for(spec: ObjectiveSpec, seed: int = 0) -> Objective:
-    """The trainer's Objective for a stage's `objective` section and the recipe's `seed`."""
+def sum_objective(spec, seed: int) -> WeightedSum:
+    """The `sum` objective (`t2t.objectives.sum`): each part's own Objective, built as it would be alone, with its
+    weight."""
+    return WeightedSum("sum", tuple((objective_for(part, seed), part.weight) for part in spec.parts))
+
+
+def objective_for(spec: ObjectiveSpec, seed: int = 0) -> Objective | WeightedSum:
+    """The trainer's Objective for a stage's `objective` section and the recipe's `seed` (a WeightedSum for `sum`)."""
     return objective_kind(spec.name).build(spec, seed)

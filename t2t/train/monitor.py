@@ -1,7 +1,8 @@
 """The numbers a user watches while a stage trains, written through DeepSpeed's own monitor.
 
 Every optimizer step rank 0 writes one record: loss, lr, grad norm, samples/s, tokens/s (real tokens, not
-padding), MFU and where the step's time went. It goes to `<run_dir>/<stage>/metrics.jsonl` (what the pipeline's
+padding), MFU and where the step's time went; for a `sum` of objectives also each part's own mean loss and count
+(`loss_<part>`, `texts_counted_<part>`; `texts_counted` is then null). It goes to `<run_dir>/<stage>/metrics.jsonl` (what the pipeline's
 report and the progress bar read) and to DeepSpeed's `MonitorMaster` as `t2t/<name>` events: CSV files under
 `<run_dir>/<stage>/monitor/<stage>/` by default, TensorBoard and W&B (offline) when `train.monitors` names them
 or the DeepSpeed JSON enables them itself (its own `csv_monitor`/`tensorboard`/`wandb` sections win).

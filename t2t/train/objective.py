@@ -1,5 +1,6 @@
 """What an objective is to the trainer: its loss as a sum and a count, and the hooks it may set (built from a stage's
-`objective` section by its builder in `t2t.train.loss`; the sections themselves are `t2t.objectives`)."""
+`objective` section by its builder in `t2t.train.loss`; the sections themselves are `t2t.objectives`). A `sum` of
+objectives is a `WeightedSum`; the trainer takes either as its `terms`."""
 
 from __future__ import annotations
 
@@ -41,3 +42,27 @@ class Objective:
     """Called on every micro-batch as the reader hands it out, before counting (mntp masks tokens here)."""
     # What it needs of the model (pooling, attention) and whether it reads the targets are the recipe's to know:
     # `t2t.objectives` (checked at recipe load).
+
+    @property
+    def terms(self) -> tuple[tuple[Objective, float], ...]:
+        """What the trainer counts, normalises and weighs one by one: this objective alone, with weight 1."""
+        return ((self, 1.0),)
+
+
+@dataclass(frozen=True)
+class WeightedSum:
+    """Objectives trained together on the same micro-batches (the `sum` objective, `t2t.objectives.sum`): the trainer
+    counts and normalises each term by itself, as it would alone, and adds them with their weights."""
+
+    name: str
+    terms: tuple[tuple[Objective, float], ...]
+    """Each part's Objective and its weight, in the recipe's order; the parts' names differ."""
+
+    def prepare(self, embedder) -> None:
+        for part, _ in self.terms:
+            part.prepare(embedder)
+
+    def prepare_batch(self, batch: dict) -> dict:
+        for part, _ in self.terms:  # each adds what it reads (mntp: its masked copy) and leaves the rest as read
+            batch = part.prepare_batch(batch)
+        return batch

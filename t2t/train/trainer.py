@@ -3,7 +3,8 @@ build (shards, ZeRO-3 engine, resumed checkpoint, reader) → run (optimizer ste
 
 Each optimizer step takes `grad_accum_steps` micro-batches per rank. The per-text losses are
 summed and divided by the number of counted texts in the whole global batch (one small
-all-reduce before the forwards), so for `t2t` any split over ranks and micro-steps gives the
+all-reduce before the forwards; a `sum` of objectives divides each part by its own count and adds them with their
+weights, t2t/objectives/sum.py), so for `t2t` any split over ranks and micro-steps gives the
 same gradient (for `simcse` the in-batch negatives make one micro-step, gathered over ranks,
 the contrastive batch: see t2t/train/loss.py). A second all-reduce after the backwards carries
 the loss, a non-finite flag, the token count and the stop flag: all ranks see the same values
@@ -26,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,9 +60,10 @@ class StepResult:
     """What one optimizer step did, identical on every rank (all-reduced)."""
 
     loss: float
-    """Mean per-text loss over the counted texts of the global batch."""
-    counted: int
-    """Texts of the global batch the loss counted (t2t: non-empty targets; simcse: all)."""
+    """Mean per-text loss over the counted texts of the global batch; for a `sum`, Σ weight × each part's own mean."""
+    counted: int | None
+    """Texts of the global batch the loss counted (t2t: non-empty targets; simcse: all; mntp: masked tokens); None for
+    a `sum`, whose parts count their own (`parts`)."""
     tokens: int
     """Non-pad input tokens of the global batch."""
     lr: float
@@ -70,6 +72,8 @@ class StepResult:
     """Some rank received a stop signal."""
     flags: list[float]
     """The caller's extra per-rank values, summed over ranks."""
+    parts: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """A `sum`'s parts by name: each one's own mean loss and its count over the global batch (empty otherwise)."""
 
 
 def train_step(engine, objective, micro_batches: list[dict], world_size: int, flags: list[float] = (),
@@ -77,39 +81,48 @@ def train_step(engine, objective, micro_batches: list[dict], world_size: int, fl
                clock: StepClock | None = None) -> StepResult:
     """One optimizer step over this rank's micro-batches; raises TrainingDiverged before updating on NaN/inf.
 
-    The per-text loss sums are scaled by (ranks × micro-steps) / (counted texts in the global
-    batch), which DeepSpeed's averaging over ranks and micro-steps turns into the global mean.
+    Each term of the objective (one, or a `sum`'s parts: `objective.terms`) has its per-text loss sum scaled by
+    weight × (ranks × micro-steps) / (the texts it counted in the global batch), which DeepSpeed's averaging over
+    ranks and micro-steps turns into weight × its global mean; one backward takes their sum.
     `before_update` runs after all backwards, before the optimizer step (tests read gradients there).
     `clock` (a `t2t.train.monitor.StepClock`) gets the seconds of each phase.
     """
     clock = clock or StepClock()
     gas = len(micro_batches)
-    with clock.phase("comm_s"):
-        (counted,) = all_reduce_sum([sum(objective.count(b) for b in micro_batches)], engine.device)
-    scale = world_size * gas / max(counted, 1.0)
-    loss_sum, tokens = 0.0, 0
+    terms = objective.terms
+    with clock.phase("comm_s"):  # one count per term, all in one all-reduce
+        counted = all_reduce_sum([sum(term.count(b) for b in micro_batches) for term, _ in terms], engine.device)
+    scales = [weight * (world_size * gas / max(n, 1.0)) for (_, weight), n in zip(terms, counted)]
+    loss_sums, tokens = [0.0] * len(terms), 0
     for i, batch in enumerate(micro_batches):
         with clock.phase("compute_s"):
             batch = to_device(batch, engine.device)
-            parts = objective.loss(engine, batch)
-            engine.backward(parts.total * scale)
-            loss_sum += parts.total.item()
+            losses = [term.loss(engine, batch) for term, _ in terms]
+            scaled = [parts.total * scale for parts, scale in zip(losses, scales)]
+            engine.backward(sum(scaled[1:], scaled[0]))  # one term: its own scaled loss, as it is
+            loss_sums = [acc + parts.total.item() for acc, parts in zip(loss_sums, losses)]
         tokens += int(batch["attention_mask"].sum())
         if i < gas - 1:
             with clock.phase("compute_s"):
                 engine.step()  # DeepSpeed counts micro-steps; it updates only at the accumulation boundary
+    n_terms = len(terms)
     with clock.phase("comm_s"):
-        loss_sum, nonfinite, tokens, stops, *summed = all_reduce_sum(
-            [loss_sum, float(not math.isfinite(loss_sum)), tokens, float(stop_requested), *flags], engine.device)
+        reduced = all_reduce_sum([*loss_sums, float(not all(map(math.isfinite, loss_sums))), tokens,
+                                  float(stop_requested), *flags], engine.device)
+    loss_sums, (nonfinite, tokens, stops, *summed) = reduced[:n_terms], reduced[n_terms:]
+    means = [total / max(n, 1.0) for total, n in zip(loss_sums, counted)]
+    loss = sum(weight * mean for (_, weight), mean in zip(terms, means))
+    parts = {} if n_terms == 1 else {term.name: (mean, int(n)) for (term, _), mean, n in zip(terms, means, counted)}
     if nonfinite:
-        raise TrainingDiverged(f"the loss is {loss_sum / max(counted, 1.0)}")
+        each = f" ({', '.join(f'{name} {mean}' for name, (mean, _) in parts.items())})" if parts else ""
+        raise TrainingDiverged(f"the loss is {loss}{each}")
     lr = engine.get_lr()[0]
     if before_update is not None:
         before_update()
     with clock.phase("optimizer_s"):
         engine.step()
-    return StepResult(loss=loss_sum / max(counted, 1.0), counted=int(counted), tokens=int(tokens), lr=lr,
-                      stop=bool(stops), flags=summed)
+    return StepResult(loss=loss, counted=int(counted[0]) if n_terms == 1 else None, tokens=int(tokens), lr=lr,
+                      stop=bool(stops), flags=summed, parts=parts)
 
 
 def apply_recipe_lr(engine, lr: float) -> None:
@@ -309,7 +322,9 @@ class TrainState:
             grad_norm = self.engine.get_global_grad_norm()
             global_batch = self.cfg.train.micro_batch_size * self.cfg.train.grad_accum_steps * self.world
             tokens_per_s = result.tokens / elapsed
-            record = dict(step=self.step, loss=result.loss, lr=result.lr,
+            each = {f"loss_{name}": loss for name, (loss, _) in result.parts.items()}  # a `sum`'s parts
+            each.update({f"texts_counted_{name}": counted for name, (_, counted) in result.parts.items()})
+            record = dict(step=self.step, loss=result.loss, **each, lr=result.lr,
                           grad_norm=None if grad_norm is None else float(grad_norm),
                           samples_per_s=global_batch / elapsed, tokens_per_s=tokens_per_s,
                           mfu=mfu(self.model_params, tokens_per_s, self.peak_flops and self.peak_flops * self.world),
