@@ -67,6 +67,7 @@ import yaml  # noqa: E402
 
 from bench_targets import corpus_texts, stage2_against_forward  # noqa: E402  (bench/ is on sys.path as a script)
 from bench_train import write_stage1_shards  # noqa: E402
+from t2t.dtypes import cpu_bf16_speedup, cpu_has_bf16  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "runs" / "bench" / "smollm2"
@@ -170,6 +171,7 @@ def train_run(dtype: str, steps: int, lever: str) -> dict:
 
 
 def native_bf16() -> bool:
+    """Whether the bf16 runs compute in bf16 here: on a CPU with native bf16, since main() sets T2T_CPU_BF16=on."""
     from t2t.dtypes import usable_dtype
 
     return usable_dtype("bfloat16") == "bfloat16"
@@ -463,13 +465,18 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="every part cut to seconds: checks the script, not figures")
     p.add_argument("--steps", type=int, default=None, help="training steps per dtype (default 8, smoke 2)")
     args = p.parse_args()
+    # bf16 against fp32 side by side wherever the CPU has native bf16, also where t2t would not choose it
+    # (t2t.dtypes: a bf16 matmul slower than fp32); the machine record says what t2t would choose.
+    os.environ.setdefault("T2T_CPU_BF16", "on")
     steps = args.steps or (2 if args.smoke else 8)
     WORK.mkdir(parents=True, exist_ok=True)
     out = WORK / "results_smollm2.json"
     results = json.loads(out.read_text()) if out.is_file() else {}  # --only keeps the other parts' last figures
     results["machine"] = {"nproc": os.cpu_count(), "torch": torch.__version__,
                           "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
-                          "amx": torch.cpu._is_amx_tile_supported(), "smoke": args.smoke}
+                          "amx": torch.cpu._is_amx_tile_supported(), "smoke": args.smoke,
+                          "bf16_matmul_speedup": cpu_bf16_speedup() if cpu_has_bf16() else None,
+                          "t2t_cpu_bf16": os.environ["T2T_CPU_BF16"]}
     prepare()
     parts = {"step": lambda: bench_step(steps, args.levers.split(",")),
              "mfu": lambda: bench_mfu(results["step"], args.smoke),

@@ -73,15 +73,16 @@ def test_t2t_rejects_what_the_recipe_owns_or_auto(tmp_path, change, message):
         read_ds_config(path)
 
 
-def test_bf16_training_falls_back_to_fp32_where_it_would_be_emulated(monkeypatch):
-    """A CPU without native bf16 (no GPU) would emulate every bf16 matmul: minutes per demo step."""
+def test_bf16_training_falls_back_to_fp32_where_it_would_not_pay(monkeypatch):
+    """A CPU without native bf16 (no GPU) would emulate every bf16 matmul (minutes per demo step); one without AMX
+    may multiply bf16 at half the fp32 rate (t2t.dtypes)."""
     from t2t import dtypes
 
     cfg = load_config(REPO / "recipes" / "demo.yaml")
     monkeypatch.setattr(dtypes.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(dtypes, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(dtypes, "cpu_bf16_pays", lambda: True)
     assert build_ds_config(cfg)["bf16"]["enabled"] is True
-    monkeypatch.setattr(dtypes, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(dtypes, "cpu_bf16_pays", lambda: False)
     ds = build_ds_config(cfg)
     assert ds["bf16"]["enabled"] is False and ds["communication_data_type"] == "fp32"
 

@@ -303,8 +303,45 @@ def test_bf16_falls_back_to_fp32_once_without_cpu_support(tiny_model_dir, monkey
         lm = io.load_lm(tiny_model_dir, "bfloat16")
     assert next(lm.parameters()).dtype == torch.float32
     assert sum("no native bf16" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("speedup, setting, expected", [
+    (5.7, "auto", "bfloat16"),  # AMX
+    (2.0, "", "bfloat16"),  # unset is auto
+    (0.5, "auto", "float32"),  # AVX512-BF16 without AMX on a Xeon: half the fp32 rate
+    (0.5, "on", "bfloat16"),
+    (5.7, "off", "float32"),
+])
+def test_a_cpu_with_native_bf16_computes_in_it_only_where_it_measures_faster(monkeypatch, caplog, speedup, setting,
+                                                                            expected):
+    import t2t.dtypes as dtypes
+
+    monkeypatch.setattr(dtypes, "_said_once", set())
+    monkeypatch.setattr(dtypes.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(dtypes, "cpu_has_bf16", lambda: True)
-    assert dtypes.usable_dtype("bfloat16") == "bfloat16" and dtypes.usable_dtype("float32") == "float32"
+    monkeypatch.setattr(dtypes, "cpu_bf16_speedup", lambda: speedup)
+    monkeypatch.setenv(dtypes.CPU_BF16_ENV, setting)
+    with caplog.at_level("WARNING"):
+        assert dtypes.usable_dtype("bfloat16") == expected and dtypes.usable_dtype("float32") == "float32"
+    if expected == "float32":
+        (line,) = [r.message for r in caplog.records]  # the reason, once
+        assert ("0.50×" in line) if setting == "auto" else (f"{dtypes.CPU_BF16_ENV}=off" in line)
+
+
+def test_a_bad_cpu_bf16_setting_is_a_user_error(monkeypatch):
+    import t2t.dtypes as dtypes
+
+    monkeypatch.setattr(dtypes.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(dtypes.CPU_BF16_ENV, "yes")
+    with pytest.raises(UserError, match="T2T_CPU_BF16 must be auto, on or off; got 'yes'"):
+        dtypes.usable_dtype("bfloat16")
+
+
+def test_the_bf16_speedup_is_a_measured_ratio():
+    import t2t.dtypes as dtypes
+
+    ratio = dtypes.cpu_bf16_speedup(n=128, repeats=1)
+    assert 0 < ratio < 100 and ratio == dtypes.cpu_bf16_speedup(n=128, repeats=1)  # measured once per process
 
 
 def test_bf16_head_cast_is_reused_out_of_autograd_and_follows_weight_changes(tiny_model_dir):

@@ -82,7 +82,7 @@ def build_ds_config(cfg: Config) -> dict:
             log.info("%s: %s=%s replaced by the recipe's %s=%s", path, key, ds[key], RECIPE_OWNED[key], value)
         ds[key] = value
     ds.setdefault("steps_per_print", 10**9)  # t2t logs its own metrics
-    ds = fp32_where_bf16_is_emulated(ds, path)
+    ds = fp32_where_bf16_does_not_pay(ds, path)
     check_with_deepspeed(ds, path)
     return ds
 
@@ -132,10 +132,11 @@ def _json_key(ds: dict, loc: tuple, value) -> str | None:
 _MISSING = object()
 
 
-def fp32_where_bf16_is_emulated(ds: dict, path) -> dict:
-    """The DeepSpeed config with bf16 turned off on a machine that would only emulate it (no GPU, a CPU without
-    AVX512-BF16/AMX): DeepSpeed would cast the model to bf16 and every matmul would be emulated (the demo's
-    first stage-1 step took 253 s instead of seconds). Training then runs in fp32, as `model.dtype` does there."""
+def fp32_where_bf16_does_not_pay(ds: dict, path) -> dict:
+    """The DeepSpeed config with bf16 turned off where it would not pay (no GPU, and a CPU that would emulate it or
+    multiplies bf16 slower than fp32: `t2t.dtypes`): DeepSpeed would cast the model to bf16 and every matmul would be
+    emulated (the demo's first stage-1 step took 253 s instead of seconds) or run at half speed. Training then runs
+    in fp32, as `model.dtype` does there."""
     from t2t.dtypes import usable_dtype
 
     keys = [k for k in ("bf16", "bfloat16") if ds.get(k, {}).get("enabled") is True]
@@ -145,5 +146,5 @@ def fp32_where_bf16_is_emulated(ds: dict, path) -> dict:
         ds[key] = dict(ds[key], enabled=False)
     if ds.get("communication_data_type") in ("bf16", "bfloat16"):
         ds["communication_data_type"] = "fp32"
-    log.warning("%s: bf16 turned off, training in fp32: no GPU and this CPU has no native bf16", path)
+    log.warning("%s: bf16 turned off, training in fp32 (no GPU, and bf16 does not pay on this CPU: t2t.dtypes)", path)
     return ds
