@@ -24,7 +24,8 @@ from t2t.plan import load_arch, read_ds_config
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml")) + [REPO / "bench" / "quality" / "study.yaml",
-                                                       REPO / "bench" / "quality" / "smollm2" / "text2token.yaml"]
+                                                       REPO / "bench" / "quality" / "smollm2" / "text2token.yaml",
+                                                       REPO / "bench" / "quality" / "v3" / "recipe.yaml"]
 CLUSTER = {  # recipe -> (backbone directory name, parameters of the published architecture)
     "mistral-7b.yaml": ("Mistral-7B-Instruct-v0.2", 7_241_732_096),
     "llama3-8b.yaml": ("Meta-Llama-3-8B-Instruct", 8_030_261_248),
