@@ -108,13 +108,15 @@ def test_every_arm_loads_as_a_recipe_with_what_it_sets():
         seen[r.arm.name] = cfg
         assert f"run_dir={study.work / r.name}" in overrides and cfg.seed == (r.seed or 0)
         assert cfg.model.max_length == 64 and cfg.train.lora.r == 16 and cfg.train.lora.alpha == 32
-        assert cfg.train.nproc == 0 and cfg.train.micro_batch_size == 32 and cfg.targets.workers == 0
+        assert cfg.train.nproc == 0 and cfg.targets.workers == 0
+        assert cfg.train.micro_batch_size * cfg.train.grad_accum_steps == 32  # one rank: a global batch of 32
     assert (seen["mean"].model.pooling, seen["echo"].model.pooling) == ("mean", "echo")
     assert seen["simcse"].stage_names == ["simcse"] and seen["simcse"].model.attention == "causal"
     assert seen["simcse"].model.pooling == "last" and seen["simcse"].stage("simcse").objective.dropout == 0.1
     assert seen["llm2vec"].stage_names == ["mntp", "simcse"] and seen["llm2vec"].model.attention == "bidirectional"
     parts = seen["sum"].stage("stage1").objective.parts
     assert [(p.name, p.weight) for p in parts] == [("t2t", 1.0), ("simcse", 0.5)]
+    assert seen["sum"].train.micro_batch_size == 16  # its three forwards at 32 did not fit 23 GB
     assert run.probe_key(seen["sum"], "stage1") == "sum(t2t+simcse)/causal/last"
     assert run.probe_key(seen["llm2vec"], "mntp") == "mntp/bidirectional/mean"
 
