@@ -1,7 +1,6 @@
 """Study v3's driver and report as pure logic (bench/quality/v3): budgets into steps, the plan from study.yaml, the
 bad-input errors, and the goals read off synthetic results. No model, no pipeline: a second or two in all."""
 
-import importlib.util
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -12,21 +11,14 @@ import yaml
 from t2t.errors import UserError
 
 V3 = Path(__file__).resolve().parents[1] / "bench" / "quality" / "v3"
+sys.path.insert(0, str(V3))  # the study's modules import each other by name, as run.py does
+import report  # noqa: E402
+import run  # noqa: E402
+import study_file  # noqa: E402
+import study_plan  # noqa: E402
 
 
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"quality_v3_{name}", V3 / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-run = _module("run")
-report = _module("report")
-
-
-def study_file(tmp_path, change=None) -> Path:
+def copied_study(tmp_path, change=None) -> Path:
     """study.yaml copied to tmp_path, recipes made absolute, `change(raw)` applied."""
     raw = yaml.safe_load((V3 / "study.yaml").read_text())
     for arm in raw["arms"]:
@@ -43,48 +35,50 @@ def study_file(tmp_path, change=None) -> Path:
 def test_shares_give_stage_two_at_least_its_share_and_fill_the_budget():
     budget = {"shares": {"stage1": Fraction(2, 3), "stage2": Fraction(1, 3)}}
     for per_step in (0.37, 3.3, 7.3, 11.0, 61.0):
-        steps = run.stage_steps(budget, {"stage1": per_step, "stage2": per_step}, 20)
+        steps = study_plan.stage_steps(budget, {"stage1": per_step, "stage2": per_step}, 20)
         assert list(steps) == ["stage1", "stage2"]
         assert steps["stage2"] * per_step >= 20 * 60 / 3
         assert abs(sum(steps.values()) * per_step - 20 * 60) <= per_step
-    assert run.stage_steps(budget, {"stage1": 10.0, "stage2": 10.0}, 20) == {"stage1": 80, "stage2": 40}
+    assert study_plan.stage_steps(budget, {"stage1": 10.0, "stage2": 10.0}, 20) == {"stage1": 80, "stage2": 40}
 
 
 def test_equal_steps_fixed_steps_the_cap_and_a_share_of_an_unknown_stage():
-    assert run.stage_steps({"equal_steps": True}, {"mntp": 10.0, "simcse": 20.0}, 20) == {"mntp": 40, "simcse": 40}
+    assert study_plan.stage_steps({"equal_steps": True}, {"mntp": 10.0, "simcse": 20.0}, 20) == {"mntp": 40, "simcse": 40}
     fixed = {"steps": {"mntp": 1000, "simcse": 1000}}
-    assert run.stage_steps(fixed, {"mntp": 1.0, "simcse": 1.0}, 20) == {"mntp": 1000, "simcse": 1000}
-    assert run.stage_steps(fixed, {"mntp": 1.0, "simcse": 1.0}, 20, max_steps=2) == {"mntp": 2, "simcse": 2}
-    assert run.stage_steps({"shares": {"s": Fraction(1)}}, {"s": 1e6}, 1) == {"s": 1}  # at least one step
+    assert study_plan.stage_steps(fixed, {"mntp": 1.0, "simcse": 1.0}, 20) == {"mntp": 1000, "simcse": 1000}
+    assert study_plan.stage_steps(fixed, {"mntp": 1.0, "simcse": 1.0}, 20, max_steps=2) == {"mntp": 2, "simcse": 2}
+    assert study_plan.stage_steps({"shares": {"s": Fraction(1)}}, {"s": 1e6}, 1) == {"s": 1}  # at least one step
     with pytest.raises(UserError, match="budget shares name stages stage1; the recipe's are simcse"):
-        run.stage_steps({"shares": {"stage1": Fraction(1)}}, {"simcse": 1.0}, 20)
+        study_plan.stage_steps({"shares": {"stage1": Fraction(1)}}, {"simcse": 1.0}, 20)
 
 
 def test_the_real_study_gives_text2token_stage_two_a_third_of_its_minutes():
-    study = run.load_study(V3 / "study.yaml")
+    study = study_file.load_study(V3 / "study.yaml")
     arm = study.arm("t2t-s12")
     for per_step in (2.0, 9.7, 14.3):
         for multiplier in study.multipliers:
             minutes = study.budget_minutes * multiplier
-            steps = run.stage_steps(arm.budget, {"stage1": per_step, "stage2": per_step}, minutes)
+            steps = study_plan.stage_steps(arm.budget, {"stage1": per_step, "stage2": per_step}, minutes)
             assert steps["stage2"] * per_step >= minutes * 60 / 3
 
 
 # ------------------------------------------------------------------------------------------------ the plan
 
 def test_the_plan_from_study_yaml():
-    study = run.load_study(V3 / "study.yaml")
+    study = study_file.load_study(V3 / "study.yaml")
     assert study.budget_minutes == 20 and study.multipliers == [1, 4] and study.seeds == [0, 1]
     assert study.eval["tasks"] == ["STSBenchmark", "BIOSSES", "SciFact", "Banking77Classification",
                                    "TwentyNewsgroupsClustering", "TwitterURLCorpus"] and study.eval["max_samples"] == 0
-    names = [r.name for r in run.plan_runs(study)]
+    names = [r.name for r in study_plan.plan_runs(study)]
     assert names[:5] == ["mean", "prompteol", "echo", "pretcot", "ke"]  # training-free first
     assert names[5:10] == ["t2t-s12-seed0", "t2t-s1-seed0", "simcse-seed0", "llm2vec-seed0", "sum-seed0"]
     assert names.index("sum-seed1") < names.index("t2t-s12-x4-seed0")  # every seed at B before 4B
     assert "sum-x4-seed0" not in names and names[-1] == "llm2vec-paper-seed0"
-    assert {r.name for r in run.plan_runs(study) if r.curve} >= {"t2t-s12-seed0", "t2t-s12-x4-seed0"}
-    assert [r.name for r in run.plan_runs(study, "t2t-s12-x4")] == ["t2t-s12-x4-seed0", "t2t-s12-x4-seed1"]
-    assert [r.name for r in run.plan_runs(study, "ke")] == ["ke"]
+    assert {r.name for r in study_plan.plan_runs(study) if r.curve} >= {"t2t-s12-seed0", "t2t-s12-x4-seed0"}
+    assert [r.name for r in study_plan.plan_runs(study, "t2t-s12-x4")] == ["t2t-s12-x4-seed0"]  # seeds_at: {4: 1}
+    assert [r.name for r in study_plan.plan_runs(study, "simcse")] == ["simcse-seed0", "simcse-seed1",
+                                                                        "simcse-x4-seed0"]
+    assert [r.name for r in study_plan.plan_runs(study, "ke")] == ["ke"]
     # The prompts as Zhang et al. 2024 write them, their " , " spacing included.
     assert study.arm("pretcot").set["model.prompt"] == \
         'After thinking step by step , this sentence : "{text}" means in one word:"'
@@ -94,17 +88,17 @@ def test_the_plan_from_study_yaml():
         "word:\"")
     assert "2404.03921" in study.arm("ke").source and "2402.15449" in study.arm("echo").source
 
-    smoke = run.load_study(V3 / "study.yaml", smoke=True)
+    smoke = study_file.load_study(V3 / "study.yaml", smoke=True)
     assert smoke.work == Path("runs/quality-v3-smoke") and smoke.results == Path("runs/quality-v3-smoke")
     assert smoke.max_steps == 2 and smoke.eval["tasks"] == ["STSBenchmark"] and smoke.eval["max_samples"] > 0
-    assert [r.name for r in run.plan_runs(smoke)][-2:] == ["sum-seed0", "llm2vec-paper-seed0"]
+    assert [r.name for r in study_plan.plan_runs(smoke)][-2:] == ["sum-seed0", "llm2vec-paper-seed0"]
 
 
 def test_every_arm_loads_as_a_recipe_with_what_it_sets():
-    study = run.load_study(V3 / "study.yaml")
+    study = study_file.load_study(V3 / "study.yaml")
     seen = {}
-    for r in run.plan_runs(study):
-        cfg, overrides = run.arm_config(study, r)
+    for r in study_plan.plan_runs(study):
+        cfg, overrides = study_plan.arm_config(study, r)
         seen[r.arm.name] = cfg
         assert f"run_dir={study.work / r.name}" in overrides and cfg.seed == (r.seed or 0)
         assert cfg.model.max_length == 64 and cfg.train.lora.r == 16 and cfg.train.lora.alpha == 32
@@ -117,24 +111,24 @@ def test_every_arm_loads_as_a_recipe_with_what_it_sets():
     parts = seen["sum"].stage("stage1").objective.parts
     assert [(p.name, p.weight) for p in parts] == [("t2t", 1.0), ("simcse", 0.5)]
     assert seen["sum"].train.micro_batch_size == 16  # its three forwards at 32 did not fit 23 GB
-    assert run.probe_key(seen["sum"], "stage1") == "sum(t2t+simcse)/causal/last"
-    assert run.probe_key(seen["llm2vec"], "mntp") == "mntp/bidirectional/mean"
+    assert study_plan.probe_key(seen["sum"], "stage1") == "sum(t2t+simcse)/causal/last"
+    assert study_plan.probe_key(seen["llm2vec"], "mntp") == "mntp/bidirectional/mean"
 
-    probe = run.probe_overrides(seen["llm2vec"], "simcse", 6)
-    cfg, _ = run.arm_config(study, run.plan_runs(study, "llm2vec")[0], probe)
+    probe = study_plan.probe_overrides(seen["llm2vec"], "simcse", 6)
+    cfg, _ = study_plan.arm_config(study, study_plan.plan_runs(study, "llm2vec")[0], probe)
     assert cfg.stage_names == ["simcse"] and cfg.stage("simcse").start == "base"
     assert cfg.stage("simcse").steps == 6 and cfg.stage("simcse").targets.kind == "data-driven"
 
-    extra = run.step_overrides(seen["t2t-s12"], {"stage1": 100, "stage2": 50}, curve=True, curve_points=4)
+    extra = study_plan.step_overrides(seen["t2t-s12"], {"stage1": 100, "stage2": 50}, curve=True, curve_points=4)
     assert extra == ["stages.stage1.steps=100", "stages.stage2.steps=50", "train.save_every=13",
                      "train.keep_checkpoints=9", "stages.stage2.targets.max_texts=1792"]
-    assert "train.keep_checkpoints=1" in run.step_overrides(seen["t2t-s12"], {"stage1": 9, "stage2": 5}, False, 4)
+    assert "train.keep_checkpoints=1" in study_plan.step_overrides(seen["t2t-s12"], {"stage1": 9, "stage2": 5}, False, 4)
 
 
 def test_a_yaml_value_reads_back_the_same():
     for value in ('This sentence : "{text}" means in one word:"', "", 3.0e-5, [{"name": "t2t", "weight": 1.0}],
                   {"r": 16, "target_modules": ["q_proj"]}, "yes", "1e-5", None):
-        assert yaml.safe_load(run.yaml_value(value)) == value and "\n" not in run.yaml_value(value)
+        assert yaml.safe_load(study_plan.yaml_value(value)) == value and "\n" not in study_plan.yaml_value(value)
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -155,18 +149,20 @@ def test_a_yaml_value_reads_back_the_same():
     (lambda raw: raw["arms"].append(dict(raw["arms"][0])), r"study.yaml: arms\[\d+\].name: 'mean' names two arms"),
     (lambda raw: raw["goals"].update(rivals=["simcse", "llm2vek"]), r"study.yaml: goals.rivals: 'llm2vek' is not"),
     (lambda raw: raw["smoke"].update(arms=[]), r"study.yaml: smoke.arms: unknown key"),
+    (lambda raw: raw.update(seeds_at={3: 1}), r"study.yaml: seeds_at.3: 3 is not one of the study's multipliers"),
+    (lambda raw: raw.update(seeds_at={4: 0}), r"study.yaml: seeds_at.4: must be >= 1, got 0"),
 ])
 def test_a_bad_study_file_is_one_line_naming_the_file_and_key(tmp_path, change, message):
-    path = study_file(tmp_path, change)
+    path = copied_study(tmp_path, change)
     with pytest.raises(UserError, match=message) as e:
-        run.plan_runs(run.load_study(path, smoke="smoke" in message))
+        study_plan.plan_runs(study_file.load_study(path, smoke="smoke" in message))
     assert "\n" not in str(e.value)
 
 
 def test_only_names_an_arm_or_a_run():
-    study = run.load_study(V3 / "study.yaml")
+    study = study_file.load_study(V3 / "study.yaml")
     with pytest.raises(UserError, match=r"--only t2t-s3: .*study.yaml has no such arm or run \(arms: mean, "):
-        run.plan_runs(study, "t2t-s3")
+        study_plan.plan_runs(study, "t2t-s3")
 
 
 @pytest.mark.parametrize("arm_set, message", [
@@ -183,9 +179,9 @@ def test_t2t_refuses_a_bad_prompt_or_sum_naming_the_arm_and_key(tmp_path, arm_se
     def change(raw):
         raw["arms"][6]["set"] = {**raw["arms"][6].get("set", {}), **arm_set}  # t2t-s1
 
-    study = run.load_study(study_file(tmp_path, change))
+    study = study_file.load_study(copied_study(tmp_path, change))
     with pytest.raises(UserError, match=rf"study.yaml: arms.t2t-s1: .*{message}") as e:
-        run.arm_config(study, run.plan_runs(study, "t2t-s1-seed0")[0])
+        study_plan.arm_config(study, study_plan.plan_runs(study, "t2t-s1-seed0")[0])
     assert "\n" not in str(e.value)
 
 
@@ -273,10 +269,10 @@ def test_the_report_reads_each_goal_off_the_numbers(tmp_path):
 def test_the_driver_times_each_pipeline_step_once_and_a_rerun_skips_them(tmp_path, monkeypatch):
     """Each step is its own `t2t pipeline --until STEP` call, recorded as it finishes: a second driver (a rerun,
     after a crash in stage 2) calls only what is not recorded."""
-    study = run.load_study(V3 / "study.yaml")
+    study = study_file.load_study(V3 / "study.yaml")
     study.work = tmp_path / "work"
-    r = run.plan_runs(study, "t2t-s12-seed0")[0]
-    cfg, overrides = run.arm_config(study, r)
+    r = study_plan.plan_runs(study, "t2t-s12-seed0")[0]
+    cfg, overrides = study_plan.arm_config(study, r)
     calls = []
 
     def pipeline(self, recipe, overrides, until, log):
@@ -307,3 +303,22 @@ def test_a_gpu_results_file_beside_the_results_adds_the_gpu_table(tmp_path):
     assert "## GPU: NVIDIA H100 80GB HBM3" in text and "scaled by 0.62" in text
     assert "| t2t-s12 | stage1 100, stage2 620 | 82 | 71.23 | 70.00 |" in text
     assert "| prompteol (training-free) | — | — | 65.30 | 62.18 |" in text
+
+
+def test_a_runs_steps_are_fixed_the_first_time_so_a_resumed_run_keeps_its_fingerprints(tmp_path, monkeypatch):
+    """Steps come from the probes once; a later probe (another machine, another load) never changes a started run."""
+    study = study_file.load_study(V3 / "study.yaml")
+    study.work = tmp_path / "work"
+    r = study_plan.plan_runs(study, "t2t-s12-seed0")[0]
+    cfg, _ = study_plan.arm_config(study, r)
+    probed = []
+
+    def probe(self, key, run_, stage):
+        probed.append(key)
+        return 10.0
+
+    monkeypatch.setattr(run.Driver, "probe", probe)
+    assert run.Driver(study).steps_of(r, cfg) == {"stage1": 80, "stage2": 40}  # 2/3 and 1/3 of 20 min at 10 s
+    assert probed == ["t2t/causal/last", "t2t/causal/last"]
+    monkeypatch.setattr(run.Driver, "probe", lambda *a: 1.0)  # ten times faster now: the run keeps its steps
+    assert run.Driver(study).steps_of(r, cfg) == {"stage1": 80, "stage2": 40}

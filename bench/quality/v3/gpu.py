@@ -36,9 +36,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import run as study_run  # noqa: E402  bench/quality/v3/run.py
+import run as study_run  # noqa: E402  bench/quality/v3/run.py: the driver
+import study_file  # noqa: E402
+import study_plan  # noqa: E402
 
-REPO = study_run.REPO
+REPO = study_file.REPO
 PAPER_STEPS = {"t2t-s12": {"stage1": 100, "stage2": 1000}, "simcse": {"simcse": 1000},
                "llm2vec": {"mntp": 1000, "simcse": 1000}}
 """Arms 2, 3 and 4 at their papers' step counts (Text2Token: the authors' scripts; LLM2Vec: its train configs)."""
@@ -67,28 +69,28 @@ def sts_score(model_dir: Path, task: str, device: str, dtype: str, max_rows: int
     return 100 * float(spearmanr([float(r[2]) for r in rows], (a * b).sum(axis=1)).statistic)
 
 
-def gpu_study(args) -> study_run.Study:
+def gpu_study(args) -> study_file.Study:
     """study.yaml with the device's paths: the repository's corpus, a work folder outside the checkout."""
-    study = study_run.load_study(study_run.STUDY)
+    study = study_file.load_study(study_file.STUDY)
     gguf = {"model.gguf": args.gguf} if args.gguf else {}
     return dataclasses.replace(study, work=Path(args.work), results=Path(args.out), corpus=args.corpus,
                                texts=args.texts, max_steps=2 if args.smoke else 0,
                                set={**study.set, **gguf, "train.micro_batch_size": args.batch})
 
 
-def plan(study: study_run.Study, factor: float, first_done: bool) -> list[tuple]:
+def plan(study: study_file.Study, factor: float, first_done: bool) -> list[tuple]:
     """(run, steps, config, overrides, last step) per arm; steps after the first stage scaled by `factor`."""
     out = []
     for i, (name, paper) in enumerate(PAPER_STEPS.items()):
         arm = study.arm(name)
-        run = study_run.Run(dataclasses.replace(arm, budget={"steps": paper}, seeds=(0,)), 0)
+        run = study_file.Run(dataclasses.replace(arm, budget={"steps": paper}, seeds=(0,)), 0)
         steps = {}
         for j, (stage, n) in enumerate(paper.items()):
             scaled = n if (i == 0 and j == 0) or not first_done else max(1, round(n * factor))
             steps[stage] = min(scaled, study.max_steps) if study.max_steps else scaled
-        cfg, _ = study_run.arm_config(study, run)
-        extra = study_run.step_overrides(cfg, steps, curve=False, curve_points=1)
-        cfg, overrides = study_run.arm_config(study, run, extra)
+        cfg, _ = study_plan.arm_config(study, run)
+        extra = study_plan.step_overrides(cfg, steps, curve=False, curve_points=1)
+        cfg, overrides = study_plan.arm_config(study, run, extra)
         out.append((run, steps, cfg, overrides, f"{cfg.stage_names[-1]}:train"))
     return out
 
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
     study = gpu_study(args)
     if args.dry_run:
         for run, steps, cfg, overrides, until in plan(study, 1.0, False):
-            print(f"{run.name}: {steps}\n  t2t pipeline --config {study_run.recipe_arg(run.arm.recipe)} "
+            print(f"{run.name}: {steps}\n  t2t pipeline --config {study_plan.recipe_arg(run.arm.recipe)} "
                   + " ".join(f"--set '{o}'" for o in overrides) + f" --until {until}")
         return 0
 
@@ -163,7 +165,7 @@ def main(argv=None) -> int:
     items = plan(study, 1.0, False)
     run, steps, cfg, overrides, _ = items[0]
     first = f"{cfg.stage_names[0]}:train"  # Text2Token stage 1 at its full 100 steps: the timing
-    timings = driver.run_steps(("runs", run.name), study_run.recipe_arg(run.arm.recipe), overrides, cfg, first)
+    timings = driver.run_steps(("runs", run.name), study_plan.recipe_arg(run.arm.recipe), overrides, cfg, first)
     rows = study_run.metrics_rows(metrics_file(cfg, cfg.stage_names[0]))
     step_s = statistics.median([r["step_s"] for r in rows[1:]] or [r["step_s"] for r in rows])
     launch_s = max(1.0, timings[first]["seconds"] - sum(r["step_s"] for r in rows))
@@ -180,7 +182,7 @@ def main(argv=None) -> int:
             result["runs"][run.name] = {"steps": steps, "skipped": "no time left"}
             continue
         result["runs"][run.name] = {"steps": steps, "timings": driver.run_steps(
-            ("runs", run.name), study_run.recipe_arg(run.arm.recipe), overrides, cfg, until)}
+            ("runs", run.name), study_plan.recipe_arg(run.arm.recipe), overrides, cfg, until)}
         result["runs"][run.name]["train_s"] = {s: round(sum(r["step_s"] for r in study_run.metrics_rows(
             metrics_file(cfg, s))), 1) for s in cfg.stage_names}
         models = {run.arm.name: export_dir(cfg, cfg.stage_names[-1])}
