@@ -91,6 +91,10 @@ LEVERS = {
 }
 """Each `step` run's training layout; every lever keeps the ones above it. `before`: what the demo ran until
 2026-12-06. With one rank the trainer keeps every parameter resident (t2t.train.engine.resident_on_one_rank)."""
+OFF_LADDER = {"two_ranks_fused": {"ranks": 2, "length_group": 1, "adamw": "fused"}}
+"""Layouts beside the ladder, run only when `--levers` names them. `two_ranks_fused`: `before`'s two ranks of one
+thread with the fused kernel, for a CPU whose one-thread ranks compute faster per sample than one rank of two."""
+LEVERS.update(OFF_LADDER)
 FINAL = "fused_adamw"
 """The lever whose layout t2t now uses by default (length groups measured no gain on 2 CPU cores: off by default)."""
 
@@ -177,8 +181,9 @@ def native_bf16() -> bool:
     return usable_dtype("bfloat16") == "bfloat16"
 
 
-def bench_step(steps: int, levers: list[str]) -> dict:
-    dtypes = ["float32", "bfloat16"] if native_bf16() else ["float32"]  # emulated bf16 would train in fp32 anyway
+def bench_step(steps: int, levers: list[str], dtypes: list[str]) -> dict:
+    if not native_bf16():
+        dtypes = [d for d in dtypes if d != "bfloat16"]  # emulated bf16 would train in fp32 anyway
     levers = ["before"] + [lever for lever in levers if lever != "before"]  # the ratios are against it
     out: dict = {"global_batch": GLOBAL_BATCH, "max_length": 64, "levers": {k: LEVERS[k] for k in levers}}
     for dtype in dtypes:
@@ -460,11 +465,20 @@ def report(name: str, r: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=("step", "mfu", "stage2", "encode", "evalpath", "compile", "optimizer"))
-    p.add_argument("--levers", default=",".join(LEVERS), help=f"step: which levers (default all: {', '.join(LEVERS)})")
+    ladder = [k for k in LEVERS if k not in OFF_LADDER]
+    p.add_argument("--levers", default=",".join(ladder),
+                   help=f"step: which levers (default the ladder: {', '.join(ladder)}; also: {', '.join(OFF_LADDER)})")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="step: which dtypes (bf16 only where the CPU has it)")
     p.add_argument("--eval-sizes", default="50,300,0", help="evalpath: rows per split, comma-separated (0 = full)")
     p.add_argument("--smoke", action="store_true", help="every part cut to seconds: checks the script, not figures")
     p.add_argument("--steps", type=int, default=None, help="training steps per dtype (default 8, smoke 2)")
     args = p.parse_args()
+    for lever in args.levers.split(","):
+        if lever not in LEVERS:
+            raise SystemExit(f"--levers: no lever {lever!r}; the levers are {', '.join(LEVERS)}")
+    for dtype in args.dtypes.split(","):
+        if dtype not in ("float32", "bfloat16"):
+            raise SystemExit(f"--dtypes: {dtype!r} is not float32 or bfloat16")
     # bf16 against fp32 side by side wherever the CPU has native bf16, also where t2t would not choose it
     # (t2t.dtypes: a bf16 matmul slower than fp32); the machine record says what t2t would choose.
     os.environ.setdefault("T2T_CPU_BF16", "on")
@@ -478,7 +492,7 @@ def main() -> None:
                           "bf16_matmul_speedup": cpu_bf16_speedup() if cpu_has_bf16() else None,
                           "t2t_cpu_bf16": os.environ["T2T_CPU_BF16"]}
     prepare()
-    parts = {"step": lambda: bench_step(steps, args.levers.split(",")),
+    parts = {"step": lambda: bench_step(steps, args.levers.split(","), args.dtypes.split(",")),
              "mfu": lambda: bench_mfu(results["step"], args.smoke),
              "stage2": lambda: bench_stage2(64 if args.smoke else 512, 2 if args.smoke else 3),
              "encode": lambda: bench_encode(64 if args.smoke else 0),
