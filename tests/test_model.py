@@ -82,6 +82,20 @@ def test_encode_order_normalize_empty_and_truncation(tiny_model_dir):
     assert emb.encode([]).shape == (0, 64)
 
 
+def test_a_repeated_text_is_embedded_once_and_its_row_repeated(tiny_model_dir):
+    """mteb's pair tasks repeat their first column (TwitterURLCorpus: 771 distinct of 9,334 rows)."""
+    emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbeddingIdentity(max_length=8))
+    seen = []
+    tokenize = emb.tokenize
+    emb.tokenize = lambda batch: seen.extend(batch) or tokenize(batch)
+    texts = ["a lake", "the river flows", "a lake", "stone bridge", "the river flows", "a lake"]
+    v = emb.encode(texts, batch_size=2)
+    assert sorted(seen) == sorted({*texts}) and v.shape == (6, 64)
+    assert np.array_equal(v[0], v[2]) and np.array_equal(v[0], v[5]) and np.array_equal(v[1], v[4])
+    distinct = emb.encode(["a lake", "the river flows", "stone bridge"], batch_size=2)
+    assert np.array_equal(v[[0, 1, 3]], distinct)  # the same batches as the distinct texts alone
+
+
 def test_eos_pooling_keeps_eos_after_truncation(tiny_model_dir):
     emb = Embedder(load_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), EmbeddingIdentity(pooling="eos", max_length=8))
     batch = emb.tokenize(["a long text that is going to be cut short for sure", "hi"])

@@ -141,8 +141,18 @@ class Embedder(nn.Module):
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = False,
                show_progress: bool | None = None) -> np.ndarray:
-        """Embed texts in length-sorted batches; rows come back in the input order (float32)."""
-        texts = list(texts)
+        """Embed texts in length-sorted batches; rows come back in the input order (float32). A text given more
+        than once is embedded once and its row repeated: mteb encodes a task's columns as they are, and
+        TwitterURLCorpus's first column holds 771 distinct tweets in 9,334 rows (TwentyNewsgroupsClustering: 4,260
+        distinct subjects in 7,532): those tasks embed 43-46 % fewer texts. `truncated_texts` counts distinct texts."""
+        position: dict[str, int] = {}
+        rows = [position.setdefault(t, len(position)) for t in texts]
+        distinct = list(position)
+        out = self._encode_distinct(distinct, batch_size, normalize, show_progress)
+        return out if len(distinct) == len(rows) else out[rows]
+
+    def _encode_distinct(self, texts: list[str], batch_size: int, normalize: bool,
+                         show_progress: bool | None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.lm.config.hidden_size), dtype=np.float32)
         was_training = self.training
